@@ -1,0 +1,3 @@
+from ranksearch.cli import main
+
+main()

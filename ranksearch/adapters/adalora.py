@@ -1,0 +1,235 @@
+"""AdaLoRA (Zhang et al., ICLR 2023) as implemented in Hugging Face PEFT, METHODS.md section 5.
+
+    y = x W0ᵀ + b + Drop(x) (A ⊙ E)ᵀ Bᵀ · α / ranknum,   A ∈ R^{r×d_in}, E ∈ R^{r×1}, B ∈ R^{d_out×r}
+
+E = 0, A, B ~ N(0, 0.02); ``ranknum = init_r`` is fixed. After every optimizer step (``after_step``): update the
+sensitivity EMAs of every A, E, B element, score each triplet, and on masking steps of the cubic budget
+schedule set E_i = 0 for the globally lowest triplet scores pooled over every module of both towers (through
+the shared ``ranksearch.adapters.budget.allocate``). After ``T − t_final`` the pattern is frozen and
+re-applied every step. The orthogonality term comes back from ``regularizer()``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, model_validator
+from torch import nn
+
+from ranksearch.adapters.base import AdapterFamily, AdapterLayer, Site
+from ranksearch.adapters.budget import BudgetConfig, allocate, cubic_budget
+from ranksearch.adapters.registry import register_family
+from ranksearch.config.base import Section
+from ranksearch.errors import ConfigError
+
+
+class AdaloraConfig(Section):
+    """AdaLoRA settings (defaults: PEFT ``AdaLoraConfig``; t_init/t_final as fractions of training)."""
+
+    family: Literal["adalora"] = "adalora"
+    init_r: int = Field(12, ge=1, le=1024, description="initial rank per module")
+    target_r: int = Field(8, ge=0, le=1024, description="average final rank per module (budget b_T / #modules)")
+    alpha: float = Field(8.0, gt=0, description="lora_alpha; update scale alpha / init_r")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
+    t_init_frac: float = Field(0.0, ge=0, lt=1, description="no masking before this fraction of training (tinit)")
+    t_final_frac: float = Field(0.0, ge=0, lt=1, description="final fraction with the pattern frozen (tfinal)")
+    delta_t: int = Field(1, ge=1, description="steps between masking while the budget decays (deltaT)")
+    beta1: float = Field(0.85, ge=0, lt=1, description="EMA of sensitivity")
+    beta2: float = Field(0.85, ge=0, lt=1, description="EMA of uncertainty")
+    orth_reg_weight: float = Field(0.5, ge=0, description="weight of the orthogonality regulariser")
+    budget: BudgetConfig | None = Field(
+        None,
+        description="override b_T (total_rank/total_params) and add min_rank/max_rank/threshold; the schedule "
+        "stays AdaLoRA's (t_init_frac, t_final_frac, delta_t)",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> AdaloraConfig:
+        if self.target_r > self.init_r:
+            raise ValueError(f"target_r {self.target_r} exceeds init_r {self.init_r}")
+        if self.t_init_frac + self.t_final_frac >= 1:
+            raise ValueError("t_init_frac + t_final_frac must be < 1 (PEFT: tinit < total_step - tfinal)")
+        if self.budget is not None:
+            sched = {"start_frac", "end_frac", "interval", "ramp"} & self.budget.model_fields_set
+            if sched:
+                raise ValueError(f"budget.{sorted(sched)[0]} is not used by adalora; use t_init_frac/t_final_frac/delta_t")
+        return self
+
+
+class SVDLinear(AdapterLayer):
+    """``base(x) + (Drop(x) (A ⊙ E)ᵀ) Bᵀ · α/ranknum``; shapes A (r, d_in), E (r, 1), B (d_out, r), mask (r,)."""
+
+    def __init__(self, base: nn.Linear, site: Site, r: int, alpha: float, dropout: float):
+        super().__init__(base, site)
+        dev = base.weight.device
+        self.r, self.scale = r, alpha / float(r)  # ranknum = init_r, fixed: masking does not change it
+        self.ada_A = nn.Parameter(torch.empty(r, base.in_features, device=dev))
+        self.ada_E = nn.Parameter(torch.empty(r, 1, device=dev))
+        self.ada_B = nn.Parameter(torch.empty(base.out_features, r, device=dev))
+        self.register_buffer("ada_mask", torch.ones(r, device=dev))  # the allocated pattern (1 = kept)
+        self.ada_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.scores: torch.Tensor | None = None  # latest triplet scores (r,)
+        self.reinitialize()
+
+    @torch.no_grad()
+    def reinitialize(self) -> bool:
+        self.ada_E.zero_()
+        self.ada_A.normal_(0.0, 0.02)
+        self.ada_B.normal_(0.0, 0.02)
+        self.ada_mask.fill_(1)
+        self.scores = None
+        return True
+
+    def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.ada_dropout(x).to(self.ada_A.dtype) @ (self.ada_A * self.ada_E).t()  # (..., r)
+        return h @ self.ada_B.t() * self.scale  # (..., d_out)
+
+    def delta_weight(self) -> torch.Tensor:
+        return self.ada_B @ (self.ada_A * self.ada_E) * self.scale  # (d_out, d_in)
+
+    def rank(self) -> int:
+        return int(self.ada_mask.count_nonzero())  # allocated rank (PEFT's rank_pattern)
+
+    def effective_rank(self) -> int:
+        return int((self.ada_E.detach().view(-1) * self.ada_mask).count_nonzero())
+
+    def max_rank(self) -> int:
+        return self.r
+
+    def importance(self) -> torch.Tensor:
+        return torch.zeros(self.r) if self.scores is None else self.scores
+
+    def rank_mask(self) -> torch.Tensor:
+        return self.ada_mask
+
+    def params_per_rank(self) -> int:
+        return self.base.in_features + self.base.out_features + 1
+
+    @torch.no_grad()
+    def apply_mask(self) -> None:
+        self.ada_E.mul_(self.ada_mask.view(-1, 1))  # masking = setting E_i to 0 (PEFT mask_to_budget)
+
+
+@register_family
+class Adalora(AdapterFamily):
+    name = "adalora"
+    prefix = "ada_"  # not "adalora_": that contains "lora_", CLIP-LoRA's prefix
+    config_cls = AdaloraConfig
+    mergeable = True
+    description = "AdaLoRA (PEFT): SVD triplets, sensitivity-EMA importance, cubic global budget over both towers"
+
+    def __init__(self, config: AdaloraConfig, total_steps: int):
+        super().__init__(config, total_steps)
+        if total_steps <= 0:
+            raise ConfigError([("train.iterations", f"adalora needs total_steps > 0, got {total_steps}")])
+        self.t_init = round(config.t_init_frac * total_steps)
+        self.t_end = total_steps - round(config.t_final_frac * total_steps)  # T − t_final
+        if not self.t_init < self.t_end:
+            raise ConfigError([("adapter.t_init_frac", f"t_init {self.t_init} must be < T − t_final {self.t_end}")])
+        self._ema: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.rank_history: list[dict] = []  # {"step", "budget", "pattern": {site key: rank}} at every masking
+
+    def make_layer(self, base: nn.Linear, site: Site) -> SVDLinear:
+        c = self.config
+        return SVDLinear(base, site, c.init_r, c.alpha, c.dropout)
+
+    # --- budget ----------------------------------------------------------------------------------------------
+    def _costs(self) -> list[int]:
+        b = self.config.budget
+        by_params = b is not None and b.total_params is not None
+        return [layer.params_per_rank() if by_params else 1 for layer in self.layers]
+
+    def budgets(self) -> tuple[float, float]:
+        """(b0, b_T): all components, and target_r per module (or the budget section's total)."""
+        costs = self._costs()
+        b0 = sum(layer.r * c for layer, c in zip(self.layers, costs, strict=True))
+        b = self.config.budget
+        if b is not None and b.target is not None:
+            return b0, b.target
+        return b0, self.config.target_r * len(self.layers)
+
+    def budget_schedule(self, step: int) -> tuple[float, bool]:
+        """(budget, mask now?) at loop step ``step`` (PEFT ``RankAllocator.budget_schedule``)."""
+        b0, bt = self.budgets()
+        if step <= self.t_init:
+            return b0, False
+        if step > self.t_end:
+            return bt, True
+        return cubic_budget(step, b0, bt, self.t_init, self.t_end), step % self.config.delta_t == 0
+
+    # --- importance ------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def update_importance(self) -> None:
+        """Ī ← β1 Ī + (1−β1)|θ∇θ|,  Ū ← β2 Ū + (1−β2)|I − Ī| for every element of A, E, B."""
+        b1, b2 = self.config.beta1, self.config.beta2
+        for layer in self.layers:
+            for p in (layer.ada_A, layer.ada_E, layer.ada_B):
+                if p.grad is None:
+                    continue
+                ipt = (p * p.grad).abs()
+                avg, unc = self._ema.get(id(p), (torch.zeros_like(p), torch.zeros_like(p)))
+                avg = b1 * avg + (1 - b1) * ipt
+                unc = b2 * unc + (1 - b2) * (ipt - avg).abs()
+                self._ema[id(p)] = (avg, unc)
+
+    def _score(self, p: torch.Tensor) -> torch.Tensor:
+        avg, unc = self._ema.get(id(p), (torch.zeros_like(p), torch.zeros_like(p)))
+        return avg * unc  # s = Ī ⊙ Ū
+
+    @torch.no_grad()
+    def triplet_scores(self) -> list[torch.Tensor]:
+        """S_i = s(E_i) + mean_j s(A_ij) + mean_k s(B_ki) per module, each (r,)."""
+        out = []
+        for layer in self.layers:
+            s = self._score(layer.ada_E).view(-1) + self._score(layer.ada_A).mean(1) + self._score(layer.ada_B).mean(0)
+            layer.scores = s.detach().float().cpu()
+            out.append(layer.scores)
+        return out
+
+    @torch.no_grad()
+    def mask_to_budget(self, step: int, budget: float) -> dict[str, int]:
+        b = self.config.budget
+        keep = allocate(
+            self.triplet_scores(),
+            budget,
+            costs=self._costs(),
+            min_rank=0 if b is None else b.min_rank,
+            max_rank=None if b is None or b.max_rank is None else b.max_rank,
+            threshold=None if b is None else b.threshold,
+        )
+        for layer, k in zip(self.layers, keep, strict=True):
+            layer.ada_mask.copy_(k.to(layer.ada_mask.dtype))
+            layer.apply_mask()
+        pattern = {layer.site.key: layer.rank() for layer in self.layers}
+        self.rank_history.append({"step": step, "budget": budget, "pattern": pattern})
+        return pattern
+
+    def after_step(self, step: int) -> None:
+        """PEFT ``update_and_allocate``: importance + masking before T − t_final, final mask at it, frozen after."""
+        if step < self.t_end:
+            self.update_importance()
+            budget, mask_now = self.budget_schedule(step)
+            if mask_now:
+                self.mask_to_budget(step, budget)
+        elif step == self.t_end:
+            budget, _ = self.budget_schedule(step)
+            self.mask_to_budget(step, budget)
+            self._ema.clear()  # PEFT reset_ipt
+        else:
+            for layer in self.layers:
+                layer.apply_mask()
+
+    def regularizer(self) -> torch.Tensor | None:
+        """orth_reg_weight · mean over all A and B of ‖A Aᵀ − I‖_F and ‖Bᵀ B − I‖_F."""
+        if self.config.orth_reg_weight == 0 or not self.layers:
+            return None
+        terms = []
+        for layer in self.layers:
+            for cov in (layer.ada_A @ layer.ada_A.t(), layer.ada_B.t() @ layer.ada_B):  # (r, r) each
+                eye = torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype)
+                terms.append(torch.linalg.matrix_norm(cov - eye, ord="fro"))
+        return self.config.orth_reg_weight * torch.stack(terms).mean()
+
+    def start_task(self) -> None:
+        self._ema.clear()

@@ -1,0 +1,97 @@
+"""Put adapters into an open_clip model and take them out again.
+
+``attach_adapters`` unfuses the attention of every block that gets an attention adapter, then lets the family
+wrap each site's linear. ``merge_to_stock`` merges every adapter and restores stock open_clip modules, so the
+result is a plain open_clip model (same class, same state-dict keys) with the update folded in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import nn
+
+from ranksearch.adapters.base import AdapterFamily, AdapterLayer, Site
+from ranksearch.adapters.placement import ATTENTION_MATRICES
+from ranksearch.models.attention import UnfusedAttention, fuse_attention
+from ranksearch.models.clip import tower_blocks
+
+_ATTR = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj", "fc": "c_fc", "proj": "c_proj"}
+
+
+def block_at(model: nn.Module, site: Site) -> nn.Module:
+    return tower_blocks(model)[site.tower][site.layer]
+
+
+def _parent_and_attr(model: nn.Module, site: Site) -> tuple[nn.Module, str]:
+    block = block_at(model, site)
+    parent = block.attn if site.module in ATTENTION_MATRICES else block.mlp
+    return parent, _ATTR[site.module]
+
+
+def linear_at(model: nn.Module, site: Site) -> nn.Module:
+    parent, attr = _parent_and_attr(model, site)
+    return getattr(parent, attr)
+
+
+def unfuse_block_attention(block: nn.Module) -> UnfusedAttention:
+    """Replace a block's ``nn.MultiheadAttention`` by ``UnfusedAttention`` (no-op if already unfused)."""
+    if not isinstance(block.attn, UnfusedAttention):
+        if not isinstance(block.attn, nn.MultiheadAttention):
+            raise TypeError(f"cannot unfuse attention of type {type(block.attn).__name__}")
+        block.attn = UnfusedAttention(block.attn)
+    return block.attn
+
+
+def replace_linear(model: nn.Module, site: Site, factory: Callable[[nn.Linear], AdapterLayer]) -> AdapterLayer:
+    """Swap the linear at ``site`` for ``factory(linear)``; unfuses the block's attention first if needed."""
+    if site.module in ATTENTION_MATRICES:
+        unfuse_block_attention(block_at(model, site))
+    parent, attr = _parent_and_attr(model, site)
+    base = getattr(parent, attr)
+    if isinstance(base, AdapterLayer):
+        raise ValueError(f"site {site.key} is already adapted")
+    layer = factory(base)
+    setattr(parent, attr, layer)
+    return layer
+
+
+def attach_adapters(model: nn.Module, family: AdapterFamily, sites: list[Site]) -> list[AdapterLayer]:
+    """Freeze the model, then let ``family`` wrap every site. Returns the adapter layers in site order."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layers = family.attach(model, sites)
+    model.train(model.training)  # new modules default to training mode; follow the model's mode
+    return layers
+
+
+def adapter_layers(model: nn.Module) -> list[AdapterLayer]:
+    return [m for m in model.modules() if isinstance(m, AdapterLayer)]
+
+
+def merge_to_stock(model: nn.Module) -> nn.Module:
+    """Merge every adapter into its base weights and restore stock open_clip modules, in place.
+
+    Afterwards the model holds no ranksearch module: adapted linears are plain ``nn.Linear`` again and unfused
+    attention is a stock ``nn.MultiheadAttention``. Families whose layers are not mergeable raise
+    ``AdapterError`` before anything is changed.
+    """
+    layers = adapter_layers(model)
+    for layer in layers:
+        if not layer.mergeable:
+            from ranksearch.errors import AdapterError
+
+            raise AdapterError(
+                f"{type(layer).__name__} at {layer.site.key} is input-dependent and cannot be merged into static "
+                "weights; export the adapter together with the model instead"
+            )
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, AdapterLayer):
+                child.merge()
+                setattr(module, name, child.base)
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, UnfusedAttention):
+                setattr(module, name, fuse_attention(child))
+    return model

@@ -1,0 +1,251 @@
+"""The ``ranksearch`` command line. Each command parses its options and calls one library function.
+
+Heavy libraries (torch, open_clip, ray, mlflow) are imported inside the commands so ``--help`` is instant.
+Errors that are the user's to fix (bad config, missing data) print one clear message and exit 2; failures
+while running exit 1; tracebacks appear only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ranksearch.errors import ConfigError, RanksearchError
+
+app = typer.Typer(
+    name="ranksearch",
+    help=(
+        "Find which low-rank adapter, placed where, with how much rank, works best for a CLIP model.\n\n"
+        "Examples:\n\n"
+        "  ranksearch trial search_spaces/lora.yaml            # one trial in-process (debug mode, no Ray)\n\n"
+        "  ranksearch trial search_spaces/lora.yaml --debug --set adapter.r=4\n\n"
+        "  ranksearch validate search_spaces/lora.yaml\n\n"
+        "  ranksearch pretrain                                 # build the offline tiny CLIP checkpoint"
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+console = Console(stderr=True)
+out = Console()
+
+
+def _configure_logging(verbose: bool) -> None:
+    """ranksearch's own messages at INFO (DEBUG with --debug); third-party chatter only when verbose."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
+    )
+    logging.getLogger("ranksearch").setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("urllib3", "alembic", "filelock", "matplotlib", "PIL", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def load_config_file(path: Path, overrides: list[str], params_json: str | None):
+    """A trial config from a trial file or a search-space file (each parameter's default, or ``--params``)."""
+    from ranksearch.config.load import load_trial_config, load_yaml
+
+    data = load_yaml(path)
+    try:
+        from ranksearch.space import load_space, looks_like_space
+    except ImportError:  # search spaces arrive with the sweep work
+        looks_like_space = None
+    if looks_like_space is not None and looks_like_space(data):
+        params = None
+        if params_json:
+            try:
+                params = json.loads(params_json)
+            except json.JSONDecodeError as e:
+                raise ConfigError([("--params", f"not valid JSON: {e}")]) from None
+            if not isinstance(params, dict):
+                raise ConfigError([("--params", "must be a JSON object of parameter name -> value")])
+        return load_space(path).trial_config(params, overrides)
+    if params_json:
+        raise ConfigError([("--params", f"{path} is a trial config, not a search space; use --set instead")])
+    return load_trial_config(path, overrides)
+
+
+def debug_budget(config):
+    """The same trial, shrunk to seconds: few shots, few steps, small test set."""
+    from ranksearch.config.load import validate_trial_config
+
+    d = config.model_dump(mode="json")
+    d["data"]["shots"] = min(d["data"]["shots"], 2)
+    d["data"]["test_per_class"] = min(d["data"]["test_per_class"], 5)
+    d["train"]["iterations"] = min(config.train.total_steps(config.data.shots), 20)
+    d["eval"]["evals"] = min(d["eval"]["evals"], 2)
+    return validate_trial_config(d, source="--debug")
+
+
+def fresh_dir(root: Path, name: str) -> Path:
+    """A new folder ``root/name`` (suffixed if taken): never write into a user's earlier results."""
+    path, i = root / name, 1
+    while path.exists():
+        i += 1
+        path = root / f"{name}-{i}"
+    path.mkdir(parents=True)
+    return path
+
+
+def metrics_table(metrics: dict[str, float]) -> Table:
+    """Zero-shot vs adapted, per split and metric."""
+    table = Table(title="trial metrics", show_lines=False)
+    table.add_column("split / metric")
+    table.add_column("zero-shot", justify="right")
+    table.add_column("adapted", justify="right")
+    table.add_column("Δ", justify="right")
+    keys = [k for k in metrics if k.startswith(("val/", "test/"))]
+    for key in sorted(keys, key=lambda k: (not k.startswith("val/"), k)):
+        zs, ad = metrics.get(f"zs/{key}"), metrics[key]
+        delta = f"{ad - zs:+.1f}" if zs is not None else ""
+        table.add_row(key, f"{zs:.1f}" if zs is not None else "-", f"{ad:.1f}", delta)
+    table.caption = f"trainable parameters: {int(metrics.get('trainable_params', 0)):,}"
+    return table
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  ranksearch trial search_spaces/lora.yaml\n\n"
+        "  ranksearch trial search_spaces/codyra.yaml --debug                # 20 steps, verbose, raises\n\n"
+        "  ranksearch trial search_spaces/all.yaml --params '{\"adapter.family\": \"rlrr\"}'\n\n"
+        "  ranksearch trial my_trial.yaml --set adapter.r=8 --set train.lr=1e-3 --no-track"
+    )
+)
+def trial(
+    config_file: Annotated[Path, typer.Argument(help="trial config or search-space YAML", metavar="FILE")],
+    set_: Annotated[list[str], typer.Option("--set", help="override a field: section.field=value (repeatable)")] = [],  # noqa: B006
+    params: Annotated[str | None, typer.Option(help="search-space parameters as JSON (default: each default)")] = None,
+    debug: Annotated[bool, typer.Option(help="tiny budget, verbose logs, exceptions raised for a debugger")] = False,
+    out_dir: Annotated[Path, typer.Option("--out", help="parent folder of the trial's output folder")] = Path(
+        "ranksearch-runs/trials"
+    ),
+    track: Annotated[bool, typer.Option(help="log the trial to MLflow")] = True,
+    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: sqlite file)")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar; print only the metrics")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print final metrics as JSON")] = False,
+) -> None:
+    """Run ONE trial in this process, without Ray: the sweep's code path, quick and breakpoint-friendly.
+
+    Prints zero-shot and adapted accuracy (base / new / harmonic mean under base-to-new) and logs the run,
+    its per-step metrics, its rank-allocation table (parquet) and its adapter weights to MLflow.
+    """
+    _configure_logging(debug)
+    config = load_config_file(config_file, set_, params)
+    if debug:
+        config = debug_budget(config)
+    from ranksearch.trial import run_trial
+
+    tracker = None
+    if track and config.tracking.enabled:
+        from ranksearch.tracking.mlflow_log import MlflowTracker
+
+        tracker = MlflowTracker(
+            tracking_uri or config.tracking.uri, config.tracking.experiment,
+            run_name=config.tracking.run_name or f"trial-{config.adapter.family}",
+        )  # fmt: skip
+    name = datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{config.adapter.family}"
+    folder = fresh_dir(out_dir, name)
+    result = run_trial(config, output_dir=folder, tracker=tracker, progress=not (quiet or as_json))
+    if result.status != "completed":
+        raise RanksearchError(f"trial failed: {result.error} (outputs in {folder})")
+    if as_json:
+        out.print_json(json.dumps(result.metrics))
+        return
+    out.print(metrics_table(result.metrics))
+    out.print(f"outputs: {folder}")
+    if tracker:
+        out.print(f"MLflow run {tracker.run_id} in {tracker.uri}\n  view it: mlflow ui --backend-store-uri {tracker.uri}")
+
+
+@app.command(
+    epilog="Examples:\n\n  ranksearch validate search_spaces/lora.yaml\n\n  ranksearch validate my_trial.yaml --set train.lr=0"
+)
+def validate(
+    files: Annotated[list[Path], typer.Argument(help="trial configs or search spaces", metavar="FILE...")],
+    set_: Annotated[list[str], typer.Option("--set", help="override a field: section.field=value")] = [],  # noqa: B006
+) -> None:
+    """Check configs without running anything; print every problem with its field path (exit 2 if any)."""
+    failed = 0
+    for path in files:
+        try:
+            config = load_config_file(path, set_, None)
+        except ConfigError as e:
+            failed += 1
+            console.print(f"[red]✗ {path}[/red]\n{e}", highlight=False)
+            continue
+        out.print(
+            f"[green]✓ {path}[/green]: {config.adapter.family} on {config.placement.towers} "
+            f"{config.placement.layers} {','.join(config.placement.matrices)}, task {config.data.task}"
+        )
+    if failed:
+        raise typer.Exit(2)
+
+
+@app.command(epilog="Examples:\n\n  ranksearch pretrain\n\n  ranksearch pretrain --force")
+def pretrain(
+    model: Annotated[str, typer.Option(help="tiny model config to pretrain")] = "rs-tiny-clip",
+    force: Annotated[bool, typer.Option(help="rebuild even if a cached checkpoint exists")] = False,
+) -> None:
+    """Pretrain the built-in tiny CLIP on the offline shape world (one-time, a few minutes) and cache it.
+
+    Every command that uses ``model.pretrained: shapeworld`` builds it on first use; this command only makes
+    that step explicit.
+    """
+    _configure_logging(False)
+    from ranksearch.pretrain import ensure_checkpoint
+
+    path = ensure_checkpoint(model, force=force)
+    out.print(f"checkpoint: {path}")
+
+
+@app.command(epilog="Example:\n\n  ranksearch families")
+def families() -> None:
+    """List the registered adapter families."""
+    from ranksearch.adapters import all_families
+
+    table = Table(title="adapter families")
+    for col in ("name", "mergeable", "parameter prefix", "description"):
+        table.add_column(col)
+    for name, fam in sorted(all_families().items()):
+        table.add_row(name, "yes" if fam.mergeable else "no", fam.prefix, fam.description)
+    out.print(table)
+
+
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point: run the app, turning ranksearch errors into one message and an exit status."""
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("RANKSEARCH_DEBUG") == "1"
+    try:
+        rc = app(args=argv, standalone_mode=False)
+    except RanksearchError as e:
+        if debug:
+            raise
+        console.print(f"[red]error:[/red] {e}", highlight=False)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        console.print("interrupted")
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # click usage errors and friends
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(1)
+        raise
+    if isinstance(rc, int) and rc != 0:  # click returns (not raises) Exit codes when standalone_mode=False
+        sys.exit(rc)
+    return None

@@ -1,0 +1,186 @@
+"""The trial config: one pydantic schema for everything a single trial needs.
+
+Sections: ``model``, ``data``, ``adapter`` (a family-specific section chosen by ``adapter.family``),
+``placement``, ``train``, ``eval``, ``tracking``. Every section forbids unknown keys. YAML in and out is in
+``ranksearch.config.load``; the sweep's search-space format (``ranksearch.space``) compiles to these too.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Field, field_validator
+
+import ranksearch.adapters  # noqa: F401  (registers the built-in families before the union is built)
+from ranksearch.adapters.registry import all_families
+from ranksearch.config.base import Section
+
+LAYER_POSITIONS = ("all", "bottom", "mid", "up", "half-up", "half-bottom", "top1", "top2", "top3")
+MATRICES = ("q", "k", "v", "o", "fc", "proj")
+_RANGE = re.compile(r"^(\d+)-(\d+)$")
+
+
+class ModelConfig(Section):
+    """Which open_clip model to adapt."""
+
+    name: str = Field("rs-tiny-clip", description="open_clip model name (built-in or a ranksearch tiny config)")
+    pretrained: str | None = Field(
+        "shapeworld",
+        description=(
+            "'shapeworld' (the built-in offline checkpoint, pretrained on first use), an open_clip pretrained tag "
+            "such as 'openai', a checkpoint file path, 'local-dir:DIR', or null for random init"
+        ),
+    )
+    precision: Literal["fp32", "amp"] = Field(
+        "fp32", description="amp: fp16 autocast + GradScaler on CUDA, bf16 autocast on CPU"
+    )
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    compile: bool = Field(False, description="wrap the model in torch.compile")
+
+
+class DataConfig(Section):
+    """The downstream task and its protocol."""
+
+    task: str = Field(
+        "shapeworld", description="shapeworld | fashion-mnist | a CoOp dataset name | imagefolder"
+    )
+    root: str | None = Field(None, description="data root ($DATA) for on-disk datasets")
+    protocol: Literal["base2new", "fewshot"] = Field(
+        "base2new", description="base2new: train on base classes, report base/new/HM; fewshot: all classes"
+    )
+    shots: int = Field(16, ge=1, le=10_000, description="training images per class")
+    val_shots: int | None = Field(
+        None, ge=1, description="validation images per class; default min(shots, 4)"
+    )
+    split_seed: int = Field(1, description="seed of the few-shot sample; every trial of a sweep shares it")
+    domain: str = Field("clutter", description="shapeworld rendering domain of the downstream task")
+    test_per_class: int = Field(40, ge=1, description="shapeworld: test images per class")
+    template: str | None = Field(None, description="prompt template with one '{}'; default per task")
+    cache_dir: str | None = Field(
+        None,
+        description="cache root for decoded image tensors and few-shot split files; default $RANKSEARCH_CACHE "
+        "or ~/.cache/ranksearch (files go under <cache_dir>/data)",
+    )
+    eval_tasks: list[str] = Field(
+        default_factory=list,
+        description="extra test-only evaluation sets (e.g. imagenet_sketch, imagenetv2, imagenet_a, imagenet_r, "
+        "or another CoOp dataset for cross-dataset transfer), read from data.root into Task.extra_tests",
+    )
+    max_test_per_class: int | None = Field(
+        None,
+        ge=1,
+        description="real datasets (fashion-mnist, CoOp, imagefolder, eval_tasks): cap the test split at this many "
+        "images per class (seeded) for speed; null = the full test split",
+    )
+
+
+class PlacementConfig(Section):
+    """Where adapters go: towers × layers × matrices."""
+
+    towers: Literal["vision", "text", "both"] = "both"
+    layers: str | list[int] = Field(
+        "all",
+        description="all | bottom | mid | up | half-up | half-bottom | top1 | top2 | top3 | 'A-B' | [i, j, ...]",
+    )
+    matrices: list[Literal["q", "k", "v", "o", "fc", "proj"]] = Field(
+        default_factory=lambda: ["q", "k", "v"],
+        description="attention q,k,v,o and MLP fc (c_fc), proj (c_proj)",
+    )
+
+    @field_validator("layers")
+    @classmethod
+    def _check_layers(cls, v: str | list[int]) -> str | list[int]:
+        if isinstance(v, str):
+            m = _RANGE.match(v)
+            if v not in LAYER_POSITIONS and not (m and int(m.group(1)) <= int(m.group(2))):
+                raise ValueError(f"{v!r} is not one of {', '.join(LAYER_POSITIONS)} or a range 'A-B' with A <= B")
+        elif not v or any(i < 0 for i in v):
+            raise ValueError("a layer list must be non-empty and hold non-negative indices")
+        return v
+
+    @field_validator("matrices")
+    @classmethod
+    def _check_matrices(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one matrix is needed")
+        if len(set(v)) != len(v):
+            raise ValueError(f"duplicate matrices in {v}")
+        return v
+
+
+class TrainConfig(Section):
+    """Optimisation (CLIP-LoRA defaults: AdamW, cosine, iterations = multiplier × shots)."""
+
+    lr: float = Field(2e-4, gt=0, le=1.0)
+    weight_decay: float = Field(1e-2, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    batch_size: int = Field(32, ge=1, le=65_536)
+    iterations_per_shot: int = Field(500, ge=1, description="total steps = this × shots (CLIP-LoRA)")
+    iterations: int | None = Field(None, ge=1, description="explicit total steps; overrides iterations_per_shot")
+    warmup_steps: int = Field(0, ge=0)
+    eta_min: float = Field(1e-6, ge=0, description="cosine schedule floor")
+    logit_scale: float | None = Field(None, gt=0, description="fixed logit scale; null = the model's own (frozen)")
+    augment: bool = Field(True, description="random resized crop + horizontal flip")
+    crop_scale: tuple[float, float] | None = Field(
+        None,
+        description="area range of the random crop; null = (0.08, 1) at >= 96 px (CLIP-LoRA), (0.5, 1) below",
+    )
+    grad_clip: float | None = Field(None, gt=0)
+    max_seconds: float | None = Field(None, gt=0, description="stop training after this wall time")
+
+    @field_validator("betas")
+    @classmethod
+    def _check_betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"betas must lie in [0, 1), got {v}")
+        return v
+
+    def total_steps(self, shots: int) -> int:
+        return self.iterations if self.iterations is not None else self.iterations_per_shot * shots
+
+
+class EvalConfig(Section):
+    """When and how to evaluate. Selection uses the validation split only; the test split is for the report."""
+
+    evals: int = Field(4, ge=1, description="evaluations on the validation split during training (last at the end)")
+    batch_size: int = Field(256, ge=1)
+    zero_shot: bool = Field(True, description="also evaluate the unadapted model (before training)")
+
+
+class TrackingConfig(Section):
+    """MLflow logging of the trial."""
+
+    enabled: bool = True
+    uri: str | None = Field(None, description="tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///./ranksearch-runs/mlflow.db")
+    experiment: str = "ranksearch"
+    run_name: str | None = None
+    log_every: int = Field(10, ge=1, description="log training metrics every N steps (batched)")
+    allocation_every: int = Field(10, ge=1, description="record the per-layer rank allocation every N steps")
+
+
+def _adapter_union() -> Any:
+    configs = tuple(f.config_cls for f in all_families().values())
+    if len(configs) == 1:
+        return configs[0]
+    return Annotated[Union[configs], Field(discriminator="family")]  # noqa: UP007
+
+
+AdapterConfig = _adapter_union()
+
+
+def _default_adapter() -> Any:
+    return all_families()["lora"].config_cls()
+
+
+class TrialConfig(Section):
+    """Everything one trial needs. Load it with ``ranksearch.config.load_trial_config``."""
+
+    seed: int = Field(1, description="seed of initialisation, data order and augmentation")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    adapter: AdapterConfig = Field(default_factory=_default_adapter)  # type: ignore[valid-type]
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)

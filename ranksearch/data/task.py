@@ -1,0 +1,77 @@
+"""The one task interface every data source produces and the trial runner consumes.
+
+A task is a fixed, fully materialised set of tensors: images are decoded and resized once (at the model's
+input size) and kept as uint8, so no trial re-decodes an image every epoch. Normalisation and augmentation
+happen on the fly in the training loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True)
+class Split:
+    """A labelled image set.
+
+    Attributes:
+        images: uint8 tensor (N, 3, H, W) at the model's input resolution.
+        labels: int64 tensor (N,), indices into the owning task's ``classnames``.
+    """
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"images must be uint8 (N, 3, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"labels shape {tuple(self.labels.shape)} does not match {self.images.shape[0]} images")
+
+    def __len__(self) -> int:
+        return int(self.labels.shape[0])
+
+    def subset(self, classes: list[int] | torch.Tensor) -> Split:
+        """The examples whose label is in ``classes`` (labels keep their global indices)."""
+        keep = torch.isin(self.labels, torch.as_tensor(classes, dtype=torch.long))
+        return Split(self.images[keep], self.labels[keep])
+
+
+@dataclass
+class Task:
+    """A downstream classification task.
+
+    Attributes:
+        name: short identifier, used in metric names and logs.
+        classnames: human-readable class names, in label order.
+        templates: prompt templates with one ``{}`` for the class name; text features are averaged over them.
+        train: the (few-shot) training examples. Under base-to-new it holds base classes only.
+        val: the validation split used for model selection (never the test split).
+        test: the split used for the final report.
+        base_classes: label indices of the base classes; ``None`` means "all classes are base" (few-shot protocol).
+        extra_tests: further evaluation sets (domain variants, other datasets) as name -> (classnames, split).
+    """
+
+    name: str
+    classnames: list[str]
+    templates: list[str]
+    train: Split
+    val: Split
+    test: Split
+    base_classes: list[int] | None = None
+    extra_tests: dict[str, tuple[list[str], Split]] = field(default_factory=dict)
+
+    @property
+    def new_classes(self) -> list[int]:
+        """Label indices of the new classes (empty unless the task is split base-to-new)."""
+        if self.base_classes is None:
+            return []
+        base = set(self.base_classes)
+        return [c for c in range(len(self.classnames)) if c not in base]
+
+    @property
+    def train_classes(self) -> list[int]:
+        """Classes the adapter is trained on: the base classes, or all of them."""
+        return list(range(len(self.classnames))) if self.base_classes is None else list(self.base_classes)

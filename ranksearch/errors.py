@@ -1,0 +1,46 @@
+"""Exception hierarchy: one root, one subclass per failing stage.
+
+The CLI turns any ``RanksearchError`` into one clear message and exit status 2 (bad input) or 1 (a failure
+while running); tracebacks are shown only under ``--debug``.
+"""
+
+from __future__ import annotations
+
+
+class RanksearchError(Exception):
+    """Root of every error ranksearch raises on purpose."""
+
+    exit_code = 1
+
+
+class ConfigError(RanksearchError):
+    """A trial config or search space is invalid. ``problems`` lists (field path, message) pairs."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
+        self.problems = problems
+        self.source = source
+        where = f" in {source}" if source else ""
+        lines = [f"{len(problems)} problem(s){where}:"] + [f"  {path}: {msg}" for path, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+class ModelLoadError(RanksearchError):
+    """A model or its pretrained weights could not be built or loaded."""
+
+    exit_code = 2
+
+
+class DataError(RanksearchError):
+    """A dataset is missing, malformed or not in the expected layout."""
+
+    exit_code = 2
+
+
+class AdapterError(RanksearchError):
+    """An adapter cannot do what was asked (e.g. merge a non-mergeable family, a corrupt adapter file)."""
+
+
+class TrialError(RanksearchError):
+    """A trial failed while running (diverged, crashed); the message says why."""

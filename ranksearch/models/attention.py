@@ -1,0 +1,131 @@
+"""Unfuse ``nn.MultiheadAttention`` into explicit q/k/v/o linears, and fuse it back.
+
+open_clip 3.3 keeps q/k/v in one fused ``in_proj_weight`` and its MHA forward reads ``out_proj.weight``
+directly, so a wrapper around ``out_proj`` would be bypassed. ``UnfusedAttention`` is a drop-in replacement
+(same call signature as the MHA inside ``ResidualAttentionBlock``) whose four projections are ordinary
+``nn.Linear`` modules that adapters can wrap. ``fuse_attention`` turns it back into a stock MHA, so a merged
+model is a plain open_clip model again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class UnfusedAttention(nn.Module):
+    """Multi-head self-attention with separate ``q_proj``, ``k_proj``, ``v_proj`` and ``out_proj`` linears.
+
+    Numerically equal to ``nn.MultiheadAttention`` (float32, tolerance 1e-5) for the calls open_clip makes.
+    ``probs_hook``, when set, makes the forward compute attention explicitly and pass the probabilities
+    (N, H, L, S) to the hook (used by attention-importance families such as DRA-style).
+    """
+
+    def __init__(self, mha: nn.MultiheadAttention):
+        super().__init__()
+        d, self.num_heads = mha.embed_dim, mha.num_heads
+        if mha.in_proj_weight is None or not mha._qkv_same_embed_dim:
+            raise ValueError("only self-attention with a fused in_proj_weight can be unfused")
+        self.embed_dim = d
+        self.head_dim = d // self.num_heads
+        self.batch_first = mha.batch_first
+        self.dropout = mha.dropout
+        has_bias = mha.in_proj_bias is not None
+        w, b = mha.in_proj_weight.detach(), mha.in_proj_bias
+        kw = {"device": w.device, "dtype": w.dtype}
+        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(d, d, bias=has_bias, **kw) for _ in range(3))
+        self.out_proj = nn.Linear(d, d, bias=mha.out_proj.bias is not None, **kw)
+        with torch.no_grad():
+            for i, proj in enumerate((self.q_proj, self.k_proj, self.v_proj)):
+                proj.weight.copy_(w[i * d : (i + 1) * d])  # fused rows: [0:d] q, [d:2d] k, [2d:3d] v
+                if has_bias:
+                    proj.bias.copy_(b.detach()[i * d : (i + 1) * d])
+            self.out_proj.load_state_dict(mha.out_proj.state_dict())
+        # a frozen MHA stays frozen after unfusing (new Linears default to requires_grad=True)
+        for p in self.parameters():
+            p.requires_grad_(mha.in_proj_weight.requires_grad)
+        self.probs_hook: Callable[[torch.Tensor], None] | None = None
+
+    def _mask(self, attn_mask, key_padding_mask, n: int, q_len: int, k_len: int, dtype) -> torch.Tensor | None:
+        """Combine MHA-style masks (True = masked out) into one additive float mask broadcastable to (N,H,L,S)."""
+        mask = None
+        if attn_mask is not None:
+            if attn_mask.dtype == torch.bool:
+                attn_mask = torch.zeros_like(attn_mask, dtype=dtype).masked_fill(attn_mask, float("-inf"))
+            mask = attn_mask.to(dtype)
+            if mask.dim() == 3:  # (N*H, L, S) -> (N, H, L, S)
+                mask = mask.view(n, self.num_heads, q_len, k_len)
+        if key_padding_mask is not None:
+            if key_padding_mask.dtype == torch.bool:
+                pad = torch.zeros_like(key_padding_mask, dtype=dtype).masked_fill(key_padding_mask, float("-inf"))
+            else:
+                pad = key_padding_mask.to(dtype)
+            pad = pad.view(n, 1, 1, k_len)
+            mask = pad if mask is None else mask + pad
+        return mask
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        key: torch.Tensor | None = None,
+        value: torch.Tensor | None = None,
+        key_padding_mask: torch.Tensor | None = None,
+        need_weights: bool = False,
+        attn_mask: torch.Tensor | None = None,
+        average_attn_weights: bool = True,
+        is_causal: bool = False,
+    ) -> tuple[torch.Tensor, None]:
+        key = query if key is None else key
+        value = query if value is None else value
+        if not self.batch_first:  # (L, N, E) -> (N, L, E)
+            query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+        n, q_len, _ = query.shape
+        k_len = key.shape[1]
+        # (N, L, E) -> (N, H, L, Dh)
+        q = self.q_proj(query).view(n, q_len, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(key).view(n, k_len, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(value).view(n, k_len, self.num_heads, self.head_dim).transpose(1, 2)
+        mask = self._mask(attn_mask, key_padding_mask, n, q_len, k_len, q.dtype)
+        dropout_p = self.dropout if self.training else 0.0
+        if self.probs_hook is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+        else:
+            scores = q @ k.transpose(-2, -1) / self.head_dim**0.5  # (N, H, L, S)
+            if mask is not None:
+                scores = scores + mask
+            probs = scores.softmax(dim=-1)
+            self.probs_hook(probs.detach())
+            out = F.dropout(probs, dropout_p) @ v
+        out = out.transpose(1, 2).reshape(n, q_len, self.embed_dim)  # (N, H, L, Dh) -> (N, L, E)
+        out = self.out_proj(out)
+        if not self.batch_first:
+            out = out.transpose(0, 1)
+        return out, None
+
+
+def fuse_attention(attn: UnfusedAttention) -> nn.MultiheadAttention:
+    """Build a stock ``nn.MultiheadAttention`` holding ``attn``'s (plain ``nn.Linear``) projections."""
+    projs = (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj)
+    if not all(type(p) is nn.Linear for p in projs):
+        raise TypeError("merge adapters before fusing attention: projections must be plain nn.Linear")
+    w = attn.q_proj.weight
+    mha = nn.MultiheadAttention(
+        attn.embed_dim,
+        attn.num_heads,
+        dropout=attn.dropout,
+        bias=attn.q_proj.bias is not None,
+        batch_first=attn.batch_first,
+        device=w.device,
+        dtype=w.dtype,
+    )
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.cat([attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]))
+        if mha.in_proj_bias is not None:
+            mha.in_proj_bias.copy_(torch.cat([attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias]))
+        mha.out_proj.weight.copy_(attn.out_proj.weight)
+        if mha.out_proj.bias is not None:
+            mha.out_proj.bias.copy_(attn.out_proj.bias)
+    return mha

@@ -1,0 +1,1 @@
+"""Experiment tracking: MLflow logging and the pyarrow tables ranksearch writes."""

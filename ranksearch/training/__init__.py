@@ -1,0 +1,1 @@
+"""The training core: augmentation, class text features, evaluation and the optimisation loop."""

@@ -1,0 +1,56 @@
+"""Zero-shot style evaluation: accuracy over a class subset, and the base-to-new protocol.
+
+Under base-to-new (CoCoOp), base accuracy is measured on base-class images classified among base classes
+only, new accuracy on new-class images among new classes only, and HM = 2·B·N / (B + N).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ranksearch.data.task import Split, Task
+from ranksearch.data.transforms import normalize
+
+
+def harmonic_mean(a: float, b: float) -> float:
+    return 0.0 if a + b == 0 else 2 * a * b / (a + b)
+
+
+@torch.no_grad()
+def image_features(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int, autocast) -> torch.Tensor:
+    """uint8 (N, 3, H, W) -> unit-norm (N, D) features, computed in batches."""
+    out = []
+    for i in range(0, images.shape[0], batch_size):
+        x = normalize(images[i : i + batch_size].to(device), model)
+        with autocast():
+            out.append(F.normalize(model.encode_image(x).float(), dim=-1))
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def subset_accuracy(feats: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, classes: list[int]) -> float:
+    """Top-1 accuracy (%) of images whose label is in ``classes``, classified among ``classes`` only.
+
+    Args:
+        feats: (N, D) image features; labels: (N,) global labels; text: (C, D) features of all classes.
+    """
+    cls = torch.as_tensor(classes, device=feats.device)
+    keep = torch.isin(labels.to(feats.device), cls)
+    if not keep.any():
+        return float("nan")
+    logits = feats[keep] @ text[cls].t()  # (n, |classes|)
+    pred = cls[logits.argmax(dim=-1)]
+    return 100.0 * (pred == labels.to(feats.device)[keep]).float().mean().item()
+
+
+def evaluate_split(
+    model: nn.Module, task: Task, split: Split, text: torch.Tensor, *, device, batch_size: int, autocast
+) -> dict[str, float]:
+    """Metrics of one split: ``base``, ``new``, ``hm`` under base-to-new, else ``acc``."""
+    feats = image_features(model, split.images, device, batch_size, autocast)
+    if task.base_classes is None:
+        return {"acc": subset_accuracy(feats, split.labels, text, list(range(len(task.classnames))))}
+    base = subset_accuracy(feats, split.labels, text, task.base_classes)
+    new = subset_accuracy(feats, split.labels, text, task.new_classes)
+    return {"base": base, "new": new, "hm": harmonic_mean(base, new)}

@@ -1,0 +1,285 @@
+"""Run one trial: build model and task, attach the adapter, train, evaluate, write artifacts, track.
+
+This is the one code path for every way a trial runs: ``ranksearch trial`` (in-process, breakpoint-friendly)
+and every trial of a sweep (inside a Ray worker). The sweep passes ``on_eval`` to report to Tune and
+``resume`` to continue from a checkpoint; debug mode passes an ``MlflowTracker``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ranksearch.config.schema import TrialConfig
+from ranksearch.errors import TrialError
+
+log = logging.getLogger(__name__)
+
+
+class Tracker(Protocol):
+    """Where a trial's params, metrics and artifacts go (MLflow in debug mode; nothing in a sweep worker)."""
+
+    def start(self, params: dict, tags: dict) -> None: ...
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
+    def log_artifact(self, path: Path) -> None: ...
+    def end(self, status: str) -> None: ...
+
+
+@dataclass
+class EvalEvent:
+    """Passed to ``on_eval`` after each validation evaluation; ``state()`` builds a resumable checkpoint."""
+
+    step: int
+    total_steps: int
+    metrics: dict[str, float]
+    state: Callable[[], dict]
+
+
+@dataclass
+class TrialResult:
+    """Outcome of a trial. ``status`` is "completed" or "failed" (diverged / over its time budget)."""
+
+    status: str
+    metrics: dict[str, float]
+    history: list[dict] = field(default_factory=list)
+    output_dir: Path | None = None
+    error: str | None = None
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise TrialError(f"model.device: {spec!r} requested but CUDA is not available on this machine")
+    return device
+
+
+def eval_steps(total: int, evals: int) -> list[int]:
+    """Steps after which to evaluate: ``evals`` evenly spaced, the last at ``total``."""
+    return sorted({max(1, round(total * i / evals)) for i in range(1, evals + 1)})
+
+
+def crop_scale_for(image_size: int) -> tuple[float, float]:
+    """CLIP-LoRA's (0.08, 1) area range suits 224 px photos; on tiny renders it would crop the object away."""
+    return (0.08, 1.0) if image_size >= 96 else (0.5, 1.0)
+
+
+def run_trial(
+    config: TrialConfig,
+    *,
+    output_dir: Path,
+    tracker: Tracker | None = None,
+    on_eval: Callable[[EvalEvent], None] | None = None,
+    resume: dict | None = None,
+    progress: bool = True,
+) -> TrialResult:
+    """Train and evaluate one configuration.
+
+    Args:
+        config: the validated trial config.
+        output_dir: where artifacts go (config.yaml, metrics.json, allocation.parquet, adapter.safetensors, plots).
+        tracker: receives params, metrics and artifacts (None: nothing is tracked, e.g. inside a sweep worker).
+        on_eval: called after every validation evaluation (the sweep reports to Tune from here).
+        resume: a state dict from ``EvalEvent.state()`` to continue from.
+        progress: show a live progress bar.
+
+    Returns:
+        The result; ``status == "failed"`` when training diverged or ran over ``train.max_seconds``.
+        Any other exception propagates (after the tracker recorded the failure).
+    """
+    from ranksearch.adapters import get_family
+    from ranksearch.adapters.inject import attach_adapters
+    from ranksearch.adapters.io import adapter_state_dict, save_adapter
+    from ranksearch.adapters.placement import resolve_sites
+    from ranksearch.config.load import dump_trial_config
+    from ranksearch.data import build_task
+    from ranksearch.models.clip import build_model, tower_blocks
+    from ranksearch.tracking.mlflow_log import reproducibility_tags
+    from ranksearch.training.evaluate import evaluate_split
+    from ranksearch.training.loop import Trainer, autocast_for
+    from ranksearch.training.text import class_text_features, tokenize_prompts
+
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / "config.yaml").write_text(dump_trial_config(config))
+    seed_everything(config.seed)
+    device = resolve_device(config.model.device)
+    if tracker:
+        tracker.start(config.model_dump(mode="json"), {**reproducibility_tags(config.seed), "family": config.adapter.family})
+    history: list[dict] = []
+    try:
+        import open_clip
+
+        model, image_size = build_model(config.model.name, config.model.pretrained, device=str(device))
+        task = build_task(config.data, image_size)
+        tokenizer = open_clip.get_tokenizer(config.model.name)
+        total_steps = config.train.total_steps(config.data.shots)
+
+        depths = {tower: len(blocks) for tower, blocks in tower_blocks(model).items()}
+        try:
+            sites = resolve_sites(config.placement.towers, config.placement.layers, config.placement.matrices, depths)
+        except ValueError as e:
+            raise TrialError(f"placement: {e}") from None
+        family = get_family(config.adapter.family)(config.adapter, total_steps)
+        layers = attach_adapters(model, family, sites)
+        text_adapted = any(layer.site.tower == "text" for layer in layers)
+        trainable = sum(p.numel() for p in family.trainable_parameters())
+        log.info("%s adapter on %d sites, %d trainable parameters", family.name, len(layers), trainable)
+
+        autocast = autocast_for(device, config.model.precision)
+        all_tokens = tokenize_prompts(tokenizer, task.classnames, task.templates).to(device)
+        train_classes = task.train_classes
+        # labels -> positions in the training class list (base classes only under base-to-new)
+        to_train = torch.full((len(task.classnames),), -1, dtype=torch.long)
+        to_train[torch.as_tensor(train_classes)] = torch.arange(len(train_classes))
+        train_tokens = tokenize_prompts(tokenizer, [task.classnames[c] for c in train_classes], task.templates)
+        trainer = Trainer(
+            model, family, task.train.images, to_train[task.train.labels], train_tokens, len(task.templates),
+            config.train, total_steps, device, config.model.precision, config.seed, text_adapted,
+            crop_scale=config.train.crop_scale or crop_scale_for(image_size),
+        )  # fmt: skip
+        if config.model.compile:
+            model.encode_image = torch.compile(model.encode_image)
+
+        def evaluate(split_name: str, prefix: str) -> dict[str, float]:
+            model.eval()
+            with torch.no_grad(), autocast():
+                text = class_text_features(model, all_tokens, len(task.templates)).float()
+            split = getattr(task, split_name)
+            metrics = evaluate_split(
+                model, task, split, text, device=device, batch_size=config.eval.batch_size, autocast=autocast
+            )
+            return {f"{prefix}{split_name}/{k}": v for k, v in metrics.items()}
+
+        from ranksearch.tracking.allocation import allocation_rows, allocation_table
+
+        static = {"trainable_params": float(trainable), "total_steps": float(total_steps)}
+        final: dict[str, float] = dict(static)
+        if resume is not None:
+            trainer.load_state_dict(resume)
+            history = list(resume.get("history", []))
+            final.update(resume.get("zero_shot", {}))
+            log.info("resumed at step %d of %d", trainer.step, total_steps)
+        elif config.eval.zero_shot:
+            # the adapter is identity at init for most families; measure the frozen model itself regardless
+            zs = {f"zs/{k}": v for k, v in {**evaluate("val", ""), **evaluate("test", "")}.items()}
+            final.update(zs)
+            if tracker:
+                tracker.log_metrics({**zs, **static}, step=0)
+        zero_shot = {k: v for k, v in final.items() if k.startswith("zs/")}
+        alloc_rows = allocation_rows(layers, trainer.step) if resume is None else list(resume.get("allocation", []))
+        checkpoints = set(eval_steps(total_steps, config.eval.evals))
+        every = config.tracking.allocation_every
+
+        def snapshot() -> dict:
+            state = trainer.state_dict(adapter_state_dict(model))
+            state.update(history=list(history), zero_shot=zero_shot, allocation=list(alloc_rows))
+            return state
+
+        started = time.perf_counter()
+        with _progress(progress, total_steps, trainer.step, family.name) as bar:
+            for stats in trainer.steps():
+                bar(stats)
+                if stats.step % config.tracking.log_every == 0 and tracker:
+                    tracker.log_metrics({"train/loss": stats.loss, "train/lr": stats.lr}, stats.step)
+                if stats.step % every == 0 or stats.step == total_steps:
+                    alloc_rows.extend(allocation_rows(layers, stats.step))
+                if stats.step in checkpoints:
+                    val = evaluate("val", "")
+                    entry = {"step": float(stats.step), "train/loss": stats.loss, **val, **static}
+                    history.append(entry)
+                    if tracker:  # train/loss goes out with the periodic batch; no duplicate points
+                        tracker.log_metrics({k: v for k, v in entry.items() if k != "train/loss"}, stats.step)
+                    if on_eval:
+                        on_eval(EvalEvent(stats.step, total_steps, dict(entry), snapshot))
+                limit = config.train.max_seconds
+                if limit is not None and time.perf_counter() - started > limit:
+                    raise TrialError(f"over its time budget: train.max_seconds={limit} exceeded at step {stats.step}")
+
+        final.update(history[-1] if history else {})
+        final.update(evaluate("test", ""))
+        _write_artifacts(output_dir, model, config, final, history, allocation_table(alloc_rows), save_adapter)
+        if tracker:
+            tracker.log_metrics({k: v for k, v in final.items() if k.startswith("test/")}, step=total_steps)
+            for path in sorted(output_dir.iterdir()):
+                if path.is_file():
+                    tracker.log_artifact(path)
+            tracker.end("FINISHED")
+        return TrialResult("completed", final, history, output_dir)
+    except TrialError as e:
+        if tracker:
+            _record_failure(tracker, e)
+        if "placement:" in str(e) or "no trainable" in str(e) or "CUDA" in str(e):
+            raise
+        return TrialResult("failed", {}, history, output_dir, error=str(e))
+    except BaseException as e:
+        if tracker:
+            _record_failure(tracker, e, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+
+
+def _record_failure(tracker: Any, error: BaseException, status: str = "FAILED") -> None:
+    if hasattr(tracker, "set_tags"):
+        tracker.set_tags({"ranksearch.failure": f"{type(error).__name__}: {error}"})
+    tracker.end(status)
+
+
+def _write_artifacts(output_dir, model, config, final, history, table, save_adapter) -> None:
+    import pyarrow.parquet as pq
+
+    (output_dir / "metrics.json").write_text(json.dumps({"final": final, "history": history}, indent=2))
+    pq.write_table(table, output_dir / "allocation.parquet")
+    save_adapter(model, output_dir / "adapter.safetensors", {"config": config.model_dump(mode="json")})
+    try:
+        from ranksearch.tracking.plots import save_allocation_plots
+    except ImportError:  # plots arrive with the allocation-telemetry work
+        return
+    save_allocation_plots(table, output_dir)
+
+
+class _progress:
+    """A rich progress bar (step, loss, lr, it/s) or a no-op; used as ``with _progress(...) as update:``."""
+
+    def __init__(self, enabled: bool, total: int, start: int, label: str):
+        self.enabled, self.total, self.start, self.label = enabled, total, start, label
+
+    def __enter__(self) -> Callable:
+        if not self.enabled:
+            return lambda stats: None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[ips]:.1f} it/s"),
+            TimeRemainingColumn(), transient=False,
+        )  # fmt: skip
+        self.bar.start()
+        self.task = self.bar.add_task(f"train {self.label}", total=self.total, completed=self.start, loss=0.0, lr=0.0, ips=0.0)
+        self.t0, self.n = time.perf_counter(), 0
+
+        def update(stats) -> None:
+            self.n += 1
+            ips = self.n / max(1e-9, time.perf_counter() - self.t0)
+            self.bar.update(self.task, completed=stats.step, loss=stats.loss, lr=stats.lr, ips=ips)
+
+        return update
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.stop()
