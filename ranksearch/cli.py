@@ -118,21 +118,31 @@ def metrics_table(metrics: dict[str, float]) -> Table:
         "Examples:\n\n"
         "  ranksearch trial search_spaces/lora.yaml\n\n"
         "  ranksearch trial search_spaces/codyra.yaml --debug                # 20 steps, verbose, raises\n\n"
-        "  ranksearch trial search_spaces/all.yaml --params '{\"adapter.family\": \"rlrr\"}'\n\n"
+        '  ranksearch trial search_spaces/all.yaml --params \'{"adapter.family": "rlrr"}\'\n\n'
         "  ranksearch trial my_trial.yaml --set adapter.r=8 --set train.lr=1e-3 --no-track"
     )
 )
 def trial(
     config_file: Annotated[Path, typer.Argument(help="trial config or search-space YAML", metavar="FILE")],
-    set_: Annotated[list[str], typer.Option("--set", help="override a field: section.field=value (repeatable)")] = [],  # noqa: B006
-    params: Annotated[str | None, typer.Option(help="search-space parameters as JSON (default: each default)")] = None,
-    debug: Annotated[bool, typer.Option(help="tiny budget, verbose logs, exceptions raised for a debugger")] = False,
+    set_: Annotated[
+        list[str], typer.Option("--set", help="override a field: section.field=value (repeatable)")
+    ] = [],  # noqa: B006
+    params: Annotated[
+        str | None, typer.Option(help="search-space parameters as JSON (default: each default)")
+    ] = None,
+    debug: Annotated[
+        bool, typer.Option(help="tiny budget, verbose logs, exceptions raised for a debugger")
+    ] = False,
     out_dir: Annotated[Path, typer.Option("--out", help="parent folder of the trial's output folder")] = Path(
         "ranksearch-runs/trials"
     ),
     track: Annotated[bool, typer.Option(help="log the trial to MLflow")] = True,
-    tracking_uri: Annotated[str | None, typer.Option(help="MLflow tracking URI (default: sqlite file)")] = None,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar; print only the metrics")] = False,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: sqlite file)")
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="no progress bar; print only the metrics")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print final metrics as JSON")] = False,
 ) -> None:
     """Run ONE trial in this process, without Ray: the sweep's code path, quick and breakpoint-friendly.
@@ -165,7 +175,9 @@ def trial(
     out.print(metrics_table(result.metrics))
     out.print(f"outputs: {folder}")
     if tracker:
-        out.print(f"MLflow run {tracker.run_id} in {tracker.uri}\n  view it: mlflow ui --backend-store-uri {tracker.uri}")
+        out.print(
+            f"MLflow run {tracker.run_id} in {tracker.uri}\n  view it: mlflow ui --backend-store-uri {tracker.uri}"
+        )
 
 
 @app.command(
@@ -224,7 +236,9 @@ def families() -> None:
 
 def main(argv: list[str] | None = None) -> Any:
     """Entry point: run the app, turning ranksearch errors into one message and an exit status."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("RANKSEARCH_DEBUG") == "1"
+    debug = (
+        "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("RANKSEARCH_DEBUG") == "1"
+    )
     try:
         rc = app(args=argv, standalone_mode=False)
     except RanksearchError as e:

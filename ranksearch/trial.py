@@ -105,7 +105,7 @@ def run_trial(
     """
     from ranksearch.adapters import get_family
     from ranksearch.adapters.inject import attach_adapters
-    from ranksearch.adapters.io import adapter_state_dict, save_adapter
+    from ranksearch.adapters.io import adapter_state_dict
     from ranksearch.adapters.placement import resolve_sites
     from ranksearch.config.load import dump_trial_config
     from ranksearch.data import build_task
@@ -121,7 +121,10 @@ def run_trial(
     seed_everything(config.seed)
     device = resolve_device(config.model.device)
     if tracker:
-        tracker.start(config.model_dump(mode="json"), {**reproducibility_tags(config.seed), "family": config.adapter.family})
+        tracker.start(
+            config.model_dump(mode="json"),
+            {**reproducibility_tags(config.seed), "family": config.adapter.family},
+        )
     history: list[dict] = []
     try:
         import open_clip
@@ -133,7 +136,9 @@ def run_trial(
 
         depths = {tower: len(blocks) for tower, blocks in tower_blocks(model).items()}
         try:
-            sites = resolve_sites(config.placement.towers, config.placement.layers, config.placement.matrices, depths)
+            sites = resolve_sites(
+                config.placement.towers, config.placement.layers, config.placement.matrices, depths
+            )
         except ValueError as e:
             raise TrialError(f"placement: {e}") from None
         family = get_family(config.adapter.family)(config.adapter, total_steps)
@@ -148,7 +153,9 @@ def run_trial(
         # labels -> positions in the training class list (base classes only under base-to-new)
         to_train = torch.full((len(task.classnames),), -1, dtype=torch.long)
         to_train[torch.as_tensor(train_classes)] = torch.arange(len(train_classes))
-        train_tokens = tokenize_prompts(tokenizer, [task.classnames[c] for c in train_classes], task.templates)
+        train_tokens = tokenize_prompts(
+            tokenizer, [task.classnames[c] for c in train_classes], task.templates
+        )
         trainer = Trainer(
             model, family, task.train.images, to_train[task.train.labels], train_tokens, len(task.templates),
             config.train, total_steps, device, config.model.precision, config.seed, text_adapted,
@@ -167,7 +174,7 @@ def run_trial(
             )
             return {f"{prefix}{split_name}/{k}": v for k, v in metrics.items()}
 
-        from ranksearch.tracking.allocation import allocation_rows, allocation_table
+        from ranksearch.tracking.allocation import allocation_rows
 
         static = {"trainable_params": float(trainable), "total_steps": float(total_steps)}
         final: dict[str, float] = dict(static)
@@ -183,7 +190,9 @@ def run_trial(
             if tracker:
                 tracker.log_metrics({**zs, **static}, step=0)
         zero_shot = {k: v for k, v in final.items() if k.startswith("zs/")}
-        alloc_rows = allocation_rows(layers, trainer.step) if resume is None else list(resume.get("allocation", []))
+        alloc_rows = (
+            allocation_rows(layers, trainer.step) if resume is None else list(resume.get("allocation", []))
+        )
         checkpoints = set(eval_steps(total_steps, config.eval.evals))
         every = config.tracking.allocation_every
 
@@ -210,11 +219,13 @@ def run_trial(
                         on_eval(EvalEvent(stats.step, total_steps, dict(entry), snapshot))
                 limit = config.train.max_seconds
                 if limit is not None and time.perf_counter() - started > limit:
-                    raise TrialError(f"over its time budget: train.max_seconds={limit} exceeded at step {stats.step}")
+                    raise TrialError(
+                        f"over its time budget: train.max_seconds={limit} exceeded at step {stats.step}"
+                    )
 
         final.update(history[-1] if history else {})
         final.update(evaluate("test", ""))
-        _write_artifacts(output_dir, model, config, final, history, allocation_table(alloc_rows), save_adapter)
+        _write_artifacts(output_dir, model, config, final, history, alloc_rows)
         if tracker:
             tracker.log_metrics({k: v for k, v in final.items() if k.startswith("test/")}, step=total_steps)
             for path in sorted(output_dir.iterdir()):
@@ -240,17 +251,20 @@ def _record_failure(tracker: Any, error: BaseException, status: str = "FAILED") 
     tracker.end(status)
 
 
-def _write_artifacts(output_dir, model, config, final, history, table, save_adapter) -> None:
+def _write_artifacts(output_dir: Path, model, config: TrialConfig, final, history, rows: list[dict]) -> None:
+    """metrics.json, the allocation table (parquet), the adapter (safetensors), rank pattern and plots."""
     import pyarrow.parquet as pq
 
+    from ranksearch.adapters.io import save_adapter
+    from ranksearch.tracking.allocation import allocation_table, rank_pattern
+    from ranksearch.tracking.plots import plot_allocation_heatmap, plot_rank_over_time
+
     (output_dir / "metrics.json").write_text(json.dumps({"final": final, "history": history}, indent=2))
-    pq.write_table(table, output_dir / "allocation.parquet")
+    pq.write_table(allocation_table(rows), output_dir / "allocation.parquet")
+    (output_dir / "rank_pattern.json").write_text(json.dumps(rank_pattern(rows), indent=2))
     save_adapter(model, output_dir / "adapter.safetensors", {"config": config.model_dump(mode="json")})
-    try:
-        from ranksearch.tracking.plots import save_allocation_plots
-    except ImportError:  # plots arrive with the allocation-telemetry work
-        return
-    save_allocation_plots(table, output_dir)
+    plot_allocation_heatmap(rows, output_dir / "allocation_heatmap.png")
+    plot_rank_over_time(rows, output_dir / "rank_over_time.png")
 
 
 class _progress:
@@ -270,7 +284,9 @@ class _progress:
             TimeRemainingColumn(), transient=False,
         )  # fmt: skip
         self.bar.start()
-        self.task = self.bar.add_task(f"train {self.label}", total=self.total, completed=self.start, loss=0.0, lr=0.0, ips=0.0)
+        self.task = self.bar.add_task(
+            f"train {self.label}", total=self.total, completed=self.start, loss=0.0, lr=0.0, ips=0.0
+        )
         self.t0, self.n = time.perf_counter(), 0
 
         def update(stats) -> None:

@@ -29,6 +29,11 @@ def tiny_inputs():
     """(images (4, 3, 32, 32), token ids (3, 16)) for the tiny model."""
     import open_clip
 
+    from ranksearch.models.clip import register_tiny_configs
+
+    register_tiny_configs()
     torch.manual_seed(0)
-    tokens = open_clip.get_tokenizer("rs-tiny-clip")(["a red star", "a small blue ring in the top left", "a heart"])
+    tokens = open_clip.get_tokenizer("rs-tiny-clip")(
+        ["a red star", "a small blue ring in the top left", "a heart"]
+    )
     return torch.randn(4, 3, 32, 32), tokens

@@ -90,7 +90,9 @@ def test_parameters_carry_prefix_and_only_adapters_train(tiny, name):
     cls = get_family(name)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all(cls.prefix in n for n in trainable)
-    assert {id(p) for p in family.trainable_parameters()} == {id(p) for p in model.parameters() if p.requires_grad}
+    assert {id(p) for p in family.trainable_parameters()} == {
+        id(p) for p in model.parameters() if p.requires_grad
+    }
     assert family.layers and all(layer in adapter_layers(model) for layer in family.layers)
 
 
@@ -217,4 +219,6 @@ def test_trainable_count_vit_b16(vit_b16, name, overrides, matrices, stated):
 
 
 def test_every_family_has_a_count_case():
-    assert set(FAMILIES) <= {c[0] for c in COUNT_CASES}, "add a ViT-B/16 parameter-count case for the new family"
+    assert set(FAMILIES) <= {c[0] for c in COUNT_CASES}, (
+        "add a ViT-B/16 parameter-count case for the new family"
+    )

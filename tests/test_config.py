@@ -18,9 +18,24 @@ def paths_of(err: ConfigError) -> set[str]:
 
 def test_defaults_are_clip_lora():
     c = TrialConfig()
-    assert (c.adapter.family, c.adapter.r, c.adapter.alpha, c.adapter.scaling, c.adapter.dropout) == ("lora", 2, 1.0, "sqrt", 0.25)
-    assert c.placement.towers == "both" and c.placement.matrices == ["q", "k", "v"] and c.placement.layers == "all"
-    assert (c.train.lr, c.train.weight_decay, c.train.batch_size, c.train.iterations_per_shot) == (2e-4, 1e-2, 32, 500)
+    assert (c.adapter.family, c.adapter.r, c.adapter.alpha, c.adapter.scaling, c.adapter.dropout) == (
+        "lora",
+        2,
+        1.0,
+        "sqrt",
+        0.25,
+    )
+    assert (
+        c.placement.towers == "both"
+        and c.placement.matrices == ["q", "k", "v"]
+        and c.placement.layers == "all"
+    )
+    assert (c.train.lr, c.train.weight_decay, c.train.batch_size, c.train.iterations_per_shot) == (
+        2e-4,
+        1e-2,
+        32,
+        500,
+    )
     assert c.train.total_steps(16) == 8000
 
 
@@ -48,8 +63,14 @@ def test_all_errors_are_reported_at_once_with_field_paths():
 
 
 def test_overrides_apply_and_are_typed():
-    data = apply_overrides({"train": {"lr": 1.0}}, ["train.lr=1e-3", "adapter.family=lora", "placement.matrices=[q, v]"])
-    assert data == {"train": {"lr": 1e-3}, "adapter": {"family": "lora"}, "placement": {"matrices": ["q", "v"]}}
+    data = apply_overrides(
+        {"train": {"lr": 1.0}}, ["train.lr=1e-3", "adapter.family=lora", "placement.matrices=[q, v]"]
+    )
+    assert data == {
+        "train": {"lr": 1e-3},
+        "adapter": {"family": "lora"},
+        "placement": {"matrices": ["q", "v"]},
+    }
     with pytest.raises(ConfigError):
         apply_overrides({}, ["no-equals-sign"])
 

@@ -60,9 +60,13 @@ def test_unfused_attention_masks_match_mha():
     bool_mask.fill_diagonal_(False)
     pad = torch.tensor([[False] * 4 + [True], [False] * 5])
     for kwargs in ({}, {"attn_mask": causal}, {"attn_mask": bool_mask}, {"key_padding_mask": pad}):
-        torch.testing.assert_close(attn(x, x, x, **kwargs)[0], mha(x, x, x, need_weights=False, **kwargs)[0], atol=1e-5, rtol=0)
+        torch.testing.assert_close(
+            attn(x, x, x, **kwargs)[0], mha(x, x, x, need_weights=False, **kwargs)[0], atol=1e-5, rtol=0
+        )
     # and back: the fused module is a stock MHA with the same outputs
-    torch.testing.assert_close(fuse_attention(attn)(x, x, x, need_weights=False)[0], mha(x, x, x)[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        fuse_attention(attn)(x, x, x, need_weights=False)[0], mha(x, x, x)[0], atol=1e-6, rtol=0
+    )
 
 
 def test_lora_is_identity_at_init(tiny_model, tiny_inputs):
@@ -78,9 +82,13 @@ def test_lora_forward_matches_formula():
     layer = LoraLinear(base, Site("vision", 0, "q"), r=4, alpha=2.0, scaling="sqrt", dropout=0.0)
     nn.init.normal_(layer.lora_B)
     x = torch.randn(3, 8)
-    expected = x @ base.weight.t() + base.bias + (2.0 / math.sqrt(4)) * (x @ layer.lora_A.t() @ layer.lora_B.t())
+    expected = (
+        x @ base.weight.t() + base.bias + (2.0 / math.sqrt(4)) * (x @ layer.lora_A.t() @ layer.lora_B.t())
+    )
     torch.testing.assert_close(layer(x), expected)
-    linear = LoraLinear(nn.Linear(8, 6), Site("vision", 0, "q"), r=4, alpha=2.0, scaling="linear", dropout=0.0)
+    linear = LoraLinear(
+        nn.Linear(8, 6), Site("vision", 0, "q"), r=4, alpha=2.0, scaling="linear", dropout=0.0
+    )
     assert linear.scale == pytest.approx(0.5)
 
 
@@ -123,7 +131,9 @@ def test_merged_equals_unmerged_and_unmerge_restores_base(tiny_model, tiny_input
     # merge_to_stock: no ranksearch modules left, stock MHA back, same outputs
     merge_to_stock(tiny_model)
     assert not adapter_layers(tiny_model)
-    assert all(isinstance(b.attn, nn.MultiheadAttention) for bl in tower_blocks(tiny_model).values() for b in bl)
+    assert all(
+        isinstance(b.attn, nn.MultiheadAttention) for bl in tower_blocks(tiny_model).values() for b in bl
+    )
     assert set(tiny_model.state_dict()) == set(base_state)
     for got, want in zip(encode(tiny_model, tiny_inputs), unmerged, strict=True):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)

@@ -32,7 +32,19 @@ def trial_file(tmp_path):
 
 def test_trial_cli_logs_a_complete_mlflow_run(trial_file, tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    main(["trial", str(trial_file), "--out", str(tmp_path / "runs"), "--tracking-uri", uri, "--quiet", "--set", "adapter.r=4"])
+    main(
+        [
+            "trial",
+            str(trial_file),
+            "--out",
+            str(tmp_path / "runs"),
+            "--tracking-uri",
+            uri,
+            "--quiet",
+            "--set",
+            "adapter.r=4",
+        ]
+    )
     printed = capsys.readouterr().out
     assert "test/hm" in printed and "zero-shot" in printed and "trainable parameters: 7,680" in printed
 
@@ -41,7 +53,11 @@ def test_trial_cli_logs_a_complete_mlflow_run(trial_file, tmp_path, capsys):
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.params["adapter/r"] == "4" and run.data.params["placement/matrices"] == "q,k,v"
-    assert run.data.tags["family"] == "lora" and run.data.tags["seed"] == "1" and "version.torch" in run.data.tags
+    assert (
+        run.data.tags["family"] == "lora"
+        and run.data.tags["seed"] == "1"
+        and "version.torch" in run.data.tags
+    )
     for key in ("val/hm", "test/base", "test/new", "test/hm", "zs/test/hm", "trainable_params"):
         assert key in run.data.metrics, key
     assert run.data.metrics["trainable_params"] == 5 * 3 * 4 * 128
@@ -50,7 +66,10 @@ def test_trial_cli_logs_a_complete_mlflow_run(trial_file, tmp_path, capsys):
     assert [m.step for m in client.get_metric_history(run.info.run_id, "val/hm")] == [4, 8, 12]
 
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"allocation.parquet", "adapter.safetensors", "config.yaml", "metrics.json"} <= artifacts
+    assert {
+        "allocation.parquet", "adapter.safetensors", "config.yaml", "metrics.json", "rank_pattern.json",
+        "allocation_heatmap.png", "rank_over_time.png",
+    } <= artifacts  # fmt: skip
     local = client.download_artifacts(run.info.run_id, "allocation.parquet", str(tmp_path))
     table = pq.read_table(local)
     assert {"step", "tower", "layer", "module", "rank", "trainable_params"} <= set(table.column_names)
@@ -73,25 +92,44 @@ def test_trial_training_changes_the_model_and_is_reproducible(tmp_path):
 
 
 def test_resume_from_an_eval_checkpoint_gives_the_same_result(tmp_path):
-    config = validate_trial_config({**FAST, "train": {**FAST["train"], "augment": True}, "tracking": {"enabled": False}})
+    config = validate_trial_config(
+        {**FAST, "train": {**FAST["train"], "augment": True}, "tracking": {"enabled": False}}
+    )
     states = []
-    full = run_trial(config, output_dir=tmp_path / "full", progress=False, on_eval=lambda ev: states.append(ev.state()))
+    full = run_trial(
+        config, output_dir=tmp_path / "full", progress=False, on_eval=lambda ev: states.append(ev.state())
+    )
     assert [s["step"] for s in states] == [4, 8, 12]
     path = tmp_path / "ckpt.pt"
     torch.save(states[0], path)
-    resumed = run_trial(config, output_dir=tmp_path / "resumed", progress=False, resume=torch.load(path, weights_only=True))
+    resumed = run_trial(
+        config, output_dir=tmp_path / "resumed", progress=False, resume=torch.load(path, weights_only=True)
+    )
     assert resumed.metrics == pytest.approx(full.metrics, abs=1e-6)
 
 
 def test_divergence_is_reported_as_a_failed_trial(tmp_path):
-    config = validate_trial_config({**FAST, "train": {**FAST["train"], "logit_scale": 1e39}, "tracking": {"enabled": False}})
+    config = validate_trial_config(
+        {**FAST, "train": {**FAST["train"], "logit_scale": 1e39}, "tracking": {"enabled": False}}
+    )
     result = run_trial(config, output_dir=tmp_path, progress=False)
     assert result.status == "failed" and "non-finite loss" in result.error
 
 
 def test_bad_placement_is_a_clear_error(trial_file, tmp_path, capsys):
     with pytest.raises(SystemExit) as info:
-        main(["trial", str(trial_file), "--out", str(tmp_path), "--no-track", "--quiet", "--set", "placement.layers=[7]"])
+        main(
+            [
+                "trial",
+                str(trial_file),
+                "--out",
+                str(tmp_path),
+                "--no-track",
+                "--quiet",
+                "--set",
+                "placement.layers=[7]",
+            ]
+        )
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert "placement" in err and "out of range" in err and "Traceback" not in err

@@ -29,11 +29,17 @@ class AdaloraConfig(Section):
 
     family: Literal["adalora"] = "adalora"
     init_r: int = Field(12, ge=1, le=1024, description="initial rank per module")
-    target_r: int = Field(8, ge=0, le=1024, description="average final rank per module (budget b_T / #modules)")
+    target_r: int = Field(
+        8, ge=0, le=1024, description="average final rank per module (budget b_T / #modules)"
+    )
     alpha: float = Field(8.0, gt=0, description="lora_alpha; update scale alpha / init_r")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
-    t_init_frac: float = Field(0.0, ge=0, lt=1, description="no masking before this fraction of training (tinit)")
-    t_final_frac: float = Field(0.0, ge=0, lt=1, description="final fraction with the pattern frozen (tfinal)")
+    t_init_frac: float = Field(
+        0.0, ge=0, lt=1, description="no masking before this fraction of training (tinit)"
+    )
+    t_final_frac: float = Field(
+        0.0, ge=0, lt=1, description="final fraction with the pattern frozen (tfinal)"
+    )
     delta_t: int = Field(1, ge=1, description="steps between masking while the budget decays (deltaT)")
     beta1: float = Field(0.85, ge=0, lt=1, description="EMA of sensitivity")
     beta2: float = Field(0.85, ge=0, lt=1, description="EMA of uncertainty")
@@ -53,7 +59,9 @@ class AdaloraConfig(Section):
         if self.budget is not None:
             sched = {"start_frac", "end_frac", "interval", "ramp"} & self.budget.model_fields_set
             if sched:
-                raise ValueError(f"budget.{sorted(sched)[0]} is not used by adalora; use t_init_frac/t_final_frac/delta_t")
+                raise ValueError(
+                    f"budget.{sorted(sched)[0]} is not used by adalora; use t_init_frac/t_final_frac/delta_t"
+                )
         return self
 
 
@@ -117,7 +125,9 @@ class Adalora(AdapterFamily):
     prefix = "ada_"  # not "adalora_": that contains "lora_", CLIP-LoRA's prefix
     config_cls = AdaloraConfig
     mergeable = True
-    description = "AdaLoRA (PEFT): SVD triplets, sensitivity-EMA importance, cubic global budget over both towers"
+    description = (
+        "AdaLoRA (PEFT): SVD triplets, sensitivity-EMA importance, cubic global budget over both towers"
+    )
 
     def __init__(self, config: AdaloraConfig, total_steps: int):
         super().__init__(config, total_steps)
@@ -126,7 +136,9 @@ class Adalora(AdapterFamily):
         self.t_init = round(config.t_init_frac * total_steps)
         self.t_end = total_steps - round(config.t_final_frac * total_steps)  # T − t_final
         if not self.t_init < self.t_end:
-            raise ConfigError([("adapter.t_init_frac", f"t_init {self.t_init} must be < T − t_final {self.t_end}")])
+            raise ConfigError(
+                [("adapter.t_init_frac", f"t_init {self.t_init} must be < T − t_final {self.t_end}")]
+            )
         self._ema: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self.rank_history: list[dict] = []  # {"step", "budget", "pattern": {site key: rank}} at every masking
 
@@ -182,7 +194,11 @@ class Adalora(AdapterFamily):
         """S_i = s(E_i) + mean_j s(A_ij) + mean_k s(B_ki) per module, each (r,)."""
         out = []
         for layer in self.layers:
-            s = self._score(layer.ada_E).view(-1) + self._score(layer.ada_A).mean(1) + self._score(layer.ada_B).mean(0)
+            s = (
+                self._score(layer.ada_E).view(-1)
+                + self._score(layer.ada_A).mean(1)
+                + self._score(layer.ada_B).mean(0)
+            )
             layer.scores = s.detach().float().cpu()
             out.append(layer.scores)
         return out

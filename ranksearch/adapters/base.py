@@ -125,14 +125,19 @@ class AdapterLayer(nn.Module):
     def merge(self) -> None:
         """Add the update into the frozen weights (idempotent). Raises on non-finite updates."""
         if not self.mergeable:
-            raise AdapterError(f"{type(self).__name__} at {self.site.key} cannot be merged into static weights")
+            raise AdapterError(
+                f"{type(self).__name__} at {self.site.key} cannot be merged into static weights"
+            )
         if self.merged:
             return
         dw, db = self.delta_weight(), self.delta_bias()
         if not torch.isfinite(dw).all() or (db is not None and not torch.isfinite(db).all()):
             raise AdapterError(f"non-finite adapter update at {self.site.key}; refusing to merge")
         # keep the exact pre-merge values: (W + ΔW) - ΔW is not bit-identical to W in floating point
-        self._pre_merge = (self.base.weight.detach().clone(), None if db is None else self.base.bias.detach().clone())
+        self._pre_merge = (
+            self.base.weight.detach().clone(),
+            None if db is None else self.base.bias.detach().clone(),
+        )
         self.base.weight.add_(dw.to(self.base.weight.dtype))
         if db is not None:
             self.base.bias.add_(db.to(self.base.bias.dtype))
@@ -182,7 +187,9 @@ class AdapterFamily:
         """
         from ranksearch.adapters.inject import replace_linear
 
-        self.layers = [replace_linear(model, site, lambda base, s=site: self.make_layer(base, s)) for site in sites]
+        self.layers = [
+            replace_linear(model, site, lambda base, s=site: self.make_layer(base, s)) for site in sites
+        ]
         return self.layers
 
     def regularizer(self) -> torch.Tensor | None:

@@ -34,13 +34,18 @@ class BudgetConfig(Section):
     total_rank: int | None = Field(None, ge=0, description="total rank over all modules (rank units)")
     total_params: int | None = Field(None, ge=0, description="total parameters of active components")
     min_rank: int = Field(0, ge=0, description="every module keeps at least this rank")
-    max_rank: int | None = Field(None, ge=1, description="no module exceeds this rank; default its built rank")
+    max_rank: int | None = Field(
+        None, ge=1, description="no module exceeds this rank; default its built rank"
+    )
     threshold: float | None = Field(None, ge=0, description="components scoring below this are dropped")
     start_frac: float = Field(0.5, ge=0, le=1, description="first allocation at this fraction of training")
-    end_frac: float = Field(1.0, ge=0, le=1, description="budget reaches its target here; pattern frozen after")
+    end_frac: float = Field(
+        1.0, ge=0, le=1, description="budget reaches its target here; pattern frozen after"
+    )
     interval: int = Field(10, ge=1, description="steps between re-allocations while ramping")
     ramp: Literal["cubic", "step"] = Field(
-        "cubic", description="cubic: AdaLoRA-style decay from the full rank to the target; step: target at once"
+        "cubic",
+        description="cubic: AdaLoRA-style decay from the full rank to the target; step: target at once",
     )
 
     @model_validator(mode="after")
@@ -119,7 +124,12 @@ def allocate(
     base_cost = sum(m * c for m, c in zip(mins, costs, strict=True))
     if budget is not None and base_cost > budget:
         raise ConfigError(
-            [(f"{field}.min_rank", f"min ranks {mins[:3]}... over {n} modules cost {base_cost} > budget {budget}")]
+            [
+                (
+                    f"{field}.min_rank",
+                    f"min ranks {mins[:3]}... over {n} modules cost {base_cost} > budget {budget}",
+                )
+            ]
         )
     keep = [torch.zeros(r, dtype=torch.bool) for r in sizes]
     orders = []
@@ -168,7 +178,9 @@ def cubic_budget(step: int, b0: float, b_target: float, t_init: int, t_end: int)
 class RankBudget:
     """Applies a ``BudgetConfig`` to a family's budgetable layers (those with a ``rank_mask``) during training."""
 
-    def __init__(self, config: BudgetConfig, layers: Sequence, total_steps: int, field: str = "adapter.budget"):
+    def __init__(
+        self, config: BudgetConfig, layers: Sequence, total_steps: int, field: str = "adapter.budget"
+    ):
         self.config, self.field = config, field
         self.layers = [layer for layer in layers if layer.rank_mask() is not None]
         if not self.layers:
@@ -182,7 +194,12 @@ class RankBudget:
         mins = sum(config.min_rank * c for c in self.costs)
         if self.target is not None and mins > self.target:
             raise ConfigError(
-                [(f"{field}.{config.target_field}", f"budget {self.target} is below what min_rank needs ({mins})")]
+                [
+                    (
+                        f"{field}.{config.target_field}",
+                        f"budget {self.target} is below what min_rank needs ({mins})",
+                    )
+                ]
             )
         self.t_start = round(config.start_frac * total_steps)
         self.t_end = max(self.t_start, round(config.end_frac * total_steps))
@@ -196,9 +213,10 @@ class RankBudget:
         return cubic_budget(step, self.full, self.target, self.t_start, self.t_end)
 
     def due(self, step: int) -> bool:
-        if step < max(1, self.t_start) or step > self.t_end:
+        first = max(1, self.t_start)
+        if step < first or step > self.t_end:
             return False  # after t_end the pattern is frozen (the mask buffers keep it)
-        return step == self.t_end or (step - self.t_start) % self.config.interval == 0
+        return step in (first, self.t_end) or (step - self.t_start) % self.config.interval == 0
 
     @torch.no_grad()
     def apply(self, step: int) -> list[int]:
@@ -220,7 +238,9 @@ class RankBudget:
             mask = layer.rank_mask()
             mask.copy_(k.to(mask.dtype))
         ranks = [int(k.sum()) for k in keep]
-        self.history.append({"step": step, "pattern": {ly.site.key: r for ly, r in zip(self.layers, ranks, strict=True)}})
+        self.history.append(
+            {"step": step, "pattern": {ly.site.key: r for ly, r in zip(self.layers, ranks, strict=True)}}
+        )
         return ranks
 
     def step(self, step: int) -> None:

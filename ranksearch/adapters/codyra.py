@@ -144,7 +144,9 @@ class Codyra(AdapterFamily):
     prefix = "codyra_"
     config_cls = CodyraConfig
     mergeable = True
-    description = "CoDyRA: LoRA with per-component gates B diag(g) A, proximal L1 on g selects the rank (Lu et al.)"
+    description = (
+        "CoDyRA: LoRA with per-component gates B diag(g) A, proximal L1 on g selects the rank (Lu et al.)"
+    )
 
     def make_layer(self, base: nn.Linear, site: Site) -> CodyraLinear:
         c = self.config

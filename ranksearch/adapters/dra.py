@@ -42,17 +42,28 @@ class DraConfig(Section):
     """DRA-style adapter (reconstructed from the abstract; METHODS.md sections 4 and 7). Knobs are [inferred]."""
 
     family: Literal["dra"] = "dra"
-    group_fractions: tuple[float, ...] = Field((0.25, 0.5, 0.25), description="token share of each group, top first")
-    group_ranks: tuple[int, ...] = Field((8, 4, 0), description="rank of each group, top first (non-increasing)")
+    group_fractions: tuple[float, ...] = Field(
+        (0.25, 0.5, 0.25), description="token share of each group, top first"
+    )
+    group_ranks: tuple[int, ...] = Field(
+        (8, 4, 0), description="rank of each group, top first (non-increasing)"
+    )
     scale: float = Field(1.0, gt=0, description="scale s of the bottleneck output")
     importance: Literal["cls_eot", "column_mean"] = Field(
-        "cls_eot", description="token score: CLS (vision) / EOT (text) attention row, or attention column mean"
+        "cls_eot",
+        description="token score: CLS (vision) / EOT (text) attention row, or attention column mean",
     )
     channel_response: bool = Field(True, description="per-instance sigmoid gate on output channels")
-    channel_topk: float | None = Field(None, gt=0, le=1, description="adapt only this share of channels by |mean|")
+    channel_topk: float | None = Field(
+        None, gt=0, le=1, description="adapt only this share of channels by |mean|"
+    )
     l1_weight: float = Field(1e-4, ge=0, description="λ_L1")
-    l1_target: Literal["adapter", "gate"] = Field("adapter", description="L1 on U and D, or on the gate weights")
-    budget: BudgetConfig | None = Field(None, description="optional global rank budget (writes dra_rank_mask)")
+    l1_target: Literal["adapter", "gate"] = Field(
+        "adapter", description="L1 on U and D, or on the gate weights"
+    )
+    budget: BudgetConfig | None = Field(
+        None, description="optional global rank budget (writes dra_rank_mask)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> DraConfig:
@@ -63,11 +74,15 @@ class DraConfig(Section):
         if any(r < 0 for r in self.group_ranks) or max(self.group_ranks) < 1:
             raise ValueError(f"group_ranks must be >= 0 with at least one >= 1, got {self.group_ranks}")
         if list(self.group_ranks) != sorted(self.group_ranks, reverse=True):
-            raise ValueError(f"group_ranks must be non-increasing (important tokens get more rank): {self.group_ranks}")
+            raise ValueError(
+                f"group_ranks must be non-increasing (important tokens get more rank): {self.group_ranks}"
+            )
         return self
 
 
-def group_tokens(scores: torch.Tensor, fractions: tuple[float, ...], top: torch.Tensor | None = None) -> torch.Tensor:
+def group_tokens(
+    scores: torch.Tensor, fractions: tuple[float, ...], top: torch.Tensor | None = None
+) -> torch.Tensor:
     """Group ids (N, L) by score quantile: group 0 = the top ``fractions[0]`` share of tokens, and so on.
 
     Args:

@@ -43,7 +43,9 @@ def unfuse_block_attention(block: nn.Module) -> UnfusedAttention:
     return block.attn
 
 
-def replace_linear(model: nn.Module, site: Site, factory: Callable[[nn.Linear], AdapterLayer]) -> AdapterLayer:
+def replace_linear(
+    model: nn.Module, site: Site, factory: Callable[[nn.Linear], AdapterLayer]
+) -> AdapterLayer:
     """Swap the linear at ``site`` for ``factory(linear)``; unfuses the block's attention first if needed."""
     if site.module in ATTENTION_MATRICES:
         unfuse_block_attention(block_at(model, site))

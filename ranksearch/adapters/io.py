@@ -65,6 +65,8 @@ def load_adapter(model: nn.Module, path: str | Path) -> dict:
         )
     for key, value in state.items():
         if value.shape != expected[key].shape:
-            raise AdapterError(f"adapter tensor {key}: shape {tuple(value.shape)} != {tuple(expected[key].shape)}")
+            raise AdapterError(
+                f"adapter tensor {key}: shape {tuple(value.shape)} != {tuple(expected[key].shape)}"
+            )
     model.load_state_dict(state, strict=False)
     return meta

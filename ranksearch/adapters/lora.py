@@ -27,7 +27,9 @@ class LoraConfig(Section):
     family: Literal["lora"] = "lora"
     r: int = Field(2, ge=1, le=1024, description="rank")
     alpha: float = Field(1.0, gt=0, description="scale numerator")
-    scaling: Literal["sqrt", "linear"] = Field("sqrt", description="sqrt: s = alpha/sqrt(r) (CLIP-LoRA); linear: alpha/r")
+    scaling: Literal["sqrt", "linear"] = Field(
+        "sqrt", description="sqrt: s = alpha/sqrt(r) (CLIP-LoRA); linear: alpha/r"
+    )
     dropout: float = Field(0.25, ge=0, lt=1, description="dropout on the LoRA input only")
     budget: BudgetConfig | None = Field(None, description="optional global rank budget (writes lora_mask)")
 
@@ -68,7 +70,9 @@ class LoraLinear(AdapterLayer):
 
     def component_scores(self) -> torch.Tensor:
         """Norm of each rank-1 component s·B[:, i] A[i, :] = s·‖B_i‖·‖A_i‖ (LoRA has no learned importance)."""
-        return (self.lora_B.detach().norm(dim=0) * self.lora_A.detach().norm(dim=1) * self.scale).float()  # (r,)
+        return (
+            self.lora_B.detach().norm(dim=0) * self.lora_A.detach().norm(dim=1) * self.scale
+        ).float()  # (r,)
 
     def params_per_rank(self) -> int:
         return self.base.in_features + self.base.out_features

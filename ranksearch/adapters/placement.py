@@ -45,7 +45,9 @@ def layer_indices(selection: str | list[int], depth: int) -> list[int]:
     return idx
 
 
-def resolve_sites(towers: str, layers: str | list[int], matrices: list[str], depths: dict[str, int]) -> list[Site]:
+def resolve_sites(
+    towers: str, layers: str | list[int], matrices: list[str], depths: dict[str, int]
+) -> list[Site]:
     """All sites of a placement, in a stable order (tower, layer, matrix order as given).
 
     Args:

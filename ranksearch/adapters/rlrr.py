@@ -139,7 +139,9 @@ class Rlrr(AdapterFamily):
     prefix = "rlrr_"
     config_cls = RlrrConfig
     mergeable = True
-    description = "RLRR: W ⊙ (1 + s_left s_rightᵀ) + shift on every linear, SSF after LayerNorms (Dong et al. 2024)"
+    description = (
+        "RLRR: W ⊙ (1 + s_left s_rightᵀ) + shift on every linear, SSF after LayerNorms (Dong et al. 2024)"
+    )
 
     def make_layer(self, base: nn.Linear, site: Site) -> RlrrLinear:
         return RlrrLinear(base, site, self.config.r, self.config.init)

@@ -24,7 +24,9 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise ConfigError([("<file>", f"{str(p)!r} does not exist or is not a file")], source=str(p))
     if p.stat().st_size > MAX_CONFIG_BYTES:
-        raise ConfigError([("<file>", f"file is {p.stat().st_size} bytes; the limit is {MAX_CONFIG_BYTES}")], str(p))
+        raise ConfigError(
+            [("<file>", f"file is {p.stat().st_size} bytes; the limit is {MAX_CONFIG_BYTES}")], str(p)
+        )
     try:
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
@@ -37,12 +39,16 @@ def parse_yaml(text: str, source: str | None = None) -> dict[str, Any]:
     try:
         aliases = sum(isinstance(ev, yaml.AliasEvent) for ev in yaml.parse(text, Loader=yaml.SafeLoader))
         if aliases > MAX_ALIASES:
-            raise ConfigError([("<file>", f"{aliases} YAML aliases (limit {MAX_ALIASES}); refusing to expand")], source)
+            raise ConfigError(
+                [("<file>", f"{aliases} YAML aliases (limit {MAX_ALIASES}); refusing to expand")], source
+            )
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        raise ConfigError([("<file>", f"invalid YAML: {where}{getattr(e, 'problem', None) or e}")], source) from None
+        raise ConfigError(
+            [("<file>", f"invalid YAML: {where}{getattr(e, 'problem', None) or e}")], source
+        ) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

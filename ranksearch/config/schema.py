@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 import ranksearch.adapters  # noqa: F401  (registers the built-in families before the union is built)
 from ranksearch.adapters.registry import all_families
@@ -24,7 +24,9 @@ _RANGE = re.compile(r"^(\d+)-(\d+)$")
 class ModelConfig(Section):
     """Which open_clip model to adapt."""
 
-    name: str = Field("rs-tiny-clip", description="open_clip model name (built-in or a ranksearch tiny config)")
+    name: str = Field(
+        "rs-tiny-clip", description="open_clip model name (built-in or a ranksearch tiny config)"
+    )
     pretrained: str | None = Field(
         "shapeworld",
         description=(
@@ -56,7 +58,11 @@ class DataConfig(Section):
     split_seed: int = Field(1, description="seed of the few-shot sample; every trial of a sweep shares it")
     domain: str = Field("clutter", description="shapeworld rendering domain of the downstream task")
     test_per_class: int = Field(40, ge=1, description="shapeworld: test images per class")
-    template: str | None = Field(None, description="prompt template with one '{}'; default per task")
+    template: str | None = Field(
+        None,
+        description="prompt template with one '{}', or 'generic' ('a photo of a {}.', CLIP-LoRA) or 'coop' "
+        "(CoOp's per-dataset template); null = the task's default",
+    )
     cache_dir: str | None = Field(
         None,
         description="cache root for decoded image tensors and few-shot split files; default $RANKSEARCH_CACHE "
@@ -94,7 +100,9 @@ class PlacementConfig(Section):
         if isinstance(v, str):
             m = _RANGE.match(v)
             if v not in LAYER_POSITIONS and not (m and int(m.group(1)) <= int(m.group(2))):
-                raise ValueError(f"{v!r} is not one of {', '.join(LAYER_POSITIONS)} or a range 'A-B' with A <= B")
+                raise ValueError(
+                    f"{v!r} is not one of {', '.join(LAYER_POSITIONS)} or a range 'A-B' with A <= B"
+                )
         elif not v or any(i < 0 for i in v):
             raise ValueError("a layer list must be non-empty and hold non-negative indices")
         return v
@@ -117,10 +125,14 @@ class TrainConfig(Section):
     betas: tuple[float, float] = (0.9, 0.999)
     batch_size: int = Field(32, ge=1, le=65_536)
     iterations_per_shot: int = Field(500, ge=1, description="total steps = this × shots (CLIP-LoRA)")
-    iterations: int | None = Field(None, ge=1, description="explicit total steps; overrides iterations_per_shot")
+    iterations: int | None = Field(
+        None, ge=1, description="explicit total steps; overrides iterations_per_shot"
+    )
     warmup_steps: int = Field(0, ge=0)
     eta_min: float = Field(1e-6, ge=0, description="cosine schedule floor")
-    logit_scale: float | None = Field(None, gt=0, description="fixed logit scale; null = the model's own (frozen)")
+    logit_scale: float | None = Field(
+        None, gt=0, description="fixed logit scale; null = the model's own (frozen)"
+    )
     augment: bool = Field(True, description="random resized crop + horizontal flip")
     crop_scale: tuple[float, float] | None = Field(
         None,
@@ -143,7 +155,9 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     """When and how to evaluate. Selection uses the validation split only; the test split is for the report."""
 
-    evals: int = Field(4, ge=1, description="evaluations on the validation split during training (last at the end)")
+    evals: int = Field(
+        4, ge=1, description="evaluations on the validation split during training (last at the end)"
+    )
     batch_size: int = Field(256, ge=1)
     zero_shot: bool = Field(True, description="also evaluate the unadapted model (before training)")
 
@@ -152,7 +166,10 @@ class TrackingConfig(Section):
     """MLflow logging of the trial."""
 
     enabled: bool = True
-    uri: str | None = Field(None, description="tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///./ranksearch-runs/mlflow.db")
+    uri: str | None = Field(
+        None,
+        description="tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///./ranksearch-runs/mlflow.db",
+    )
     experiment: str = "ranksearch"
     run_name: str | None = None
     log_every: int = Field(10, ge=1, description="log training metrics every N steps (batched)")
@@ -169,8 +186,11 @@ def _adapter_union() -> Any:
 AdapterConfig = _adapter_union()
 
 
+DEFAULT_FAMILY = "lora"
+
+
 def _default_adapter() -> Any:
-    return all_families()["lora"].config_cls()
+    return all_families()[DEFAULT_FAMILY].config_cls()
 
 
 class TrialConfig(Section):
@@ -184,3 +204,15 @@ class TrialConfig(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_family(cls, data: Any) -> Any:
+        """An adapter section without ``family`` means the default family (lora), as everywhere else."""
+        if (
+            isinstance(data, dict)
+            and isinstance(data.get("adapter"), dict)
+            and "family" not in data["adapter"]
+        ):
+            data = {**data, "adapter": {"family": DEFAULT_FAMILY, **data["adapter"]}}
+        return data

@@ -49,7 +49,9 @@ class UnfusedAttention(nn.Module):
             p.requires_grad_(mha.in_proj_weight.requires_grad)
         self.probs_hook: Callable[[torch.Tensor], None] | None = None
 
-    def _mask(self, attn_mask, key_padding_mask, n: int, q_len: int, k_len: int, dtype) -> torch.Tensor | None:
+    def _mask(
+        self, attn_mask, key_padding_mask, n: int, q_len: int, k_len: int, dtype
+    ) -> torch.Tensor | None:
         """Combine MHA-style masks (True = masked out) into one additive float mask broadcastable to (N,H,L,S)."""
         mask = None
         if attn_mask is not None:
@@ -60,7 +62,9 @@ class UnfusedAttention(nn.Module):
                 mask = mask.view(n, self.num_heads, q_len, k_len)
         if key_padding_mask is not None:
             if key_padding_mask.dtype == torch.bool:
-                pad = torch.zeros_like(key_padding_mask, dtype=dtype).masked_fill(key_padding_mask, float("-inf"))
+                pad = torch.zeros_like(key_padding_mask, dtype=dtype).masked_fill(
+                    key_padding_mask, float("-inf")
+                )
             else:
                 pad = key_padding_mask.to(dtype)
             pad = pad.view(n, 1, 1, k_len)
@@ -91,7 +95,9 @@ class UnfusedAttention(nn.Module):
         mask = self._mask(attn_mask, key_padding_mask, n, q_len, k_len, q.dtype)
         dropout_p = self.dropout if self.training else 0.0
         if self.probs_hook is None:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal
+            )
         else:
             scores = q @ k.transpose(-2, -1) / self.head_dim**0.5  # (N, H, L, S)
             if mask is not None:

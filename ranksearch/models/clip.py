@@ -57,9 +57,12 @@ def build_model(name: str, pretrained: str | None = None, device: str = "cpu") -
         weights = str(ensure_checkpoint(name))
     elif pretrained and pretrained.startswith("local-dir:"):
         model_name, weights = pretrained, None  # open_clip reads config and weights from the folder
-    elif pretrained and (os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):
-        if not Path(pretrained).is_file():
-            raise ModelLoadError(f"model.pretrained: checkpoint file {pretrained!r} does not exist")
+    elif (
+        pretrained
+        and (os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors")))
+        and not Path(pretrained).is_file()
+    ):
+        raise ModelLoadError(f"model.pretrained: checkpoint file {pretrained!r} does not exist")
     if not model_name.startswith("local-dir:") and model_name not in open_clip.list_models():
         raise ModelLoadError(f"model.name: unknown open_clip model {name!r} (see open_clip.list_models())")
     try:

@@ -6,6 +6,7 @@ much as one ``log_metric`` on sqlite), and tags record what is needed to reprodu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import subprocess
@@ -47,18 +48,20 @@ def reproducibility_tags(seed: int | None = None) -> dict[str, str]:
     tags: dict[str, str] = {}
     root = Path(__file__).resolve().parents[2]
     try:
-        sha = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
         if sha.returncode == 0:
             tags["git.sha"] = sha.stdout.strip()
-            dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True, timeout=5)
+            dirty = subprocess.run(
+                ["git", "-C", str(root), "status", "--porcelain"], capture_output=True, text=True, timeout=5
+            )
             tags["git.dirty"] = str(bool(dirty.stdout.strip())).lower()
     except (OSError, subprocess.SubprocessError):
         pass
     for pkg in ("ranksearch", "torch", "open_clip_torch", "ray", "optuna", "mlflow"):
-        try:
+        with contextlib.suppress(PackageNotFoundError):
             tags[f"version.{pkg}"] = version(pkg)
-        except PackageNotFoundError:
-            pass
     if seed is not None:
         tags["seed"] = str(seed)
     return tags
@@ -67,7 +70,9 @@ def reproducibility_tags(seed: int | None = None) -> dict[str, str]:
 class MlflowTracker:
     """One MLflow run for one trial, through ``MlflowClient`` (no global active-run state)."""
 
-    def __init__(self, uri: str | None, experiment: str, run_name: str | None = None, parent_run_id: str | None = None):
+    def __init__(
+        self, uri: str | None, experiment: str, run_name: str | None = None, parent_run_id: str | None = None
+    ):
         from mlflow.tracking import MlflowClient
 
         self.uri = uri or default_tracking_uri()

@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+
 def random_resized_crop_flip(
     x: torch.Tensor, generator: torch.Generator, scale: tuple[float, float] = (0.08, 1.0), flip: bool = True
 ) -> torch.Tensor:

@@ -19,7 +19,9 @@ def harmonic_mean(a: float, b: float) -> float:
 
 
 @torch.no_grad()
-def image_features(model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int, autocast) -> torch.Tensor:
+def image_features(
+    model: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int, autocast
+) -> torch.Tensor:
     """uint8 (N, 3, H, W) -> unit-norm (N, D) features, computed in batches."""
     out = []
     for i in range(0, images.shape[0], batch_size):
@@ -29,7 +31,9 @@ def image_features(model: nn.Module, images: torch.Tensor, device: torch.device,
     return torch.cat(out) if out else torch.empty(0)
 
 
-def subset_accuracy(feats: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, classes: list[int]) -> float:
+def subset_accuracy(
+    feats: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, classes: list[int]
+) -> float:
     """Top-1 accuracy (%) of images whose label is in ``classes``, classified among ``classes`` only.
 
     Args:

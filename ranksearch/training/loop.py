@@ -21,8 +21,8 @@ from torch import nn
 
 from ranksearch.adapters.base import AdapterFamily
 from ranksearch.config.schema import TrainConfig
-from ranksearch.errors import TrialError
 from ranksearch.data.transforms import normalize
+from ranksearch.errors import TrialError
 from ranksearch.training.augment import random_resized_crop_flip
 from ranksearch.training.text import class_text_features
 
