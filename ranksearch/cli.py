@@ -33,7 +33,7 @@ app = typer.Typer(
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 console = Console(stderr=True)
@@ -215,10 +215,63 @@ def pretrain(
     that step explicit.
     """
     _configure_logging(False)
-    from ranksearch.pretrain import ensure_checkpoint
+    from ranksearch.pretrain import PretrainConfig, checkpoint_path, ensure_checkpoint
 
-    path = ensure_checkpoint(model, force=force)
+    cached = checkpoint_path(PretrainConfig(model_name=model))
+    if force and cached.is_file():
+        cached.rename(cached.with_suffix(".pt.old"))  # keep the previous checkpoint rather than delete it
+    path = ensure_checkpoint(model)
     out.print(f"checkpoint: {path}")
+    summary = path.with_suffix(".json")
+    if summary.is_file():
+        metrics = json.loads(summary.read_text()).get("metrics", {})
+        shown = {k: round(v, 3) for k, v in metrics.items() if isinstance(v, float)}
+        out.print(f"pretraining metrics: {shown}")
+
+
+@app.command(
+    name="prepare-data",
+    epilog="Examples:\n\n  ranksearch prepare-data eurosat --root ~/data\n\n  ranksearch prepare-data dtd --root $DATA",
+)
+def prepare_data(
+    name: Annotated[str, typer.Argument(help="dataset name, e.g. eurosat, dtd, oxford_pets, fgvc_aircraft")],
+    root: Annotated[Path, typer.Option(help="the $DATA folder the CoOp layout lives in")],
+) -> None:
+    """Download (where a public source exists), verify and arrange a dataset into the CoOp $DATA layout.
+
+    Never called by training, evaluation or tests. Where official split files cannot be fetched it says so and
+    tells you where to put them; ImageNet and its variants must be brought by you (licence).
+    """
+    _configure_logging(False)
+    from ranksearch.data.prepare import prepare_dataset
+
+    folder = prepare_dataset(name, root.expanduser())
+    out.print(f"ready: {folder}\n  use it with: --set data.task={name} --set data.root={root}")
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n  ranksearch export ranksearch-runs/trials/20261122-080651-lora --out exported/\n\n"
+        "  python -c 'import open_clip; m = open_clip.create_model(\"local-dir:exported\")'"
+    )
+)
+def export(
+    trial_dir: Annotated[Path, typer.Argument(help="a finished trial's output folder", metavar="TRIAL_DIR")],
+    out_dir: Annotated[Path, typer.Option("--out", help="new folder to write the export to")],
+) -> None:
+    """Merge a trial's adapter into a plain open_clip checkpoint that open_clip alone loads.
+
+    Also writes the adapter-only weights and the rank allocation as a PEFT-style rank_pattern JSON. A family
+    that cannot merge (DRA-style) is exported as base model + adapter, and the manifest says so.
+    """
+    _configure_logging(False)
+    from ranksearch.export import export_trial
+
+    manifest = export_trial(trial_dir, out_dir)
+    out.print(
+        f"exported to {out_dir} ({'merged' if manifest['merged'] else 'NOT merged: ' + manifest['note']})"
+    )
+    out.print(f"  load with: {manifest['load_with']}")
 
 
 @app.command(epilog="Example:\n\n  ranksearch families")

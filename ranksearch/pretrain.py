@@ -63,7 +63,7 @@ class PretrainConfig:
     """
 
     model_name: str = "rs-tiny-clip"
-    steps: int = 550
+    steps: int = 800
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.05
@@ -76,8 +76,8 @@ class PretrainConfig:
         for name in ("steps", "batch_size", "data_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0:
-            raise ValueError("lr must be > 0, weight_decay and warmup_steps >= 0")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_steps < 0 or self.seed < 0:
+            raise ValueError("lr must be > 0; weight_decay, warmup_steps and seed >= 0")
 
     def cache_key(self) -> str:
         """12 hex digits identifying this config, the recipe version and the shape-world generator version."""
@@ -201,7 +201,8 @@ def pretrain(
         last 10), losses (every step), and with ``evaluate`` the clean zero-shot ``zs_base``/``zs_new``.
     """
     threads = max(1, min(4, os.cpu_count() or 1))  # a model this small gains nothing from more threads
-    with _threads(threads):
+    # fork_rng: seeding here must not change the caller's global torch RNG stream.
+    with _threads(threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
         model, tokenizer, size = _create(cfg.model_name)
         model.train()
@@ -412,6 +413,9 @@ def ensure_checkpoint(model_name: str, cfg: PretrainConfig | None = None, progre
         os.close(fd)
         try:
             metrics = pretrain(cfg, tmp, progress=progress)
+            os.chmod(
+                tmp, 0o644
+            )  # mkstemp creates 0600; the cache is meant to be readable like any other file
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -61,23 +61,9 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrialError(f"model.device: {spec!r} requested but CUDA is not available on this machine")
-    return device
-
-
 def eval_steps(total: int, evals: int) -> list[int]:
     """Steps after which to evaluate: ``evals`` evenly spaced, the last at ``total``."""
     return sorted({max(1, round(total * i / evals)) for i in range(1, evals + 1)})
-
-
-def crop_scale_for(image_size: int) -> tuple[float, float]:
-    """CLIP-LoRA's (0.08, 1) area range suits 224 px photos; on tiny renders it would crop the object away."""
-    return (0.08, 1.0) if image_size >= 96 else (0.5, 1.0)
 
 
 def run_trial(
@@ -103,23 +89,18 @@ def run_trial(
         The result; ``status == "failed"`` when training diverged or ran over ``train.max_seconds``.
         Any other exception propagates (after the tracker recorded the failure).
     """
-    from ranksearch.adapters import get_family
-    from ranksearch.adapters.inject import attach_adapters
     from ranksearch.adapters.io import adapter_state_dict
-    from ranksearch.adapters.placement import resolve_sites
     from ranksearch.config.load import dump_trial_config
     from ranksearch.data import build_task
-    from ranksearch.models.clip import build_model, tower_blocks
+    from ranksearch.session import TrialSession
+    from ranksearch.tracking.allocation import allocation_rows
     from ranksearch.tracking.mlflow_log import reproducibility_tags
-    from ranksearch.training.evaluate import evaluate_split
-    from ranksearch.training.loop import Trainer, autocast_for
-    from ranksearch.training.text import class_text_features, tokenize_prompts
+    from ranksearch.training.evaluate import protocol_summary
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(dump_trial_config(config))
     seed_everything(config.seed)
-    device = resolve_device(config.model.device)
     if tracker:
         tracker.start(
             config.model_dump(mode="json"),
@@ -127,54 +108,16 @@ def run_trial(
         )
     history: list[dict] = []
     try:
-        import open_clip
-
-        model, image_size = build_model(config.model.name, config.model.pretrained, device=str(device))
-        task = build_task(config.data, image_size)
-        tokenizer = open_clip.get_tokenizer(config.model.name)
         total_steps = config.train.total_steps(config.data.shots)
+        session = TrialSession(config, total_steps)
+        task = build_task(config.data, session.image_size)
+        trainer = session.trainer_for(task, total_steps)
+        layers, family, model = session.layers, session.family, session.model
 
-        depths = {tower: len(blocks) for tower, blocks in tower_blocks(model).items()}
-        try:
-            sites = resolve_sites(
-                config.placement.towers, config.placement.layers, config.placement.matrices, depths
-            )
-        except ValueError as e:
-            raise TrialError(f"placement: {e}") from None
-        family = get_family(config.adapter.family)(config.adapter, total_steps)
-        layers = attach_adapters(model, family, sites)
-        text_adapted = any(layer.site.tower == "text" for layer in layers)
-        trainable = sum(p.numel() for p in family.trainable_parameters())
-        log.info("%s adapter on %d sites, %d trainable parameters", family.name, len(layers), trainable)
+        def evaluate(split_name: str) -> dict[str, float]:
+            return session.evaluate(task, split_name)
 
-        autocast = autocast_for(device, config.model.precision)
-        all_tokens = tokenize_prompts(tokenizer, task.classnames, task.templates).to(device)
-        train_classes = task.train_classes
-        # labels -> positions in the training class list (base classes only under base-to-new)
-        to_train = torch.full((len(task.classnames),), -1, dtype=torch.long)
-        to_train[torch.as_tensor(train_classes)] = torch.arange(len(train_classes))
-        train_tokens = tokenize_prompts(
-            tokenizer, [task.classnames[c] for c in train_classes], task.templates
-        )
-        trainer = Trainer(
-            model, family, task.train.images, to_train[task.train.labels], train_tokens, len(task.templates),
-            config.train, total_steps, device, config.model.precision, config.seed, text_adapted,
-            crop_scale=config.train.crop_scale or crop_scale_for(image_size),
-        )  # fmt: skip
-        if config.model.compile:
-            model.encode_image = torch.compile(model.encode_image)
-
-        def evaluate(split_name: str, prefix: str) -> dict[str, float]:
-            model.eval()
-            with torch.no_grad(), autocast():
-                text = class_text_features(model, all_tokens, len(task.templates)).float()
-            split = getattr(task, split_name)
-            metrics = evaluate_split(
-                model, task, split, text, device=device, batch_size=config.eval.batch_size, autocast=autocast
-            )
-            return {f"{prefix}{split_name}/{k}": v for k, v in metrics.items()}
-
-        from ranksearch.tracking.allocation import allocation_rows
+        trainable = session.trainable_params
 
         static = {"trainable_params": float(trainable), "total_steps": float(total_steps)}
         final: dict[str, float] = dict(static)
@@ -185,7 +128,7 @@ def run_trial(
             log.info("resumed at step %d of %d", trainer.step, total_steps)
         elif config.eval.zero_shot:
             # the adapter is identity at init for most families; measure the frozen model itself regardless
-            zs = {f"zs/{k}": v for k, v in {**evaluate("val", ""), **evaluate("test", "")}.items()}
+            zs = {f"zs/{k}": v for k, v in {**evaluate("val"), **evaluate("test")}.items()}
             final.update(zs)
             if tracker:
                 tracker.log_metrics({**zs, **static}, step=0)
@@ -210,7 +153,7 @@ def run_trial(
                 if stats.step % every == 0 or stats.step == total_steps:
                     alloc_rows.extend(allocation_rows(layers, stats.step))
                 if stats.step in checkpoints:
-                    val = evaluate("val", "")
+                    val = evaluate("val")
                     entry = {"step": float(stats.step), "train/loss": stats.loss, **val, **static}
                     history.append(entry)
                     if tracker:  # train/loss goes out with the periodic batch; no duplicate points
@@ -224,7 +167,8 @@ def run_trial(
                     )
 
         final.update(history[-1] if history else {})
-        final.update(evaluate("test", ""))
+        final.update(evaluate("test"))
+        final.update(protocol_summary(config.data.protocol, final, list(task.extra_tests)))
         _write_artifacts(output_dir, model, config, final, history, alloc_rows)
         if tracker:
             tracker.log_metrics({k: v for k, v in final.items() if k.startswith("test/")}, step=total_steps)

@@ -48,8 +48,11 @@ class DataConfig(Section):
         "shapeworld", description="shapeworld | fashion-mnist | a CoOp dataset name | imagefolder"
     )
     root: str | None = Field(None, description="data root ($DATA) for on-disk datasets")
-    protocol: Literal["base2new", "fewshot"] = Field(
-        "base2new", description="base2new: train on base classes, report base/new/HM; fewshot: all classes"
+    protocol: Literal["base2new", "fewshot", "cross-dataset", "domain-shift"] = Field(
+        "base2new",
+        description="base2new (CoCoOp/DRA): train on base classes, report base/new/HM; fewshot (CLIP-LoRA): all "
+        "classes, top-1; cross-dataset: few-shot on this task, zero-shot on data.eval_tasks (test/cross/avg); "
+        "domain-shift: few-shot on this task, evaluated on its domain variants (test/dg/avg)",
     )
     shots: int = Field(16, ge=1, le=10_000, description="training images per class")
     val_shots: int | None = Field(
@@ -140,6 +143,12 @@ class TrainConfig(Section):
     )
     grad_clip: float | None = Field(None, gt=0)
     max_seconds: float | None = Field(None, gt=0, description="stop training after this wall time")
+    cache_frozen_prefix: bool = Field(
+        False,
+        description="with augment=false: compute the frozen vision blocks below the lowest adapted one once per "
+        "training image and start later steps from the cached activations (same numbers, less compute; memory: "
+        "images × tokens × width × 4 bytes, skipped above 4 GiB); ignored with a warning when augment is on",
+    )
 
     @field_validator("betas")
     @classmethod

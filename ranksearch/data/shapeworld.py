@@ -15,7 +15,7 @@ Rendering domains (``DOMAINS``):
 - ``clutter``: the default downstream domain. Textured, brighter background, 2-4 small distractor shapes
   of other colours, lower contrast, more noise. Zero-shot drops a lot, leaving room for adaptation.
 - ``lowcontrast``: dark background, faded colours, heavy noise.
-- ``bright``: light background (white/yellow shapes become hard).
+- ``bright``: flat mid-grey to light background (white and yellow shapes lose contrast).
 - ``outline``: the clean look, but shapes drawn as outlines only.
 
 Everything is deterministic from a seed. Geometry (what is where) and appearance (colours, background,
@@ -268,20 +268,18 @@ def _render_chunk(sc: Scenes, rng: np.random.Generator, domain: str, size: int) 
     elif domain == "lowcontrast":
         bg = np.broadcast_to(rng.uniform(10, 60, (n, 3, 1, 1)).astype(np.float32), (n, 3, size, size)).copy()
         bg += _smooth_noise(rng, n, size) * 10
-        noise_sd = 22.0
-        contrast = rng.uniform(0.25, 0.4, (n, 1)).astype(np.float32)
+        noise_sd = 16.0
+        contrast = rng.uniform(0.35, 0.55, (n, 1)).astype(np.float32)
         colour = bg.mean(axis=(2, 3)) + contrast * (colour - bg.mean(axis=(2, 3)))
     elif domain == "bright":
-        bg = np.broadcast_to(
-            rng.uniform(150, 230, (n, 3, 1, 1)).astype(np.float32), (n, 3, size, size)
-        ).copy()
+        bg = np.broadcast_to(rng.uniform(90, 160, (n, 3, 1, 1)).astype(np.float32), (n, 3, size, size)).copy()
         bg += _smooth_noise(rng, n, size) * 15
         noise_sd = 10.0
     elif domain == "clutter":
-        bg = np.broadcast_to(rng.uniform(40, 120, (n, 3, 1, 1)).astype(np.float32), (n, 3, size, size)).copy()
+        bg = np.broadcast_to(rng.uniform(30, 110, (n, 3, 1, 1)).astype(np.float32), (n, 3, size, size)).copy()
         bg += _smooth_noise(rng, n, size, cells=6) * 35
-        noise_sd = 16.0
-        contrast = rng.uniform(0.5, 0.8, (n, 1)).astype(np.float32)
+        noise_sd = 14.0
+        contrast = rng.uniform(0.6, 0.9, (n, 1)).astype(np.float32)
         colour = bg.mean(axis=(2, 3)) + contrast * (colour - bg.mean(axis=(2, 3)))
     else:  # pragma: no cover - callers check the domain first
         check_domain(domain)
@@ -338,7 +336,8 @@ def render(
 def _streams(seed: int, stream: str) -> tuple[np.random.Generator, np.random.Generator]:
     """(geometry rng, appearance rng) for one split. The seed sequence does not include the domain, so
     the same seed gives the same scenes in every domain."""
-    geo, look = np.random.SeedSequence([seed, _STREAMS[stream]]).spawn(2)
+    # SeedSequence wants non-negative entries; DataConfig allows any int seed.
+    geo, look = np.random.SeedSequence([seed % 2**63, _STREAMS[stream]]).spawn(2)
     return np.random.default_rng(geo), np.random.default_rng(look)
 
 

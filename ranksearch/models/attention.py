@@ -5,6 +5,12 @@ directly, so a wrapper around ``out_proj`` would be bypassed. ``UnfusedAttention
 (same call signature as the MHA inside ``ResidualAttentionBlock``) whose four projections are ordinary
 ``nn.Linear`` modules that adapters can wrap. ``fuse_attention`` turns it back into a stock MHA, so a merged
 model is a plain open_clip model again.
+
+``fuse_qkv`` (off by default; ``set_fused_qkv``) runs the three frozen q/k/v projections of self-attention as one
+matmul with the concatenated weight, then adds each adapter's own update to its third of the output. That is
+what the stock MHA does; it saves kernel launches on GPUs, while on a 2-core CPU the measured effect is nil
+(``docs/benchmarks.md``), hence opt-in. The concatenated weight is a cached copy, rebuilt when a projection's
+weight changes (merge, load, device move), so it costs the q/k/v weights' memory once more.
 """
 
 from __future__ import annotations
@@ -48,6 +54,67 @@ class UnfusedAttention(nn.Module):
         for p in self.parameters():
             p.requires_grad_(mha.in_proj_weight.requires_grad)
         self.probs_hook: Callable[[torch.Tensor], None] | None = None
+        self.fuse_qkv = False
+        self._fused: tuple[tuple, torch.Tensor, torch.Tensor | None] | None = None  # (key, weight, bias)
+
+    def _fusable_bases(self) -> list[nn.Linear] | None:
+        """The frozen q/k/v linears when all three can share one matmul, else None.
+
+        A projection qualifies when it is a plain ``nn.Linear`` or an adapter layer whose forward is the generic
+        ``base(x) + adapter_forward(x)`` around a plain ``nn.Linear`` (LoRA, CoDyRA, AdaLoRA, RLRR).
+        """
+        from ranksearch.adapters.base import AdapterLayer  # here: ranksearch.adapters imports this module
+
+        bases = []
+        for proj in (self.q_proj, self.k_proj, self.v_proj):
+            if type(proj) is nn.Linear:
+                bases.append(proj)
+            elif (
+                isinstance(proj, AdapterLayer)
+                and type(proj).forward is AdapterLayer.forward
+                and type(proj.base) is nn.Linear
+            ):
+                bases.append(proj.base)
+            else:
+                return None
+        return bases
+
+    def _fused_weights(self, bases: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(3d, d) weight and (3d,) bias of q/k/v; cached until any of them changes (tensor id or version)."""
+        tensors = [t for lin in bases for t in (lin.weight, lin.bias) if t is not None]
+        key = tuple((id(t), t._version, t.device, t.dtype) for t in tensors)
+        if self._fused is None or self._fused[0] != key:
+            with torch.no_grad():
+                w = torch.cat([lin.weight for lin in bases])
+                b = (
+                    torch.cat([lin.bias for lin in bases])
+                    if all(lin.bias is not None for lin in bases)
+                    else None
+                )
+            self._fused = (key, w, b)
+        return self._fused[1], self._fused[2]
+
+    def _project_qkv(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """q, k, v projections (N, L, E); one fused matmul for frozen self-attention projections if enabled."""
+        bases = self._fusable_bases() if self.fuse_qkv and key is query and value is query else None
+        if bases is not None and any(
+            b.weight.requires_grad or (b.bias is not None and b.bias.requires_grad) for b in bases
+        ):
+            bases = None  # a trained base weight needs its own gradient; the cached copy would not get it
+        if bases is None:
+            return self.q_proj(query), self.k_proj(key), self.v_proj(value)
+        w, b = self._fused_weights(bases)
+        chunks = F.linear(query, w, b).split(self.embed_dim, dim=-1)
+        out = []
+        for proj, base, chunk in zip((self.q_proj, self.k_proj, self.v_proj), bases, chunks, strict=True):
+            if (
+                proj is not base and not proj.merged
+            ):  # an adapter: add its update, as AdapterLayer.forward does
+                chunk = chunk + proj.adapter_forward(query).to(chunk.dtype)
+            out.append(chunk)
+        return out[0], out[1], out[2]
 
     def _mask(
         self, attn_mask, key_padding_mask, n: int, q_len: int, k_len: int, dtype
@@ -88,10 +155,11 @@ class UnfusedAttention(nn.Module):
             query, key, value = (t.transpose(0, 1) for t in (query, key, value))
         n, q_len, _ = query.shape
         k_len = key.shape[1]
+        q, k, v = self._project_qkv(query, key, value)
         # (N, L, E) -> (N, H, L, Dh)
-        q = self.q_proj(query).view(n, q_len, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(key).view(n, k_len, self.num_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(value).view(n, k_len, self.num_heads, self.head_dim).transpose(1, 2)
+        q = q.view(n, q_len, self.num_heads, self.head_dim).transpose(1, 2)
+        k = k.view(n, k_len, self.num_heads, self.head_dim).transpose(1, 2)
+        v = v.view(n, k_len, self.num_heads, self.head_dim).transpose(1, 2)
         mask = self._mask(attn_mask, key_padding_mask, n, q_len, k_len, q.dtype)
         dropout_p = self.dropout if self.training else 0.0
         if self.probs_hook is None:
@@ -110,6 +178,16 @@ class UnfusedAttention(nn.Module):
         if not self.batch_first:
             out = out.transpose(0, 1)
         return out, None
+
+
+def set_fused_qkv(model: nn.Module, enabled: bool = True) -> int:
+    """Turn ``fuse_qkv`` on or off in every ``UnfusedAttention`` of ``model``; returns how many were set."""
+    count = 0
+    for m in model.modules():
+        if isinstance(m, UnfusedAttention):
+            m.fuse_qkv, m._fused = enabled, None
+            count += 1
+    return count
 
 
 def fuse_attention(attn: UnfusedAttention) -> nn.MultiheadAttention:

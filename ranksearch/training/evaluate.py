@@ -58,3 +58,29 @@ def evaluate_split(
     base = subset_accuracy(feats, split.labels, text, task.base_classes)
     new = subset_accuracy(feats, split.labels, text, task.new_classes)
     return {"base": base, "new": new, "hm": harmonic_mean(base, new)}
+
+
+# the metric each protocol summarises its extra test sets with (paper naming: average over targets)
+PROTOCOL_SUMMARY = {"cross-dataset": "cross", "domain-shift": "dg"}
+
+
+def protocol_summary(protocol: str, metrics: dict[str, float], extra_names: list[str]) -> dict[str, float]:
+    """Average over the extra test sets for cross-dataset / domain-shift (``test/cross/avg``, ``test/dg/avg``).
+
+    Each extra set contributes its ``hm`` when it is split base/new (same label space), else its ``acc``;
+    the same summary is computed for zero-shot metrics (``zs/`` prefix) when present.
+    """
+    name = PROTOCOL_SUMMARY.get(protocol)
+    if name is None or not extra_names:
+        return {}
+    out = {}
+    for prefix in ("", "zs/"):
+        values = []
+        for extra in extra_names:
+            key = f"{prefix}test/{extra}/hm"
+            key = key if key in metrics else f"{prefix}test/{extra}/acc"
+            if key in metrics:
+                values.append(metrics[key])
+        if values:
+            out[f"{prefix}test/{name}/avg"] = sum(values) / len(values)
+    return out

@@ -4,12 +4,23 @@ One step (CLIP-LoRA): sample a batch of few-shot images, augment, encode, cross-
 ``logit_scale · cos(image, class text)`` for the training classes, plus the family's regulariser; AdamW; cosine
 schedule; then the family's ``after_step`` (rank updates). Text features are recomputed every step only when
 the text tower is adapted; otherwise they are computed once.
+
+Work the loop avoids without changing the numbers (``docs/benchmarks.md`` has the measured effect):
+
+* Prompts are encoded only up to the longest prompt's end-of-text token (``text_prefix_length``). CLIP's text
+  tower is causal and pools at the EOT token, so the padding after it cannot change the pooled feature; a
+  prompt of ~8 tokens no longer pays for 77. Only used where it is exact: a stock open_clip ``CLIP`` with
+  argmax pooling and every text adapter token-wise (mergeable).
+* ``train.cache_frozen_prefix`` (augmentation off): the vision blocks below the lowest adapted one are frozen
+  and see the same image every epoch, so their output is computed once per training image (lazily, the first
+  time the image is drawn) and later steps start at the first adapted block (``FrozenPrefixCache``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -19,12 +30,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ranksearch.adapters.base import AdapterFamily
+from ranksearch.adapters.base import AdapterFamily, AdapterLayer
 from ranksearch.config.schema import TrainConfig
 from ranksearch.data.transforms import normalize
 from ranksearch.errors import TrialError
 from ranksearch.training.augment import random_resized_crop_flip
 from ranksearch.training.text import class_text_features
+
+log = logging.getLogger(__name__)
+
+# Above this many bytes the frozen-prefix cache is not built (the trial trains without it and says so).
+PREFIX_CACHE_MAX_BYTES = 4 * 2**30
 
 
 def cosine_lambda(total: int, warmup: int, base_lr: float, eta_min: float) -> Callable[[int], float]:
@@ -46,6 +62,172 @@ def autocast_for(device: torch.device, precision: str) -> Callable[[], contextli
         return contextlib.nullcontext
     dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
     return lambda: torch.autocast(device.type, dtype=dtype)
+
+
+# --- text: encode prompts only up to their end-of-text token ------------------------------------------------------
+def text_prefix_length(model: nn.Module, tokens: torch.Tensor) -> int | None:
+    """How many leading token positions decide the pooled text features, or None when cutting is not exact.
+
+    open_clip's ``CLIP.encode_text`` runs a causal transformer and pools the end-of-text token (the highest id,
+    ``argmax`` pooling). Position p only attends to positions <= p, so the columns after the last EOT of the batch
+    cannot change any pooled feature. That holds only if every text-tower module acts per token: adapters that
+    look at the whole sequence (DRA-style grouping; any non-mergeable layer, or an attention ``probs_hook``)
+    would see a different sequence length, so for them the full context is kept.
+    """
+    import open_clip
+
+    from ranksearch.models.attention import UnfusedAttention
+
+    if (
+        type(model).encode_text is not open_clip.CLIP.encode_text
+        or getattr(model, "text_pool_type", None) != "argmax"
+        or getattr(model, "attn_mask", None) is None
+        or getattr(model.transformer, "grad_checkpointing", False)
+    ):
+        return None
+    for m in model.transformer.modules():
+        if isinstance(m, AdapterLayer) and not m.mergeable:
+            return None
+        if isinstance(m, UnfusedAttention) and m.probs_hook is not None:
+            return None
+    length = int(tokens.argmax(dim=-1).max()) + 1
+    mask = model.attn_mask[:length, :length]
+    causal = torch.full_like(mask, float("-inf")).triu(1)
+    if not torch.equal(mask, causal):  # only the causal mask makes the tail irrelevant
+        return None
+    return length
+
+
+def encode_text_prefix(model: nn.Module, tokens: torch.Tensor, length: int) -> torch.Tensor:
+    """``model.encode_text(tokens)`` computed on the first ``length`` positions only (see ``text_prefix_length``).
+
+    Mirrors open_clip 3.x ``CLIP.encode_text`` line by line, with the positional embedding and the causal mask cut
+    to ``length``.
+    """
+    from open_clip.transformer import text_global_pool
+
+    cast_dtype = model.transformer.get_cast_dtype()
+    tokens = tokens[:, :length]
+    x = model.token_embedding(tokens).to(cast_dtype)  # (B, length, d)
+    x = x + model.positional_embedding[:length].to(cast_dtype)
+    x = model.transformer(x, attn_mask=model.attn_mask[:length, :length])
+    x = model.ln_final(x)
+    x = text_global_pool(x, tokens, model.text_pool_type, eos_token_id=getattr(model, "text_eos_id", None))
+    if model.text_projection is not None:
+        x = (
+            model.text_projection(x)
+            if isinstance(model.text_projection, nn.Linear)
+            else x @ model.text_projection
+        )
+    return x
+
+
+def fast_class_text_features(model: nn.Module, tokens: torch.Tensor, num_templates: int) -> torch.Tensor:
+    """``class_text_features`` with prompts cut after their last EOT token where that is exact."""
+    length = text_prefix_length(model, tokens)
+    if length is None or length >= tokens.shape[1]:
+        return class_text_features(model, tokens, num_templates)
+    feats = F.normalize(encode_text_prefix(model, tokens, length), dim=-1)  # (C*T, D)
+    feats = feats.view(-1, num_templates, feats.shape[-1]).mean(dim=1)  # (C, D)
+    return F.normalize(feats, dim=-1)
+
+
+# --- vision: cache the output of the frozen blocks below the lowest adapted one ------------------------------------
+class FrozenPrefixCache:
+    """Per training image, the vision tower's hidden states entering block ``start`` (the lowest adapted block).
+
+    Exact only when the images do not change between epochs (no augmentation) and nothing below ``start`` is
+    trainable or random; ``build`` checks the latter and returns None when caching is not possible. Entries are
+    filled lazily: a step computes the prefix for the images of its batch that are not cached yet, so the first
+    epoch costs what an uncached step costs and no extra pass over the data is made.
+    """
+
+    def __init__(self, visual: nn.Module, start: int, n_images: int):
+        self.visual, self.start, self.n = visual, start, n_images
+        self.blocks = list(visual.transformer.resblocks)
+        self.store: torch.Tensor | None = None  # (N, L, d) hidden states, allocated on first use
+        self.filled: torch.Tensor = torch.zeros(n_images, dtype=torch.bool)
+
+    @classmethod
+    def build(
+        cls, model: nn.Module, family: AdapterFamily, n_images: int, image_size: int
+    ) -> FrozenPrefixCache | None:
+        """A cache for ``model``'s vision tower, or None (with a log line saying why) when it would not be exact."""
+        from open_clip.transformer import VisionTransformer
+
+        visual = getattr(model, "visual", None)
+        if type(visual) is not VisionTransformer or type(model).encode_image is not _clip_encode_image():
+            log.warning(
+                "train.cache_frozen_prefix: only open_clip VisionTransformer towers are supported; not caching"
+            )
+            return None
+        depth = len(visual.transformer.resblocks)
+        vision_layers = [layer.site.layer for layer in family.layers if layer.site.tower == "vision"]
+        start = min(vision_layers, default=depth)  # no vision adapter: the whole tower is a frozen prefix
+        if start == 0:
+            log.info(
+                "train.cache_frozen_prefix: the lowest adapted vision block is the first; nothing to cache"
+            )
+            return None
+        prefix = [visual.conv1, visual.ln_pre, *list(visual.transformer.resblocks)[:start]]
+        random = getattr(visual.patch_dropout, "prob", 0.0) > 0 or any(
+            (isinstance(m, nn.Dropout) and m.p > 0)
+            or (isinstance(m, nn.MultiheadAttention) and m.dropout > 0)
+            for part in prefix
+            for m in part.modules()
+        )
+        trainable = any(p.requires_grad for part in prefix for p in part.parameters()) or any(
+            p.requires_grad for p in (visual.class_embedding, visual.positional_embedding)
+        )
+        if random or trainable or visual.transformer.grad_checkpointing:
+            log.warning("train.cache_frozen_prefix: the vision prefix is trainable or random; not caching")
+            return None
+        tokens = (image_size // visual.patch_size[0]) * (image_size // visual.patch_size[1]) + 1
+        nbytes = n_images * tokens * visual.transformer.width * 4
+        if nbytes > PREFIX_CACHE_MAX_BYTES:
+            log.warning(
+                "train.cache_frozen_prefix: the cache would take %.1f GiB (> %.1f GiB); not caching",
+                nbytes / 2**30,
+                PREFIX_CACHE_MAX_BYTES / 2**30,
+            )
+            return None
+        return cls(visual, start, n_images)
+
+    def _run_blocks(self, x: torch.Tensor, blocks: list[nn.Module]) -> torch.Tensor:
+        batch_first = self.visual.transformer.batch_first
+        if not batch_first:
+            x = x.transpose(0, 1)
+        for block in blocks:
+            x = block(x)
+        return x if batch_first else x.transpose(0, 1)
+
+    def prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalised images (B, 3, H, W) -> hidden states (B, L, d) entering block ``start`` (no graph)."""
+        with torch.no_grad():
+            return self._run_blocks(self.visual._embeds(x), self.blocks[: self.start])
+
+    def hidden(self, idx: torch.Tensor, images: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Cached hidden states for training images ``idx``; ``images(i)`` gives normalised images to fill misses."""
+        missing = idx[~self.filled[idx]].unique()
+        if len(missing):
+            h = self.prefix(images(missing))
+            if self.store is None:
+                self.store = torch.empty((self.n, *h.shape[1:]), dtype=h.dtype, device=h.device)
+            self.store[missing.to(h.device)] = h
+            self.filled[missing] = True
+        return self.store[idx.to(self.store.device)]
+
+    def encode(self, h: torch.Tensor) -> torch.Tensor:
+        """The rest of ``VisionTransformer.forward`` from block ``start``: blocks, pooling, projection."""
+        x = self._run_blocks(h, self.blocks[self.start :])
+        pooled, _ = self.visual._pool(x)
+        return pooled @ self.visual.proj if self.visual.proj is not None else pooled
+
+
+def _clip_encode_image():
+    import open_clip
+
+    return open_clip.CLIP.encode_image
 
 
 @dataclass
@@ -119,26 +301,53 @@ class Trainer:
         self._frozen_text: torch.Tensor | None = None
         scale = cfg.logit_scale if cfg.logit_scale is not None else float(model.logit_scale.exp().item())
         self.logit_scale = scale
+        self.cut_prompts = (
+            True  # encode prompts only up to their EOT token where exact (the bench turns it off)
+        )
+        self.prefix_cache: FrozenPrefixCache | None = None
+        if cfg.cache_frozen_prefix:
+            if cfg.augment:
+                log.warning(
+                    "train.cache_frozen_prefix needs train.augment=false (augmented images differ per epoch)"
+                )
+            else:
+                size = train_images.shape[-1]
+                self.prefix_cache = FrozenPrefixCache.build(model, family, len(self.targets), size)
 
     def text_features(self) -> torch.Tensor:
         """(C_train, D) class features; cached when the text tower is frozen (issue: compute once per trial)."""
         if self.text_adapted:
-            return class_text_features(self.model, self.tokens, self.num_templates)
+            return fast_class_text_features(self.model, self.tokens, self.num_templates)
         if self._frozen_text is None:
             with torch.no_grad(), self.autocast():
-                self._frozen_text = class_text_features(self.model, self.tokens, self.num_templates).float()
+                self._frozen_text = fast_class_text_features(
+                    self.model, self.tokens, self.num_templates
+                ).float()
         return self._frozen_text
+
+    def encode_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """Image features (B, D) of training images ``idx``: normalise, augment, encode (or start from the cache)."""
+
+        def images(i: torch.Tensor) -> torch.Tensor:
+            return normalize(self.images[i].to(self.device, non_blocking=True), self.model)
+
+        if self.prefix_cache is not None:
+            with self.autocast():
+                return self.prefix_cache.encode(self.prefix_cache.hidden(idx, images))
+        x = images(idx)
+        if self.cfg.augment:
+            x = random_resized_crop_flip(x, self.aug_gen, self.crop_scale)
+        with self.autocast():
+            return self.model.encode_image(x)
 
     def train_step(self) -> StepStats:
         t0 = time.perf_counter()
         self.model.train()
         idx = self.sampler.next()
-        x = normalize(self.images[idx].to(self.device, non_blocking=True), self.model)
-        if self.cfg.augment:
-            x = random_resized_crop_flip(x, self.aug_gen, self.crop_scale)
         y = self.targets[idx].to(self.device)
+        feats = self.encode_batch(idx)
         with self.autocast():
-            img = F.normalize(self.model.encode_image(x), dim=-1)  # (B, D)
+            img = F.normalize(feats, dim=-1)  # (B, D)
             txt = self.text_features()  # (C, D)
             logits = self.logit_scale * img.float() @ txt.float().t()  # (B, C)
             loss = F.cross_entropy(logits, y)

@@ -1,0 +1,246 @@
+"""Load and validate a search-space file, reporting every problem at once with its field path.
+
+Checks: the structure (unknown keys, empty or inverted ranges, bad choices), that every family is registered,
+that every parameter path names a field of ``TrialConfig`` (for each family it can apply to), that fixed
+values and family parameters do not clash, and that each family's defaults produce a valid ``TrialConfig``.
+"""
+
+from __future__ import annotations
+
+import typing
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from ranksearch.errors import ConfigError
+from ranksearch.space.space import FAMILY_PATH, SearchSpace
+from ranksearch.space.spec import SearchSpaceSpec
+
+SPACE_KEYS = {
+    "params",
+    "families",
+    "objective",
+    "sampler",
+    "early_stopping",
+    "trials",
+    "concurrency",
+    "seeds",
+}
+
+
+def looks_like_space(data: dict[str, Any]) -> bool:
+    """True for a search-space mapping, False for a plain trial config (whose keys are config sections)."""
+    return isinstance(data, dict) and bool(SPACE_KEYS & set(data))
+
+
+def load_space(path: str | Path) -> SearchSpace:
+    """Read and validate a search-space YAML file.
+
+    Raises:
+        ConfigError: listing every problem with its field path.
+    """
+    from ranksearch.config.load import load_yaml
+
+    p = Path(path)
+    data = load_yaml(p)
+    return validate_space(data, source=str(p), text=p.read_text(encoding="utf-8"))
+
+
+def validate_space(data: dict[str, Any], source: str | None = None, text: str | None = None) -> SearchSpace:
+    """Validate a search-space mapping; raise ``ConfigError`` with all problems."""
+    problems = _raw_checks(data)
+    spec = None
+    try:
+        spec = SearchSpaceSpec.model_validate(data)
+    except ValidationError as e:
+        problems += _problems(e)
+    if spec is not None and not problems:
+        space = SearchSpace(spec, source, text)
+        problems += _default_checks(space)
+        problems += _sampler_checks(space)
+        if not problems:
+            return space
+    raise ConfigError(_dedupe(problems), source)
+
+
+# --------------------------------------------------------------------------------------------- raw checks
+def _raw_checks(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """Family and path checks on the raw mapping, so they are reported together with structural errors."""
+    from ranksearch.adapters.registry import family_names
+
+    known = family_names()
+    problems: list[tuple[str, str]] = []
+    params = data.get("params") if isinstance(data.get("params"), dict) else {}
+    families = data.get("families") if isinstance(data.get("families"), dict) else {}
+    base = data.get("base") if isinstance(data.get("base"), dict) else {}
+    base_adapter = base.get("adapter") if isinstance(base.get("adapter"), dict) else {}
+
+    # which families can a trial use?
+    fam = params.get(FAMILY_PATH)
+    choices = fam if isinstance(fam, list) else fam.get("choices") if isinstance(fam, dict) else None
+    if fam is not None:
+        if not (isinstance(fam, list) or (isinstance(fam, dict) and fam.get("type") == "categorical")):
+            problems.append((f"params[{FAMILY_PATH}]", "the family parameter must be categorical"))
+        chosen = [c for c in (choices or []) if isinstance(c, str)]
+        for c in choices or []:
+            if c not in known:
+                problems.append(
+                    (f"params[{FAMILY_PATH}].choices", f"unknown family {c!r}; known: {', '.join(known)}")
+                )
+        if "family" in base_adapter:
+            problems.append(
+                ("base.adapter.family", f"fixed here but also a parameter (params[{FAMILY_PATH}])")
+            )
+        extra = sorted(set(base_adapter) - {"family"})
+        if extra:
+            problems.append(
+                (
+                    "base.adapter",
+                    f"{extra} are family-specific; put them under families.<family>.base.adapter",
+                )
+            )
+    else:
+        fixed = base_adapter.get("family") or (next(iter(families)) if len(families) == 1 else "lora")
+        chosen = [fixed]
+        if fixed not in known:
+            problems.append(("base.adapter.family", f"unknown family {fixed!r}; known: {', '.join(known)}"))
+    for name, sub in families.items():
+        if name not in known:
+            problems.append((f"families.{name}", f"unknown family {name!r}; known: {', '.join(known)}"))
+        elif name not in chosen:
+            problems.append((f"families.{name}", f"never used: the trials' families are {chosen}"))
+        sub_params = (
+            sub.get("params") if isinstance(sub, dict) and isinstance(sub.get("params"), dict) else {}
+        )
+        for path in sub_params:
+            where = f"families.{name}.params[{path}]"
+            if path == FAMILY_PATH or path.split(".")[0] == "seed" and data.get("seeds"):
+                problems.append((where, "cannot be a family parameter"))
+            elif path in params:
+                problems.append((where, f"also a shared parameter (params[{path}])"))
+            elif name in known:
+                msg = path_problem(path, name)
+                if msg:
+                    problems.append((where, msg))
+    for path in params:
+        if path == FAMILY_PATH:
+            continue
+        if path == "seed" and data.get("seeds"):
+            problems.append((f"params[{path}]", "seed is set by `seeds` (replicates); do not search it"))
+        for family in [f for f in chosen if f in known]:
+            msg = path_problem(path, family)
+            if msg:
+                problems.append(
+                    (f"params[{path}]", msg + (f" (family {family})" if path.startswith("adapter.") else ""))
+                )
+                if not path.startswith("adapter."):
+                    break
+    return problems
+
+
+def path_problem(path: str, family: str) -> str | None:
+    """Why ``path`` is not a settable field of ``TrialConfig`` when the adapter is ``family`` (None if it is)."""
+    from ranksearch.adapters.registry import get_family
+    from ranksearch.config.schema import TrialConfig
+
+    cls: type[BaseModel] | None = TrialConfig
+    parts = path.split(".")
+    for i, part in enumerate(parts):
+        where = ".".join(parts[:i]) or "the trial config"
+        if cls is None:
+            return f"{where} is a value, not a section"
+        if part not in cls.model_fields:
+            return f"{where} has no field {part!r}; known: {', '.join(cls.model_fields)}"
+        if i == 0 and part == "adapter":
+            cls = get_family(family).config_cls
+        else:
+            cls = _model_in(cls.model_fields[part].annotation)
+    if path == "adapter":
+        return "set adapter fields one by one (adapter.r, ...)"
+    return None
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model inside an annotation such as ``BudgetConfig | None`` (None for plain values)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+# ------------------------------------------------------------------------------------ structural errors
+def _problems(err: ValidationError) -> list[tuple[str, str]]:
+    """pydantic errors as (path, message); parameter names in brackets, union tags dropped."""
+    out = []
+    for e in err.errors(include_url=False):
+        loc, parts = list(e["loc"]), []
+        i = 0
+        while i < len(loc):
+            item = loc[i]
+            if item == "params" and i + 1 < len(loc):
+                parts.append(f"params[{loc[i + 1]}]")
+                i += 2
+                if i < len(loc) and loc[i] in ("float", "int", "categorical"):
+                    i += 1  # discriminated-union tag
+                continue
+            parts.append(str(item))
+            i += 1
+        path = ".".join(parts) or "<root>"
+        msg = e["msg"]
+        if e["type"] not in ("missing", "extra_forbidden") and "input" in e:
+            shown = repr(e["input"])
+            msg += f" (got {shown[:80] + '...' if len(shown) > 80 else shown})"
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        out.append((path, msg))
+    return out
+
+
+# -------------------------------------------------------------------------------------- semantic checks
+def _default_checks(space: SearchSpace) -> list[tuple[str, str]]:
+    """Every family's defaults must give a valid TrialConfig (catches bad base values and bad defaults)."""
+    from ranksearch.config.load import problems_from_validation
+    from ranksearch.config.schema import TrialConfig
+
+    problems = []
+    for family in space.families:
+        try:
+            data = space.config_dict(space.default_params(family))
+            TrialConfig.model_validate(data)
+        except ConfigError as e:
+            problems += [(f"defaults ({family}): {p}", m) for p, m in e.problems]
+        except ValidationError as e:
+            problems += [(f"defaults ({family}): {p}", m) for p, m in problems_from_validation(e)]
+    return problems
+
+
+def _sampler_checks(space: SearchSpace) -> list[tuple[str, str]]:
+    """Sampler/objective combinations Optuna cannot do, and sampler options it does not accept."""
+    from ranksearch.space.optuna_space import build_sampler
+
+    try:
+        build_sampler(space)
+    except ConfigError as e:
+        return e.problems
+    return []
+
+
+def _dedupe(problems: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    seen, out = set(), []
+    for p in problems:
+        if p not in seen:
+            seen.add(p)
+            out.append(p)
+    return out
+
+
+def space_json_schema() -> dict[str, Any]:
+    """JSON Schema of the search-space format (for editor autocompletion, e.g. yaml-language-server)."""
+    schema = SearchSpaceSpec.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "ranksearch search space"
+    return schema

@@ -1,0 +1,292 @@
+"""The search-space YAML format: pydantic models, one per block of the file.
+
+A space file holds fixed values (``base``, a partial trial config), parameters (``params``, keyed by the
+dotted path of the trial-config field they set), conditional subspaces per adapter family (``families``),
+the objective(s), the sampler, early stopping, and how the sweep runs (trials, concurrency, resources, seed
+replicates). Every model forbids unknown keys; cross-field checks (paths, families, defaults) live in
+``ranksearch.space.load`` so they can all be reported at once.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+_FLOATISH = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
+
+
+def _numberize(value: Any) -> Any:
+    """YAML 1.1 reads ``1e-4`` as a string; treat numeric-looking strings as floats, as the CLI does."""
+    if isinstance(value, str) and _FLOATISH.match(value.strip()):
+        return float(value)
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FloatParam(_Model):
+    """A float in [low, high], optionally log-uniform or on a grid of ``step``."""
+
+    type: Literal["float"] = "float"
+    low: float = Field(description="lower bound (inclusive)")
+    high: float = Field(description="upper bound (inclusive)")
+    log: bool = Field(False, description="sample log-uniformly (needs low > 0)")
+    step: float | None = Field(None, gt=0, description="discretisation step (not with log)")
+    default: float | None = Field(
+        None, description="value for debug mode (`ranksearch trial`); default: midpoint (geometric if log)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatParam:
+        _check_range(self.low, self.high, self.log, self.step)
+        if self.default is not None and not self.low <= self.default <= self.high:
+            raise ValueError(f"default {self.default} lies outside [{self.low}, {self.high}]")
+        return self
+
+    def default_value(self) -> float:
+        if self.default is not None:
+            return self.default
+        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
+        if self.step:
+            mid = self.low + round((mid - self.low) / self.step) * self.step
+        return mid
+
+    def contains(self, value: Any) -> bool:
+        return (
+            isinstance(value, int | float) and not isinstance(value, bool) and self.low <= value <= self.high
+        )
+
+
+class IntParam(_Model):
+    """An integer in [low, high] (both inclusive), optionally log-uniform or on a grid of ``step``."""
+
+    type: Literal["int"] = "int"
+    low: int = Field(description="lower bound (inclusive)")
+    high: int = Field(description="upper bound (inclusive)")
+    log: bool = Field(False, description="sample log-uniformly (needs low >= 1)")
+    step: int = Field(1, ge=1, description="grid step (must be 1 with log)")
+    default: int | None = Field(None, description="value for debug mode; default: midpoint on the grid")
+
+    @model_validator(mode="after")
+    def _check(self) -> IntParam:
+        _check_range(self.low, self.high, self.log, self.step if self.step != 1 else None)
+        if self.default is not None and not self.low <= self.default <= self.high:
+            raise ValueError(f"default {self.default} lies outside [{self.low}, {self.high}]")
+        return self
+
+    def default_value(self) -> int:
+        if self.default is not None:
+            return self.default
+        mid = math.sqrt(self.low * self.high) if self.log else (self.low + self.high) / 2
+        return self.low + round((mid - self.low) / self.step) * self.step
+
+    def contains(self, value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and self.low <= value <= self.high
+
+
+Choice = Any  # a scalar, null, or a list of scalars (encoded for Optuna as "a,b,c")
+
+
+class CategoricalParam(_Model):
+    """One of ``choices``. A choice may be a list (e.g. matrices ``[q, k, v]``); Optuna sees it as "q,k,v"."""
+
+    type: Literal["categorical"] = "categorical"
+    choices: list[Choice] = Field(min_length=1, description="the options; lists are allowed as options")
+    default: Choice = Field(None, description="value for debug mode; default: the first choice")
+
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _numbers(cls, v: Any) -> Any:
+        if isinstance(v, list):
+            return [[_numberize(x) for x in c] if isinstance(c, list) else _numberize(c) for c in v]
+        return v
+
+    @field_validator("default", mode="before")
+    @classmethod
+    def _number_default(cls, v: Any) -> Any:
+        return [_numberize(x) for x in v] if isinstance(v, list) else _numberize(v)
+
+    @model_validator(mode="after")
+    def _check(self) -> CategoricalParam:
+        seen: dict[Any, Any] = {}
+        for c in self.choices:
+            if isinstance(c, dict) or (isinstance(c, list) and any(isinstance(x, list | dict) for x in c)):
+                raise ValueError(f"a choice must be a scalar or a flat list, got {c!r}")
+            key = encode_choice(c)
+            if key in seen:
+                raise ValueError(f"choices {seen[key]!r} and {c!r} collide (both encode as {key!r})")
+            seen[key] = c
+        if self.default is not None and encode_choice(self.default) not in seen:
+            raise ValueError(f"default {self.default!r} is not one of the choices")
+        return self
+
+    def encoded(self) -> list[Any]:
+        """The choices as Optuna needs them: primitives (None, bool, int, float, str)."""
+        return [encode_choice(c) for c in self.choices]
+
+    def decode(self, value: Any) -> Any:
+        """An Optuna value (or the original choice) back to the choice; ``KeyError`` if it is none of them."""
+        lookup = {encode_choice(c): c for c in self.choices}
+        return lookup[encode_choice(value)]
+
+    def default_value(self) -> Any:
+        return self.default if self.default is not None else self.choices[0]
+
+    def contains(self, value: Any) -> bool:
+        try:
+            self.decode(value)
+        except (KeyError, TypeError):
+            return False
+        return True
+
+
+def encode_choice(choice: Any) -> Any:
+    """Lists become comma-joined strings (Optuna categorical choices must be primitives)."""
+    if isinstance(choice, list | tuple):
+        return ",".join(str(x) for x in choice)
+    return choice
+
+
+def _check_range(low: float, high: float, log: bool, step: float | None) -> None:
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise ValueError("low and high must be finite")
+    if low > high:
+        raise ValueError(f"inverted range: low {low} > high {high}")
+    if log and low <= 0:
+        raise ValueError(f"log scale needs low > 0, got {low}")
+    if log and step is not None:
+        raise ValueError("step and log cannot be combined (Optuna)")
+
+
+Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+def _shorthand(params: Any) -> Any:
+    """``path: [a, b, c]`` is shorthand for a categorical parameter."""
+    if isinstance(params, dict):
+        return {
+            k: {"type": "categorical", "choices": v} if isinstance(v, list) else v for k, v in params.items()
+        }
+    return params
+
+
+class FamilySpace(_Model):
+    """The subspace of one adapter family: applies only in trials where that family is chosen."""
+
+    base: dict[str, Any] = Field(default_factory=dict, description="fixed values (partial trial config)")
+    params: dict[str, Param] = Field(default_factory=dict, description="parameters, keyed by field path")
+
+    _expand = field_validator("params", mode="before")(classmethod(lambda cls, v: _shorthand(v)))
+
+
+class Objective(_Model):
+    """A metric to optimise. Select on the validation split (``val/...``), never on test."""
+
+    metric: str = Field(description="metric name, e.g. val/hm, val/acc, trainable_params")
+    mode: Literal["max", "min"] = "max"
+
+    @field_validator("metric")
+    @classmethod
+    def _not_test(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("metric must not be empty")
+        if v.startswith(("test/", "zs/test/")):
+            raise ValueError(
+                f"{v!r}: select on the validation split (val/...), the test split is for the report"
+            )
+        return v
+
+
+SamplerType = Literal["tpe", "gp", "cmaes", "nsga2", "random", "grid", "qmc"]
+
+
+class SamplerSpec(_Model):
+    """Optuna sampler. tpe is built with multivariate=True, group=True (conditional spaces), constant_liar=True."""
+
+    type: SamplerType = "tpe"
+    seed: int | None = Field(0, description="sampler seed (null: random)")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="extra keyword arguments of the Optuna sampler (e.g. n_startup_trials)",
+    )
+
+
+class EarlyStopping(_Model):
+    """Tune scheduler. Time is counted in reports (one per validation evaluation, per seed replicate)."""
+
+    type: Literal["asha", "none"] = "asha"
+    grace_period: int = Field(1, ge=1, description="evaluations every trial gets before it can be stopped")
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA's eta: keep 1/eta of trials at each rung")
+
+
+class Resources(_Model):
+    """Per-trial resources. Fractional GPUs pack several trials on one GPU (e.g. 0.5: two per GPU)."""
+
+    gpu: float = Field(0.0, ge=0, description="GPUs per trial (fractions allowed)")
+    cpu: float = Field(1.0, gt=0, description="CPUs per trial; also the trial's torch thread count")
+
+    @field_validator("gpu")
+    @classmethod
+    def _whole_above_one(cls, v: float) -> float:
+        if v > 1 and v != int(v):
+            raise ValueError("more than one GPU per trial must be a whole number")
+        return v
+
+
+class SearchSpaceSpec(_Model):
+    """A sweep: what to vary, what to optimise, how to search and how to run it."""
+
+    name: str | None = Field(None, description="default sweep name (folder and MLflow experiment)")
+    description: str | None = None
+    base: dict[str, Any] = Field(default_factory=dict, description="fixed values: a partial trial config")
+    params: dict[str, Param] = Field(
+        default_factory=dict,
+        description="parameters keyed by trial-config field path (e.g. train.lr, adapter.family)",
+    )
+    families: dict[str, FamilySpace] = Field(
+        default_factory=dict, description="per-family fixed values and parameters (conditional subspaces)"
+    )
+    objective: Objective | list[Objective] = Field(
+        description="one objective, or a list for Pareto (multi-objective) search"
+    )
+    sampler: SamplerSpec = Field(default_factory=SamplerSpec)
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    trials: int = Field(20, ge=1, le=100_000, description="number of trials")
+    concurrency: int = Field(2, ge=1, description="trials running at once (at most)")
+    resources: Resources = Field(default_factory=Resources)
+    seeds: list[int] | None = Field(
+        None,
+        min_length=1,
+        description="seed replicates per configuration: the trial runs once per seed (one after another); "
+        "the objective is the mean, its std is logged as <metric>_std",
+    )
+    experiment: str | None = Field(None, description="MLflow experiment; default: the sweep name")
+
+    _expand = field_validator("params", mode="before")(classmethod(lambda cls, v: _shorthand(v)))
+
+    @field_validator("seeds")
+    @classmethod
+    def _unique(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"duplicate seeds in {v}")
+        return v
+
+    @field_validator("objective")
+    @classmethod
+    def _some(cls, v: Objective | list[Objective]) -> Objective | list[Objective]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("give at least one objective")
+            names = [o.metric for o in v]
+            if len(set(names)) != len(names):
+                raise ValueError(f"duplicate objective metrics in {names}")
+        return v
+
+    @property
+    def objectives(self) -> list[Objective]:
+        return self.objective if isinstance(self.objective, list) else [self.objective]

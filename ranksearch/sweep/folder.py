@@ -1,0 +1,88 @@
+"""The sweep folder and its ``sweep.json`` manifest.
+
+Layout of ``./ranksearch-runs/sweeps/<name>/``::
+
+    sweep.json       manifest: name, space file, parent MLflow run id, tracking URI, started, status
+    space.yaml       a copy of the search-space file as it was when the sweep started
+    optuna.journal   the Optuna study (optuna-dashboard optuna.journal)
+    mlflow.db        MLflow tracking store (default; --tracking-uri / $MLFLOW_TRACKING_URI to use another)
+    mlartifacts/     MLflow artifacts of the default store
+    tune/            Ray Tune's experiment (what --resume restores)
+    trials/<id>/     each trial's output folder (allocation.parquet, adapter.safetensors, plots)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ranksearch.errors import ConfigError
+
+DEFAULT_ROOT = Path("ranksearch-runs") / "sweeps"
+MANIFEST = "sweep.json"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+@dataclass
+class Manifest:
+    """What a sweep folder holds; enough to resume the sweep and find its results."""
+
+    name: str
+    space_file: str
+    tracking_uri: str
+    experiment: str
+    parent_run_id: str | None = None
+    started: float = field(default_factory=time.time)
+    status: str = "running"  # running | interrupted | finished | failed
+    resumes: int = 0
+    study_name: str = "ranksearch"
+
+    def save(self, folder: Path) -> None:
+        tmp = folder / (MANIFEST + ".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        os.replace(tmp, folder / MANIFEST)  # atomic: a killed driver never leaves half a manifest
+
+    @classmethod
+    def load(cls, folder: Path) -> Manifest:
+        data = json.loads((folder / MANIFEST).read_text())
+        return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
+
+
+def sweep_folder(name: str, storage: Path | None) -> Path:
+    """``<storage or ./ranksearch-runs/sweeps>/<name>`` (absolute); the name must be a plain folder name."""
+    if not _NAME.match(name):
+        raise ConfigError([("--name", f"{name!r}: use letters, digits, '.', '_' and '-' (at most 100)")])
+    return ((storage or DEFAULT_ROOT) / name).resolve()
+
+
+def prepare_folder(folder: Path, resume: bool) -> Manifest | None:
+    """Check the folder fits the request: new sweep -> must not exist (or be empty); resume -> must exist.
+
+    Returns the existing manifest when resuming.
+    """
+    has_manifest = (folder / MANIFEST).is_file()
+    if resume:
+        if not has_manifest or not (folder / "tune").is_dir():
+            raise ConfigError(
+                [("--resume", f"{folder} holds no sweep to resume (no {MANIFEST} or tune/ folder)")]
+            )
+        return Manifest.load(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise ConfigError(
+            [
+                (
+                    "--name",
+                    f"sweep folder {folder} already exists: pass --resume to continue it, or another --name",
+                )
+            ]
+        )
+    folder.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def default_tracking_uri(folder: Path) -> str:
+    return f"sqlite:///{folder / 'mlflow.db'}"

@@ -1,0 +1,158 @@
+"""What the driver shows: a live table while the sweep runs, a leaderboard and where to look when it ends.
+
+``LiveView`` is a Tune ``Callback`` (Tune's own reporter is silenced with ``verbose=0``). On a terminal it
+redraws a rich ``Live`` panel (counts of pending/running/completed/pruned/failed trials, the best so far, the
+running trials); elsewhere (CI logs, tests) it prints one line per finished trial.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ray.tune import Callback
+from rich.console import Console, Group
+from rich.table import Table
+
+from ranksearch.sweep.results import best_trial, pareto_front, trial_rows, trial_status
+
+
+class LiveView(Callback):
+    """Live progress of a sweep (see module docstring)."""
+
+    def __init__(self, space: Any, name: str, total: int, live: bool | None = None):
+        self.space, self.name, self.total, self.live = space, name, total, live
+        self._console: Console | None = None
+        self._live: Any = None
+        self._start = time.time()
+        self._last_draw = 0.0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.update(_console=None, _live=None)
+        return state
+
+    @property
+    def console(self) -> Console:
+        if self._console is None:
+            self._console = Console(stderr=True)
+        return self._console
+
+    def setup(self, **info: Any) -> None:
+        self._start = time.time()
+        use_live = self.console.is_terminal if self.live is None else self.live
+        if use_live:
+            from rich.live import Live
+
+            self._live = Live(console=self.console, refresh_per_second=2, transient=False)
+            self._live.start()
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self._live is not None and time.time() - self._last_draw > 0.5:
+            self._last_draw = time.time()
+            self._live.update(self.render(trials))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._announce(trials, trial)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._announce(trials, trial)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        if self._live is not None:
+            self._live.update(self.render(trials))
+            self._live.stop()
+            self._live = None
+
+    def _announce(self, trials: list, trial: Any) -> None:
+        if self._live is not None:
+            self._live.update(self.render(trials))
+            return
+        first = self.space.spec.objectives[0].metric
+        value = (trial.last_result or {}).get(first)
+        shown = f"{value:.4g}" if isinstance(value, int | float) else "-"
+        done = sum(trial_status(t) not in ("running", "pending") for t in trials)
+        self.console.print(
+            f"[{done}/{self.total}] trial {trial.trial_id} {trial_status(trial)}: {first} = {shown}",
+            highlight=False,
+        )
+
+    def render(self, trials: list) -> Group:
+        rows = trial_rows(trials, self.space)
+        counts = {s: 0 for s in ("pending", "running", "completed", "pruned", "failed", "error")}
+        for r in rows:
+            counts[r["status"]] += 1
+        first = self.space.spec.objectives[0]
+        best = best_trial(rows, self.space)
+        elapsed = time.time() - self._start
+        head = (
+            f"[bold]sweep {self.name}[/bold]  {elapsed:5.0f} s  trials {len(rows)}/{self.total}  "
+            + "  ".join(f"{k} {v}" for k, v in counts.items() if v)
+        )
+        best_line = (
+            f"best {first.metric} ({first.mode}): {best[first.metric]:.4g}  trial {best['trial_id']}  "
+            + _params_text(best)
+            if best
+            else "best: none finished yet"
+        )
+        table = Table(title="running", show_header=True, expand=False)
+        for col in ("trial", "reports", first.metric, "parameters"):
+            table.add_column(col)
+        for r in rows:
+            if r["status"] == "running":
+                v = r.get(first.metric)
+                table.add_row(
+                    r["trial_id"],
+                    str(r["reports"]),
+                    f"{v:.4g}" if isinstance(v, float) else "-",
+                    _params_text(r),
+                )
+        return Group(head, best_line, table)
+
+
+def _params_text(row: dict[str, Any], limit: int = 90) -> str:
+    text = " ".join(f"{k[6:]}={_short(v)}" for k, v in row.items() if k.startswith("param:"))
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _short(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def leaderboard(rows: list[dict[str, Any]], space: Any, top: int = 10) -> Table:
+    """The best completed trials by the first objective (Pareto-optimal ones marked with *)."""
+    objs = space.spec.objectives
+    first = objs[0]
+    done = [r for r in rows if r["status"] == "completed" and isinstance(r.get(first.metric), int | float)]
+    done.sort(key=lambda r: r[first.metric], reverse=first.mode == "max")
+    front = {r["trial_id"] for r in pareto_front(rows, space)} if len(objs) > 1 else set()
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["status"]] = counts.get(r["status"], 0) + 1
+    table = Table(title="leaderboard (validation; test metrics are for the report, not for selection)")
+    table.add_column("#", justify="right")
+    table.add_column("trial")
+    for o in objs:
+        table.add_column(f"{o.metric} ({o.mode})", justify="right")
+    table.add_column("test", justify="right")
+    table.add_column("parameters")
+    for i, r in enumerate(done[:top], 1):
+        vals = []
+        for o in objs:
+            std = r.get(f"{o.metric}_std")
+            std_text = f" ± {std:.2g}" if isinstance(std, float) and std > 0 else ""
+            vals.append(f"{r[o.metric]:.4g}{std_text}")
+        test_key = first.metric.replace("val/", "test/", 1)
+        test = r.get(test_key)
+        mark = "*" if r["trial_id"] in front else ""
+        table.add_row(
+            str(i),
+            r["trial_id"] + mark,
+            *vals,
+            f"{test:.4g}" if isinstance(test, float) else "-",
+            _params_text(r, 120),
+        )
+    table.caption = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + (
+        "; * = Pareto-optimal" if front else ""
+    )
+    return table

@@ -1,0 +1,100 @@
+"""A sweep's trials as rows: status, parameters, final metrics; the best trial; the parquet table.
+
+Status of a trial: ``pending``/``running`` while Tune has it, then ``completed`` (its final report arrived),
+``pruned`` (stopped by the scheduler before its final report), ``failed`` (the run diverged or ran over its
+time budget) or ``error`` (an exception).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from ranksearch.sweep.trainable import TUNE_KEYS
+
+
+def trial_status(trial: Any) -> str:
+    last = trial.last_result or {}
+    if trial.status == "ERROR":
+        return "error"
+    if trial.status == "TERMINATED":
+        if last.get("is_final"):
+            return "completed" if last.get("status") == "completed" else "failed"
+        return "pruned"
+    return "running" if trial.status == "RUNNING" else "pending"
+
+
+def trial_rows(trials: list, space: Any) -> list[dict[str, Any]]:
+    """One row per trial: id, status, family, reports, each parameter (``param:<name>``), last metrics."""
+    rows = []
+    for t in trials:
+        last = t.last_result or {}
+        row: dict[str, Any] = {
+            "trial_id": t.trial_id,
+            "status": trial_status(t),
+            "family": str(t.config.get("adapter.family", space.default_family)),
+            "reports": int(last.get("training_iteration", 0) or 0),
+        }
+        row.update({f"param:{k}": v for k, v in t.config.items()})
+        for k, v in last.items():
+            if k not in TUNE_KEYS and not k.startswith("config/") and k not in ("is_final", "status"):
+                row[k] = v
+        if "error" in last:
+            row["error"] = str(last["error"])
+        rows.append(row)
+    return rows
+
+
+def best_trial(rows: list[dict[str, Any]], space: Any) -> dict[str, Any] | None:
+    """The completed trial with the best first objective (for several objectives: one Pareto-optimal trial)."""
+    first = space.spec.objectives[0]
+    done = [r for r in rows if r["status"] == "completed" and _finite(r.get(first.metric))]
+    if not done:
+        return None
+    sign = 1 if first.mode == "max" else -1
+    return max(done, key=lambda r: sign * r[first.metric])
+
+
+def pareto_front(rows: list[dict[str, Any]], space: Any) -> list[dict[str, Any]]:
+    """Completed trials no other completed trial dominates on all objectives."""
+    objs = space.spec.objectives
+    done = [r for r in rows if r["status"] == "completed" and all(_finite(r.get(o.metric)) for o in objs)]
+
+    def key(r: dict[str, Any]) -> list[float]:
+        return [r[o.metric] if o.mode == "max" else -r[o.metric] for o in objs]
+
+    front = []
+    for r in done:
+        kr = key(r)
+        dominated = any(
+            all(a >= b for a, b in zip(key(s), kr, strict=True)) and key(s) != kr for s in done if s is not r
+        )
+        if not dominated:
+            front.append(r)
+    return front
+
+
+def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write rows with the union of their keys as columns; a column of mixed types is stored as strings."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    columns = {}
+    for k in keys:
+        values = [r.get(k) for r in rows]
+        try:
+            columns[k] = pa.array(values)
+        except (pa.ArrowInvalid, pa.ArrowTypeError):
+            columns[k] = pa.array([None if v is None else str(v) for v in values], type=pa.string())
+    table = pa.table(columns) if columns else pa.table({"trial_id": pa.array([], pa.string())})
+    tmp = path.with_suffix(".parquet.tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(path)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)

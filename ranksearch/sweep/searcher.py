@@ -1,0 +1,155 @@
+"""Ray's OptunaSearch, fixed so Optuna learns only from trials that really finished.
+
+Ray's ``OptunaSearch.on_trial_complete`` tells Optuna that a trial stopped early by the scheduler (ASHA) is
+COMPLETE with its last, low-fidelity value, so TPE models truncated learning curves as final results. Here:
+
+- a trial whose last report is not ``is_final`` (stopped by the scheduler) is told PRUNED: in a single-objective
+  study Optuna then uses its intermediate values as it does for its own pruners; in a multi-objective study a
+  PRUNED trial is not used as a finished point either;
+- an errored trial, or one whose runner reported ``status: failed`` (diverged), is told FAIL;
+- only ``is_final`` results are told COMPLETE, with the objective values.
+
+It also tags each Optuna trial with its Ray trial id, tolerates results without the objective (failed trials),
+and after a ``--resume`` marks as FAIL the Optuna trials that were asked for after the last experiment
+checkpoint (Tune forgot those trials and creates new ones; left RUNNING they would confuse the study).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from ray.tune.search.optuna import OptunaSearch
+
+log = logging.getLogger(__name__)
+
+RAY_TRIAL_ID = "ray_trial_id"
+
+
+class PruneAwareOptunaSearch(OptunaSearch):
+    """OptunaSearch with correct trial states (see module docstring)."""
+
+    def suggest(self, trial_id: str) -> dict | None:
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and config is not None:
+            ot_trial.set_user_attr(RAY_TRIAL_ID, trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if isinstance(self.metric, list) or self.metric not in result:
+            return  # multi-objective studies take no intermediate values; failed trials report no objective
+        value = result[self.metric]
+        if isinstance(value, int | float) and math.isfinite(value):
+            super().on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        import optuna
+        from optuna.trial import TrialState
+
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        state, values, reason = classify(result, error, self.metric)
+        try:
+            ot_trial.set_user_attr("ranksearch_status", reason)
+            if state == TrialState.COMPLETE:
+                self._ot_study.tell(ot_trial, values)
+            else:
+                self._ot_study.tell(ot_trial, state=state)
+        except (RuntimeError, ValueError, optuna.exceptions.OptunaError) as e:
+            # e.g. the trial was already told before the driver was killed and is now re-run from a checkpoint
+            log.warning("Optuna did not accept the result of trial %s: %s", trial_id, e)
+        self._completed_trials.add(trial_id)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        self.fail_orphans()
+
+    def fail_orphans(self) -> list[int]:
+        """Mark RUNNING Optuna trials that no Tune trial owns as FAIL; returns their numbers."""
+        from optuna.trial import TrialState
+
+        owned = {t.number for t in self._ot_trials.values()}
+        orphans = []
+        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number not in owned:
+                self._ot_study._storage.set_trial_user_attr(t._trial_id, "ranksearch_status", "orphaned")
+                self._ot_study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+                orphans.append(t.number)
+        if orphans:
+            log.info(
+                "marked %d Optuna trials lost with the previous driver as FAIL: %s", len(orphans), orphans
+            )
+        return orphans
+
+
+def classify(
+    result: dict | None, error: bool, metric: str | list[str]
+) -> tuple[Any, list[float] | None, str]:
+    """(Optuna state, objective values, reason) for a finished Tune trial."""
+    from optuna.trial import TrialState
+
+    if error:
+        return TrialState.FAIL, None, "error"
+    if not result or not result.get("is_final"):
+        return TrialState.PRUNED, None, "pruned"
+    if result.get("status") != "completed":
+        return TrialState.FAIL, None, "failed"
+    metrics = metric if isinstance(metric, list) else [metric]
+    values = [result.get(m) for m in metrics]
+    if any(not isinstance(v, int | float) or not math.isfinite(v) for v in values):
+        return TrialState.FAIL, None, "no objective value"
+    return TrialState.COMPLETE, [float(v) for v in values], "completed"
+
+
+def warm_start(study: Any, space: Any, path: Path) -> int:
+    """Add the COMPLETE trials of an earlier study (a journal file or a sweep folder) to ``study``.
+
+    Trials whose parameters do not fit this space (other names, values outside the ranges) are skipped.
+    Returns the number of trials added.
+    """
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from ranksearch.errors import ConfigError
+    from ranksearch.space.optuna_space import distributions
+    from ranksearch.space.space import FAMILY_PATH
+
+    path = Path(path)
+    journal = path / "optuna.journal" if path.is_dir() else path
+    if not journal.is_file():
+        raise ConfigError([("--warm-start", f"{journal} is not an Optuna journal file or a sweep folder")])
+    storage = JournalStorage(JournalFileBackend(str(journal)))
+    added = 0
+    for summary in optuna.get_all_study_summaries(storage):
+        old = optuna.load_study(study_name=summary.study_name, storage=storage)
+        if len(old.directions) != len(study.directions):
+            continue
+        for t in old.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            family = t.params.get(FAMILY_PATH, space.default_family)
+            if family not in space.families:
+                continue
+            dists = distributions(space, family)
+            if not _fits(dists, t.params):
+                continue
+            study.add_trial(
+                optuna.trial.create_trial(
+                    params=t.params, distributions=dists, values=t.values,
+                    user_attrs={"warm_start_from": str(journal), "warm_start_number": t.number},
+                )
+            )  # fmt: skip
+            added += 1
+    return added
+
+
+def _fits(dists: dict[str, Any], params: dict[str, Any]) -> bool:
+    if set(params) != set(dists):
+        return False
+    try:
+        return all(dists[k]._contains(dists[k].to_internal_repr(v)) for k, v in params.items())
+    except (ValueError, TypeError):
+        return False

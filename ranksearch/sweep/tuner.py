@@ -1,0 +1,302 @@
+"""Run a sweep: Ray Tune + Optuna (define-by-run) + ASHA, tracked in MLflow from the driver, resumable.
+
+``run_sweep`` is the library entry point behind ``ranksearch sweep``. Locally it starts Ray with
+``address="local"`` and ``num_gpus=N`` (logical GPUs work on a CPU machine, so fractional trials pack the same
+way as on a GPU node); with ``address`` it joins an existing cluster. A Ray runtime that is already
+initialised in this process (tests, notebooks) is used as is and left running.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ranksearch.errors import ConfigError, RanksearchError
+from ranksearch.space import SearchSpace, load_space
+from ranksearch.sweep.folder import Manifest, default_tracking_uri, prepare_folder, sweep_folder
+
+log = logging.getLogger(__name__)
+
+TUNE_DIR, SPACE_COPY, JOURNAL = "tune", "space.yaml", "optuna.journal"
+
+
+@dataclass
+class SweepResult:
+    """Outcome of ``run_sweep``: where everything is, and one row per trial (see ``sweep.results``)."""
+
+    name: str
+    folder: Path
+    rows: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    parent_run_id: str
+    tracking_uri: str
+    experiment: str
+    wall_s: float
+    space: SearchSpace
+
+
+def run_sweep(
+    space_file: str | Path,
+    *,
+    gpus: int | None = None,
+    address: str | None = None,
+    trials: int | None = None,
+    name: str | None = None,
+    resume: bool = False,
+    tracking_uri: str | None = None,
+    storage: Path | None = None,
+    warm_start: Path | None = None,
+    runner: str = "trial",
+    runner_options: dict[str, Any] | None = None,
+    live: bool | None = None,
+    ray_init: dict[str, Any] | None = None,
+) -> SweepResult:
+    """Run (or resume) a sweep over a search space.
+
+    Args:
+        space_file: the search-space YAML (ignored on resume: the sweep folder's copy is used).
+        gpus: logical GPUs of a local Ray (default: detected); ignored with ``address``.
+        address: join this Ray cluster instead of starting one ("auto", "HOST:PORT", "ray://...").
+        trials: override the space's trial count (new sweeps only).
+        name: sweep name (folder and default MLflow experiment); default the space's ``name`` or file stem.
+        resume: continue the interrupted sweep of this name.
+        tracking_uri: MLflow URI; default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<sweep folder>/mlflow.db``.
+        storage: parent folder of sweep folders (default ``./ranksearch-runs/sweeps``).
+        warm_start: an earlier sweep folder or Optuna journal whose completed trials seed the sampler.
+        runner: ``trial`` (real training) or ``synthetic`` (a cheap stand-in for tests and demos).
+        runner_options: keyword arguments for the runner (synthetic only).
+        live: live terminal table (default: when stderr is a terminal).
+        ray_init: extra ``ray.init`` keyword arguments when this call starts Ray (e.g. ``_temp_dir``).
+
+    Returns:
+        A ``SweepResult`` (rows, best trial, locations).
+
+    Raises:
+        ConfigError: an invalid space, an existing folder without ``--resume``, nothing to resume.
+    """
+    import ray
+    from ray import tune
+
+    from ranksearch.sweep.live import LiveView
+    from ranksearch.sweep.mlflow_sweep import MlflowSweepCallback
+    from ranksearch.sweep.results import best_trial, trial_rows
+
+    t0 = time.time()
+    if runner not in _runners():
+        raise ConfigError([("runner", f"unknown runner {runner!r}; known: {', '.join(_runners())}")])
+    space = load_space(space_file) if not resume or name is None else None
+    name = name or (space.spec.name if space else None) or Path(space_file).stem
+    folder = sweep_folder(name, storage)
+    manifest = prepare_folder(folder, resume)
+    if manifest is not None:  # resume: the recorded space and tracking store, whatever the arguments say
+        space = load_space(folder / SPACE_COPY)
+        if tracking_uri and tracking_uri != manifest.tracking_uri:
+            log.warning("--tracking-uri ignored on resume; the sweep logs to %s", manifest.tracking_uri)
+        manifest.resumes += 1
+        _reopen_parent(manifest)
+    else:
+        assert space is not None
+        manifest = _start_manifest(space, Path(space_file), folder, name, tracking_uri, trials)
+    manifest.status = "running"
+    manifest.save(folder)
+    total = trials if (trials and manifest.resumes == 0) else _recorded_trials(space, manifest)
+
+    started_ray = False
+    if not ray.is_initialized():
+        kw = {"include_dashboard": False, "log_to_driver": False, **(ray_init or {})}
+        if address:
+            ray.init(address=address, **kw)
+        else:
+            ray.init(address="local", num_cpus=kw.pop("num_cpus", os.cpu_count()), num_gpus=gpus, **kw)
+        started_ray = True
+    # Save the experiment state often: after a killed driver, only trials started since the last save are
+    # lost (and re-created); the default "auto" period can be minutes on long sweeps.
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+
+    trainable = _trainable(space, folder, runner, runner_options)
+    callbacks = [
+        LiveView(space, name, total, live=live),
+        MlflowSweepCallback(manifest.tracking_uri, manifest.parent_run_id, space, name, str(folder)),
+    ]
+    status = "failed"
+    try:
+        if manifest.resumes:
+            tuner = tune.Tuner.restore(
+                str(folder / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=True
+            )
+        else:
+            tuner = _new_tuner(space, folder, manifest, trainable, callbacks, total, warm_start)
+        grid = tuner.fit()
+        rows = trial_rows(_grid_trials(grid), space)
+        # Tune returns normally after Ctrl-C (it saves its state first): an unfinished sweep is "interrupted"
+        unfinished = len(rows) < total or any(r["status"] in ("pending", "running") for r in rows)
+        status = "interrupted" if unfinished else "finished"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        manifest.status = status
+        manifest.save(folder)
+        if status != "interrupted":
+            _end_parent(manifest, status)
+        if started_ray:
+            ray.shutdown()
+
+    return SweepResult(
+        name, folder, rows, best_trial(rows, space), manifest.parent_run_id, manifest.tracking_uri,
+        manifest.experiment, time.time() - t0, space,
+    )  # fmt: skip
+
+
+def _runners() -> dict[str, Any]:
+    from ranksearch.sweep.trainable import RUNNERS
+
+    return RUNNERS
+
+
+def _start_manifest(
+    space: SearchSpace, space_file: Path, folder: Path, name: str, uri: str | None, trials: int | None
+) -> Manifest:
+    """New sweep: copy the space, create the MLflow parent run, write sweep.json."""
+    from ranksearch.sweep.mlflow_sweep import create_parent_run
+
+    shutil.copyfile(space_file, folder / SPACE_COPY)
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(folder)
+    experiment = space.spec.experiment or name
+    artifacts = (folder / "mlartifacts").as_uri() if uri == default_tracking_uri(folder) else None
+    s = space.spec
+    params = {
+        "sweep": name, "space_file": str(space_file), "trials": trials or s.trials, "concurrency": s.concurrency,
+        "sampler": s.sampler.type, "sampler_seed": s.sampler.seed, "early_stopping": s.early_stopping.type,
+        "objectives": ",".join(f"{o.metric}:{o.mode}" for o in s.objectives), "families": ",".join(space.families),
+        "seeds": ",".join(map(str, s.seeds or [])), "resources": f"cpu={s.resources.cpu},gpu={s.resources.gpu}",
+    }  # fmt: skip
+    parent = create_parent_run(uri, experiment, name, params, artifacts)
+    manifest = Manifest(name, str(space_file), uri, experiment, parent, study_name="ranksearch")
+    manifest.save(folder)
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=uri)
+    client.log_artifact(parent, str(folder / SPACE_COPY))
+    client.log_artifact(parent, str(folder / "sweep.json"))
+    return manifest
+
+
+def _recorded_trials(space: SearchSpace, manifest: Manifest) -> int:
+    """Trial count of a resumed sweep, as the parent run recorded it."""
+    try:
+        from mlflow.tracking import MlflowClient
+
+        run = MlflowClient(tracking_uri=manifest.tracking_uri).get_run(manifest.parent_run_id)
+        return int(run.data.params.get("trials", space.spec.trials))
+    except Exception:
+        return space.spec.trials
+
+
+def _trainable(space: SearchSpace, folder: Path, runner: str, runner_options: dict[str, Any] | None) -> Any:
+    from ray import tune
+
+    from ranksearch.sweep.trainable import sweep_trainable
+
+    fn = tune.with_parameters(
+        sweep_trainable, space=space, trials_dir=str(folder / "trials"), runner=runner,
+        runner_options=runner_options or {},
+    )  # fmt: skip
+    res = space.spec.resources
+    return tune.with_resources(fn, {"cpu": res.cpu, "gpu": res.gpu})
+
+
+def _new_tuner(
+    space: SearchSpace, folder: Path, manifest: Manifest, trainable: Any, callbacks: list, total: int,
+    warm_start: Path | None,
+) -> Any:  # fmt: skip
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from ray import tune
+
+    from ranksearch.space.optuna_space import DefineByRun, build_sampler
+    from ranksearch.sweep.searcher import PruneAwareOptunaSearch
+    from ranksearch.sweep.searcher import warm_start as add_warm_start
+
+    objs = space.spec.objectives
+    metric: str | list[str] = [o.metric for o in objs] if len(objs) > 1 else objs[0].metric
+    mode: str | list[str] = [o.mode for o in objs] if len(objs) > 1 else objs[0].mode
+    searcher = PruneAwareOptunaSearch(
+        space=DefineByRun(space), metric=metric, mode=mode, sampler=build_sampler(space),
+        study_name=manifest.study_name, storage=JournalStorage(JournalFileBackend(str(folder / JOURNAL))),
+    )  # fmt: skip
+    if warm_start is not None:
+        n = add_warm_start(searcher._ot_study, space, Path(warm_start))
+        log.info("warm start: %d completed trials from %s", n, warm_start)
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=searcher,
+            scheduler=_scheduler(space),
+            num_samples=total,
+            max_concurrent_trials=space.spec.concurrency,
+            reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
+        ),  # fmt: skip
+        run_config=tune.RunConfig(
+            name=TUNE_DIR,
+            storage_path=str(folder),
+            callbacks=callbacks,
+            verbose=0,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            failure_config=tune.FailureConfig(max_failures=1),
+        ),  # fmt: skip
+    )
+
+
+def trial_dirname(trial: Any) -> str:
+    return trial.trial_id
+
+
+def _scheduler(space: SearchSpace) -> Any:
+    """ASHA on the first objective, in units of reports (evaluations × seed replicates)."""
+    es = space.spec.early_stopping
+    if es.type == "none":
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    first = space.spec.objectives[0]
+    max_t = space.trial_config().eval.evals * len(space.spec.seeds or [None])
+    return ASHAScheduler(
+        time_attr="training_iteration", metric=first.metric, mode=first.mode, max_t=max_t,
+        grace_period=min(es.grace_period, max_t), reduction_factor=es.reduction_factor,
+    )  # fmt: skip
+
+
+def _grid_trials(grid: Any) -> list:
+    """The Tune trials behind a ResultGrid (for status and config), in creation order."""
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None)
+    if trials is None:
+        raise RanksearchError(
+            "Ray Tune's ResultGrid no longer exposes its trials; update ranksearch.sweep.tuner"
+        )
+    return list(trials)
+
+
+def _reopen_parent(manifest: Manifest) -> None:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=manifest.tracking_uri)
+    client.update_run(manifest.parent_run_id, status="RUNNING")
+    client.set_tag(manifest.parent_run_id, "ranksearch.resumes", str(manifest.resumes))
+
+
+def _end_parent(manifest: Manifest, status: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    try:
+        client = MlflowClient(tracking_uri=manifest.tracking_uri)
+        client.set_tag(manifest.parent_run_id, "ranksearch.status", status)
+        client.set_terminated(manifest.parent_run_id, status="FINISHED" if status == "finished" else "FAILED")
+    except Exception as e:  # never hide the sweep's own outcome behind a tracking problem
+        log.warning("could not close the MLflow parent run: %s", e)
