@@ -31,7 +31,15 @@ class Timing:
         return statistics.median(self.times[name])
 
     def ratio(self, name: str, baseline: str) -> float:
-        """median(name) / median(baseline)."""
+        """Median over rounds of time(name) / time(baseline), each pair taken back to back in one round.
+
+        Pairing cancels slow phases of a shared machine (another job's burst slows both members of a pair),
+        which a ratio of the two medians does not; on a quiet machine the two agree.
+        """
+        pairs = [a / b for a, b in zip(self.times[name], self.times[baseline], strict=True)]
+        return statistics.median(pairs)
+
+    def ratio_of_medians(self, name: str, baseline: str) -> float:
         return self.median(name) / self.median(baseline)
 
     def spread(self, name: str) -> float:

@@ -104,8 +104,8 @@ def metrics_table(metrics: dict[str, float]) -> Table:
     table.add_column("zero-shot", justify="right")
     table.add_column("adapted", justify="right")
     table.add_column("Δ", justify="right")
-    keys = [k for k in metrics if k.startswith(("val/", "test/"))]
-    for key in sorted(keys, key=lambda k: (not k.startswith("val/"), k)):
+    keys = [k for k in metrics if k.startswith(("val/", "test/", "cl/"))]
+    for key in sorted(keys, key=lambda k: (k.startswith("test/"), k.startswith("cl/"), k)):
         zs, ad = metrics.get(f"zs/{key}"), metrics[key]
         delta = f"{ad - zs:+.1f}" if zs is not None else ""
         table.add_row(key, f"{zs:.1f}" if zs is not None else "-", f"{ad:.1f}", delta)

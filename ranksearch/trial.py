@@ -108,6 +108,14 @@ def run_trial(
         )
     history: list[dict] = []
     try:
+        if config.data.protocol == "continual":
+            from ranksearch.continual_run import run_continual
+
+            result = run_continual(
+                config, output_dir=output_dir, tracker=tracker, on_eval=on_eval, progress=progress
+            )
+            _finish(tracker, output_dir, result.metrics, config.train.total_steps(config.data.shots))
+            return result
         total_steps = config.train.total_steps(config.data.shots)
         session = TrialSession(config, total_steps)
         task = build_task(config.data, session.image_size)
@@ -170,12 +178,7 @@ def run_trial(
         final.update(evaluate("test"))
         final.update(protocol_summary(config.data.protocol, final, list(task.extra_tests)))
         _write_artifacts(output_dir, model, config, final, history, alloc_rows)
-        if tracker:
-            tracker.log_metrics({k: v for k, v in final.items() if k.startswith("test/")}, step=total_steps)
-            for path in sorted(output_dir.iterdir()):
-                if path.is_file():
-                    tracker.log_artifact(path)
-            tracker.end("FINISHED")
+        _finish(tracker, output_dir, final, total_steps)
         return TrialResult("completed", final, history, output_dir)
     except TrialError as e:
         if tracker:
@@ -187,6 +190,17 @@ def run_trial(
         if tracker:
             _record_failure(tracker, e, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
+
+
+def _finish(tracker: Tracker | None, output_dir: Path, final: dict[str, float], step: int) -> None:
+    """Log the final test metrics and every artifact, and close the run."""
+    if tracker is None:
+        return
+    tracker.log_metrics({k: v for k, v in final.items() if k.startswith(("test/", "cl/"))}, step=step)
+    for path in sorted(output_dir.iterdir()):
+        if path.is_file():
+            tracker.log_artifact(path)
+    tracker.end("FINISHED")
 
 
 def _record_failure(tracker: Any, error: BaseException, status: str = "FAILED") -> None:

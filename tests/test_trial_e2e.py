@@ -133,3 +133,37 @@ def test_bad_placement_is_a_clear_error(trial_file, tmp_path, capsys):
     assert info.value.code == 1
     err = capsys.readouterr().err
     assert "placement" in err and "out of range" in err and "Traceback" not in err
+
+
+def test_continual_trial_fills_the_accuracy_matrix_and_merges_at_boundaries(tmp_path):
+    from ranksearch.continual import continual_metrics
+
+    config = validate_trial_config(
+        {
+            **FAST,
+            "data": {
+                "protocol": "continual",
+                "sequence": ["clutter", "lowcontrast", "bright"],
+                "shots": 2,
+                "test_per_class": 2,
+            },
+            "adapter": {"family": "codyra", "r": 4},
+            "train": {"iterations": 6, "batch_size": 16, "lr": 1e-2},
+            "tracking": {"enabled": False},
+        }
+    )
+    result = run_trial(config, output_dir=tmp_path, progress=False)
+    saved = json.loads((tmp_path / "accuracy_matrix.json").read_text())
+    assert saved["tasks"] == ["clutter", "lowcontrast", "bright"] and len(saved["A"]) == 3
+    expected = continual_metrics(saved["A"])
+    assert result.metrics["cl/transfer"] == pytest.approx(expected["transfer"])
+    assert result.metrics["cl/last"] == pytest.approx(expected["last"])
+    assert len(saved["folded_ranks"]) == 2  # merged at the two task boundaries
+    assert [h["task"] for h in result.history] == [0, 1, 2]
+
+
+def test_continual_needs_a_sequence():
+    from ranksearch.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data"):
+        validate_trial_config({"data": {"protocol": "continual"}})

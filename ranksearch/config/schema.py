@@ -48,11 +48,18 @@ class DataConfig(Section):
         "shapeworld", description="shapeworld | fashion-mnist | a CoOp dataset name | imagefolder"
     )
     root: str | None = Field(None, description="data root ($DATA) for on-disk datasets")
-    protocol: Literal["base2new", "fewshot", "cross-dataset", "domain-shift"] = Field(
+    protocol: Literal["base2new", "fewshot", "cross-dataset", "domain-shift", "continual"] = Field(
         "base2new",
         description="base2new (CoCoOp/DRA): train on base classes, report base/new/HM; fewshot (CLIP-LoRA): all "
         "classes, top-1; cross-dataset: few-shot on this task, zero-shot on data.eval_tasks (test/cross/avg); "
-        "domain-shift: few-shot on this task, evaluated on its domain variants (test/dg/avg)",
+        "domain-shift: few-shot on this task, evaluated on its domain variants (test/dg/avg); continual "
+        "(CoDyRA): few-shot on each task of data.sequence in turn, merging at task boundaries (cl/transfer, "
+        "cl/average, cl/last)",
+    )
+    sequence: list[str] = Field(
+        default_factory=list,
+        description="continual: the task sequence; shapeworld domains (e.g. [clutter, lowcontrast, bright]) for "
+        "task shapeworld, else task names (each with this section's other settings)",
     )
     shots: int = Field(16, ge=1, le=10_000, description="training images per class")
     val_shots: int | None = Field(
@@ -82,6 +89,14 @@ class DataConfig(Section):
         description="real datasets (fashion-mnist, CoOp, imagefolder, eval_tasks): cap the test split at this many "
         "images per class (seeded) for speed; null = the full test split",
     )
+
+    @model_validator(mode="after")
+    def _check_sequence(self) -> DataConfig:
+        if self.protocol == "continual" and len(self.sequence) < 2:
+            raise ValueError("protocol 'continual' needs data.sequence with at least two tasks")
+        if self.sequence and self.protocol != "continual":
+            raise ValueError(f"data.sequence is only used by protocol 'continual', not {self.protocol!r}")
+        return self
 
 
 class PlacementConfig(Section):

@@ -53,10 +53,10 @@ class LiveView(Callback):
             self._live.update(self.render(trials))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._announce(trials, trial)
+        self._announce(trials, trial, "TERMINATED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._announce(trials, trial)
+        self._announce(trials, trial, "ERROR")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self._live is not None:
@@ -64,9 +64,10 @@ class LiveView(Callback):
             self._live.stop()
             self._live = None
 
-    def _announce(self, trials: list, trial: Any) -> None:
+    def _announce(self, trials: list, trial: Any, ended: str) -> None:
+        ended_map = {trial.trial_id: ended}
         if self._live is not None:
-            self._live.update(self.render(trials))
+            self._live.update(self.render(trials, ended_map))
             return
         first = self.space.spec.objectives[0].metric
         value = (trial.last_result or {}).get(first)

@@ -142,9 +142,10 @@ class MlflowSweepCallback(Callback):
     def remove_orphans(self, known: set[str]) -> list[str]:
         """Delete child runs of trials the restored Tune experiment does not know (started after its last
         checkpoint, before the driver died): Tune runs those points again as new trials."""
-        orphans = [tid for tid in self.children() if tid and tid not in known]
+        children = self.children()
+        orphans = [tid for tid in children if tid and tid not in known]
         for tid in orphans:
-            run = self.children()[tid]
+            run = children[tid]
             self.client.set_tag(run.info.run_id, "ranksearch.orphaned", "true")
             self.client.set_terminated(run.info.run_id, status="KILLED")
             self.client.delete_run(run.info.run_id)
@@ -174,16 +175,16 @@ class MlflowSweepCallback(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         from ranksearch.sweep.results import trial_status
 
-        status = trial_status(trial)
+        status = trial_status(trial, "TERMINATED")
         self._finish(trial, status, "FINISHED" if status != "failed" else "FAILED")
-        self.write_table(trials)
+        self.write_table(trials, {trial.trial_id: "TERMINATED"})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(trial, "error", "FAILED")
-        self.write_table(trials)
+        self.write_table(trials, {trial.trial_id: "ERROR"})
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        self.write_table(trials, final=True)
+        self.write_table(trials)
 
     def _finish(self, trial: Any, status: str, mlflow_status: str) -> None:
         run_id = self.run_id(trial)
@@ -205,11 +206,11 @@ class MlflowSweepCallback(Callback):
             log.warning("could not log artifacts of trial %s: %s", trial.trial_id, e)
 
     # -------------------------------------------------------------------------------------- parent run
-    def write_table(self, trials: list, final: bool = False) -> None:
+    def write_table(self, trials: list, ended: dict[str, str] | None = None) -> None:
         """Rewrite the parent's trials.parquet and best-trial tags/metrics."""
         from ranksearch.sweep.results import best_trial, trial_rows, write_parquet
 
-        rows = trial_rows(trials, self.space)
+        rows = trial_rows(trials, self.space, ended)
         path = Path(self.folder) / "trials.parquet"
         write_parquet(rows, path)
         self.client.log_artifact(self.parent_run_id, str(path))

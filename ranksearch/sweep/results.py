@@ -14,25 +14,31 @@ from typing import Any
 from ranksearch.sweep.trainable import TUNE_KEYS
 
 
-def trial_status(trial: Any) -> str:
+def trial_status(trial: Any, ended: str | None = None) -> str:
+    """The trial's status; ``ended`` ("TERMINATED"/"ERROR") for callbacks, which run before Tune updates it."""
     last = trial.last_result or {}
-    if trial.status == "ERROR":
+    tune_status = ended or trial.status
+    if tune_status == "ERROR":
         return "error"
-    if trial.status == "TERMINATED":
+    if tune_status == "TERMINATED":
         if last.get("is_final"):
             return "completed" if last.get("status") == "completed" else "failed"
         return "pruned"
     return "running" if trial.status == "RUNNING" else "pending"
 
 
-def trial_rows(trials: list, space: Any) -> list[dict[str, Any]]:
-    """One row per trial: id, status, family, reports, each parameter (``param:<name>``), last metrics."""
+def trial_rows(trials: list, space: Any, ended: dict[str, str] | None = None) -> list[dict[str, Any]]:
+    """One row per trial: id, status, family, reports, each parameter (``param:<name>``), last metrics.
+
+    ``ended`` maps trial ids to the Tune status they are ending with (see ``trial_status``).
+    """
+    ended = ended or {}
     rows = []
     for t in trials:
         last = t.last_result or {}
         row: dict[str, Any] = {
             "trial_id": t.trial_id,
-            "status": trial_status(t),
+            "status": trial_status(t, ended.get(t.trial_id)),
             "family": str(t.config.get("adapter.family", space.default_family)),
             "reports": int(last.get("training_iteration", 0) or 0),
         }

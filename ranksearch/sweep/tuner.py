@@ -117,6 +117,9 @@ def run_sweep(
     # Save the experiment state often: after a killed driver, only trials started since the last save are
     # lost (and re-created); the default "auto" period can be minutes on long sweeps.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    # CheckpointConfig(num_to_keep=1) makes Tune snapshot the experiment at every trial checkpoint, which is
+    # what a reliable --resume wants; its warning about that is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
     trainable = _trainable(space, folder, runner, runner_options)
     callbacks = [

@@ -1,0 +1,96 @@
+"""``python -m bench``: run the benchmark suite and rewrite ``docs/benchmarks.md``.
+
+    python -m bench                     # everything (<= 30 min on 2 CPU cores)
+    python -m bench --quick             # CI: tiny settings, checks every benchmark executes (<= 3 min)
+    python -m bench --only step_vs_peers --out /tmp/bench.md
+    python -m bench --device cuda       # GPU variant: CUDA events, fp16 AMP, CUDA allocator peaks
+
+A benchmark that raises is reported as a row saying so (and the exit status is 1), so one broken benchmark
+does not hide the others' numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shlex
+import sys
+import time
+import traceback
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+BENCHMARKS = [
+    "step_vs_peers",
+    "overhead_floor",
+    "cache_prefix",
+    "merged_inference",
+    "memory",
+    "search_overhead",
+    "search_efficiency",
+]
+
+PREAMBLE = """
+Written by `python -m bench` (package `bench/`); do not edit by hand, rerun the command instead.
+
+How to read it: every figure is a **ratio against a baseline measured in the same run**. Candidates run
+interleaved (round-robin, rotating who goes first) after a warm-up; a ratio is the median over rounds of the
+candidate's time over the baseline's time in the same round, so a burst of other work on the machine slows
+both members of a pair. Times are medians of the repeats. Models have random weights (`pretrained=None`, no
+download) and the data are synthetic (random images, 10 classes, prompt "a photo of a {}."), which changes
+nothing about speed. **The numbers were taken on a shared machine** (2 cores, other engineers' jobs running):
+ratios are stable to a few percent, absolute seconds are not. On a GPU (`--device cuda`) repeats are timed with
+CUDA events and AMP means fp16 autocast with a GradScaler; on CPU AMP means bf16 autocast.
+
+Settings: "ViT-B-32" is open_clip's ViT-B-32 with random weights at 224 px, batch 8; "tiny" is the built-in
+`rs-tiny-clip` (32 px), batch 32. Placement for the step benchmarks: q, k, v of every block of both towers, r = 2,
+adapter dropout 0 (PEFT's MultiheadAttention LoRA has no input dropout, so all three run without).
+"""
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny settings: check that every benchmark runs")
+    parser.add_argument("--only", action="append", choices=BENCHMARKS, help="run only this benchmark (repeatable)")
+    parser.add_argument("--out", default="docs/benchmarks.md", help="report to (re)write")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from bench.common import resolve_device
+    from bench.report import Context, Row, write_report
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ctx = Context(device=resolve_device(args.device), quick=args.quick)
+    command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+    rows: list[Row] = []
+    misses: dict[str, str] = {}
+    failed = False
+    started = time.perf_counter()
+    for name in args.only or BENCHMARKS:
+        ctx.log(f"== {name}")
+        t0 = time.perf_counter()
+        try:
+            module = importlib.import_module(f"bench.{name}")
+            rows += module.run(ctx)
+            misses.update(getattr(module, "MISSES", {}))
+        except Exception as e:  # report, keep going: the other benchmarks' numbers are still worth having
+            failed = True
+            traceback.print_exc()
+            rows.append(Row(name, "benchmark raised", "runs", f"{type(e).__name__}: {e}", False))
+            misses[name] = "the benchmark itself failed; see the traceback of the run"
+        ctx.log(f"   {name}: {time.perf_counter() - t0:.0f} s")
+    write_report(Path(args.out), rows, ctx, command.strip(), time.perf_counter() - started, PREAMBLE, misses)
+    ctx.log(f"wrote {args.out}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""``ranksearch sweep`` and ``ranksearch schema``: typer-compatible functions, registered by ``ranksearch.cli``.
+
+No heavy imports at module level (ray, optuna, mlflow, torch load inside the functions) so ``--help`` is fast.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def sweep(
+    space: Annotated[Path, typer.Argument(help="search-space YAML (see search_spaces/)", metavar="SPACE")],
+    gpus: Annotated[
+        int | None,
+        typer.Option(
+            help="logical GPUs of the local Ray (default: detected); fractional trials pack onto them"
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="join an existing Ray cluster ('auto', HOST:PORT) instead of starting one"),
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option(help="number of trials (default: the space's `trials`)")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="sweep name: folder and MLflow experiment (default: the space's name)")
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume", help="continue the interrupted sweep of this name (no trial lost or re-run)"
+        ),
+    ] = False,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite in the sweep folder)"
+        ),
+    ] = None,
+    storage: Annotated[
+        Path | None, typer.Option(help="parent folder of sweep folders (default: ./ranksearch-runs/sweeps)")
+    ] = None,
+    warm_start: Annotated[
+        Path | None,
+        typer.Option(help="earlier sweep folder or optuna.journal: its completed trials seed the sampler"),
+    ] = None,
+    live: Annotated[
+        bool | None,
+        typer.Option("--live/--no-live", help="live table (default: when attached to a terminal)"),
+    ] = None,
+) -> None:
+    """Run a sweep: Ray Tune trials sampled by Optuna, early-stopped by ASHA, logged to MLflow (one parent run).
+
+    Results land in ./ranksearch-runs/sweeps/NAME (sweep.json, optuna.journal, mlflow.db, trials/). Stop it with
+    Ctrl-C (or lose the driver) and continue with --resume.
+
+    Example:
+
+        ranksearch sweep search_spaces/quickstart.yaml
+
+        ranksearch sweep search_spaces/lora.yaml --gpus 8 --name lora-b16
+
+        ranksearch sweep search_spaces/lora.yaml --name lora-b16 --resume
+    """
+    import logging
+
+    from rich.console import Console
+
+    from ranksearch.sweep.live import leaderboard
+    from ranksearch.sweep.tuner import run_sweep
+
+    logging.getLogger("ranksearch").setLevel(logging.INFO)
+    result = run_sweep(
+        space, gpus=gpus, address=address, trials=trials, name=name, resume=resume, tracking_uri=tracking_uri,
+        storage=storage, warm_start=warm_start, live=live,
+    )  # fmt: skip
+    out = Console()
+    out.print(leaderboard(result.rows, result.space))
+    out.print(f"sweep folder: {result.folder}  ({result.wall_s:.0f} s)")
+    out.print(
+        f"MLflow: experiment {result.experiment!r}, parent run {result.parent_run_id}\n"
+        f"  mlflow ui --backend-store-uri {result.tracking_uri}\n"
+        f"Optuna: optuna-dashboard {result.folder / 'optuna.journal'}"
+    )
+    unfinished = [r for r in result.rows if r["status"] in ("pending", "running")]
+    if unfinished or len(result.rows) < (trials or result.space.spec.trials):
+        out.print(
+            f"[yellow]interrupted[/yellow]: continue with  ranksearch sweep {space} --name {result.name} --resume"
+        )
+
+
+def schema(
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="write the JSON Schema here (default: print it)")
+    ] = None,
+) -> None:
+    """Export the JSON Schema of the search-space format, for editor autocompletion and checks.
+
+    Example:
+
+        ranksearch schema --out ranksearch-space.schema.json
+
+        # then, first line of a space file (yaml-language-server, e.g. VS Code's YAML extension):
+        # yaml-language-server: $schema=./ranksearch-space.schema.json
+    """
+    from ranksearch.space.load import space_json_schema
+
+    text = json.dumps(space_json_schema(), indent=2)
+    if out is None:
+        typer.echo(text)
+    else:
+        out.write_text(text + "\n")
+        typer.echo(f"wrote {out}")
