@@ -167,7 +167,9 @@ class PlainMultiheadAttentionLoRA(nn.Module):
         return (out if self.batch_first else out.transpose(0, 1)), None
 
 
-def attach_plain_lora(model: nn.Module, r: int = 2, alpha: float = 1.0, dropout: float = 0.0) -> list[nn.Parameter]:
+def attach_plain_lora(
+    model: nn.Module, r: int = 2, alpha: float = 1.0, dropout: float = 0.0
+) -> list[nn.Parameter]:
     """Swap every MHA of both towers for ``PlainMultiheadAttentionLoRA``; returns the trainable parameters."""
     from ranksearch.models.clip import tower_blocks
 
@@ -190,7 +192,9 @@ def peft_available() -> str | None:
         return None
 
 
-def attach_peft_lora(model: nn.Module, r: int = 2, alpha: float = 1.0) -> tuple[nn.Module, list[nn.Parameter]]:
+def attach_peft_lora(
+    model: nn.Module, r: int = 2, alpha: float = 1.0
+) -> tuple[nn.Module, list[nn.Parameter]]:
     """PEFT's LoRA the way its docs say for ``nn.MultiheadAttention``: target the ``attn`` modules.
 
     PEFT then adapts the fused ``in_proj_weight`` (one rank-r update for q,k,v together) and ``out_proj``; it
@@ -224,7 +228,9 @@ class PeerLoop:
         self.optimizer = torch.optim.AdamW(self.params, lr=2e-4, weight_decay=1e-2)
         self.gen = torch.Generator().manual_seed(0)
         self.autocast = autocast_for(self.device, self.precision)
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.precision == "amp" and self.device.type == "cuda")
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.precision == "amp" and self.device.type == "cuda"
+        )
         self.tokens = self.work.tokens.to(self.device)
         self._text: torch.Tensor | None = None
 
@@ -262,3 +268,79 @@ class PeerLoop:
 def step_fn(obj) -> Callable[[], object]:
     """A zero-argument callable doing one training step (``Trainer.train_step`` or ``PeerLoop.step``)."""
     return obj.train_step if hasattr(obj, "train_step") else obj.step
+
+
+class FloorLoop:
+    """The lower bound of an adapter step: the frozen stock model's forward plus the backward through the
+    activations from the lowest adapted block up (no adapter, no optimiser, same data path and loss).
+
+    A forward pre-hook on the lowest adapted block of each tower detaches its input and marks it as requiring
+    grad, so autograd computes exactly the input gradients an adapter above it would need and nothing below.
+    ``cut_prompts`` encodes prompts up to their EOT token as ranksearch's Trainer does for token-wise adapters.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        work: Workload,
+        device: torch.device,
+        batch: int,
+        starts: dict[str, int],
+        cut_prompts: bool = True,
+        precision: str = "fp32",
+    ):
+        from ranksearch.models.clip import tower_blocks
+        from ranksearch.training.loop import autocast_for
+
+        self.model, self.work, self.device, self.batch = model, work, device, batch
+        self.starts, self.cut_prompts = starts, cut_prompts
+        self.tokens = work.tokens.to(device)
+        self.gen = torch.Generator().manual_seed(0)
+        self.autocast = autocast_for(device, precision)
+        self._text: torch.Tensor | None = None
+        blocks = tower_blocks(model)
+        for tower, start in starts.items():
+            if start < len(blocks[tower]):
+                blocks[tower][start].register_forward_pre_hook(_leaf_input, with_kwargs=True)
+
+    def text(self) -> torch.Tensor:
+        from ranksearch.training.loop import fast_class_text_features
+        from ranksearch.training.text import class_text_features
+
+        encode = fast_class_text_features if self.cut_prompts else class_text_features
+        if "text" in self.starts:
+            return encode(self.model, self.tokens, self.work.num_templates)
+        if self._text is None:
+            with torch.no_grad():
+                self._text = encode(self.model, self.tokens, self.work.num_templates)
+        return self._text
+
+    def step(self) -> float:
+        from ranksearch.data.transforms import normalize
+        from ranksearch.training.augment import random_resized_crop_flip
+
+        self.model.train()
+        idx = torch.randint(0, len(self.work.labels), (self.batch,), generator=self.gen)
+        x = normalize(self.work.images[idx].to(self.device), self.model)
+        size = x.shape[-1]
+        x = random_resized_crop_flip(x, self.gen, (0.08, 1.0) if size >= 96 else (0.5, 1.0))
+        y = self.work.labels[idx].to(self.device)
+        with self.autocast():
+            img = F.normalize(self.model.encode_image(x), dim=-1)
+            logits = 100.0 * img.float() @ self.text().float().t()
+            loss = F.cross_entropy(logits, y)
+        loss.backward()
+        return float(loss.detach())
+
+
+def _leaf_input(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Forward pre-hook: the block's input becomes a leaf that requires grad (where the backward stops)."""
+    return (args[0].detach().requires_grad_(True), *args[1:]), kwargs
+
+
+def lowest_adapted(sites) -> dict[str, int]:
+    """Lowest adapted block per tower."""
+    out: dict[str, int] = {}
+    for s in sites:
+        out[s.tower] = min(out.get(s.tower, s.layer), s.layer)
+    return out

@@ -74,7 +74,9 @@ def _versions() -> dict[str, str]:
 
 def _git_rev() -> str:
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5)
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5
+        )
         dirty = subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True, timeout=5)
         return rev.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
@@ -117,7 +119,8 @@ def write_report(
     out = ["# Benchmarks", "", preamble.strip(), "", "## Run", ""]
     out += [
         f"- command: `{command}`",
-        f"- date: {when}; wall time of the suite: {seconds / 60:.1f} min" + (" (quick mode)" if ctx.quick else ""),
+        f"- date: {when}; wall time of the suite: {seconds / 60:.1f} min"
+        + (" (quick mode)" if ctx.quick else ""),
         f"- code: git {_git_rev()}",
         f"- versions: {versions}",
         *machine_lines(ctx.device),

@@ -252,26 +252,68 @@ def prepare_data(
 @app.command(
     epilog=(
         "Examples:\n\n  ranksearch export ranksearch-runs/trials/20261122-080651-lora --out exported/\n\n"
+        "  ranksearch export ranksearch-runs/sweeps/quickstart --out exported/         # the sweep's best trial\n\n"
+        "  ranksearch export quickstart --trial 3f2a1b0c --out exported/\n\n"
+        "  ranksearch export 5cabd3a535b14d719a57350ce3fcd0e9 --out exported/          # an MLflow run id\n\n"
         "  python -c 'import open_clip; m = open_clip.create_model(\"local-dir:exported\")'"
     )
 )
 def export(
-    trial_dir: Annotated[Path, typer.Argument(help="a finished trial's output folder", metavar="TRIAL_DIR")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="a finished trial's folder, a sweep folder or name (its best trial), or an MLflow run id",
+            metavar="TRIAL_DIR|SWEEP|RUN",
+        ),
+    ],
     out_dir: Annotated[Path, typer.Option("--out", help="new folder to write the export to")],
+    trial_id: Annotated[
+        str | None, typer.Option("--trial", help="with a sweep: export this trial instead of the best")
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(help="with a run id: the MLflow store (default: local sweeps, $MLFLOW_TRACKING_URI)"),
+    ] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the export folder")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the export manifest as JSON")] = False,
 ) -> None:
     """Merge a trial's adapter into a plain open_clip checkpoint that open_clip alone loads.
 
     Also writes the adapter-only weights and the rank allocation as a PEFT-style rank_pattern JSON. A family
-    that cannot merge (DRA-style) is exported as base model + adapter, and the manifest says so.
+    that cannot merge (DRA-style) is exported as base model + adapter, and the manifest says so. A sweep
+    exports its best trial (or --trial); an MLflow run id downloads that run's artifacts first (a sweep's
+    parent run id means its best trial).
     """
+    import tempfile
+
     _configure_logging(False)
     from ranksearch.export import export_trial
+    from ranksearch.report.data import find_sweep
+    from ranksearch.report.locate import trial_source
 
-    manifest = export_trial(trial_dir, out_dir)
+    path = Path(source).expanduser()
+    if not path.exists() and "/" not in source and not source.startswith("."):
+        try:  # a sweep name under ./ranksearch-runs/sweeps
+            path = find_sweep(source)
+            source = str(path)
+        except RanksearchError:
+            pass
+    with tempfile.TemporaryDirectory(prefix="rs-export-") as scratch:
+        trial_dir, what = trial_source(source, trial_id, tracking_uri, Path(scratch))
+        manifest = export_trial(trial_dir, out_dir)
+    manifest["exported"] = what
+    if as_json:
+        out.print_json(json.dumps(manifest))
+        return
+    if quiet:
+        out.print(str(out_dir), highlight=False, soft_wrap=True)
+        return
     out.print(
-        f"exported to {out_dir} ({'merged' if manifest['merged'] else 'NOT merged: ' + manifest['note']})"
-    )
-    out.print(f"  load with: {manifest['load_with']}")
+        f"exported {what} to {out_dir} "
+        f"({'merged' if manifest['merged'] else 'NOT merged: ' + manifest['note']})",
+        highlight=False, soft_wrap=True,
+    )  # fmt: skip
+    out.print(f"  load with: {manifest['load_with']}", highlight=False, soft_wrap=True)
 
 
 @app.command(epilog="Example:\n\n  ranksearch families")
@@ -285,6 +327,21 @@ def families() -> None:
     for name, fam in sorted(all_families().items()):
         table.add_row(name, "yes" if fam.mergeable else "no", fam.prefix, fam.description)
     out.print(table)
+
+
+# Sweep dashboard and read-only sweep commands (ranksearch.report.commands; heavy imports inside them).
+from ranksearch.report import commands as _report_cmds  # noqa: E402
+
+app.command(epilog=_report_cmds.REPORT_EPILOG)(_report_cmds.report)
+app.command(epilog=_report_cmds.UI_EPILOG)(_report_cmds.ui)
+app.command(epilog=_report_cmds.STATUS_EPILOG)(_report_cmds.status)
+app.command(epilog=_report_cmds.BEST_EPILOG)(_report_cmds.best)
+
+
+from ranksearch.sweep.commands import schema, sweep  # noqa: E402  (light: heavy imports happen inside)
+
+app.command()(sweep)  # its docstring carries the examples
+app.command(epilog="Examples:\n\n  ranksearch schema --out ranksearch-space.schema.json")(schema)
 
 
 def main(argv: list[str] | None = None) -> Any:

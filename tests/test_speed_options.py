@@ -45,7 +45,9 @@ def _attach(model: nn.Module, family: str, towers: str, layers, matrices: list[s
 def tokens() -> torch.Tensor:
     register_tiny_configs()
     tok = open_clip.get_tokenizer("rs-tiny-clip")
-    return tokenize_prompts(tok, ["red star", "a small blue ring", "heart"], ["a photo of a {}.", "art of {}"])
+    return tokenize_prompts(
+        tok, ["red star", "a small blue ring", "heart"], ["a photo of a {}.", "art of {}"]
+    )
 
 
 def test_text_cut_after_eot_equals_full_context(tokens):
@@ -83,14 +85,31 @@ def _trainer(model, fam, cache: bool, augment: bool = False) -> Trainer:
     cfg = TrainConfig(batch_size=4, iterations=9, augment=augment, cache_frozen_prefix=cache, lr=1e-2)
     text_adapted = any(layer.site.tower == "text" for layer in fam.layers)
     return Trainer(
-        model, fam, images, labels, toks, 1, cfg, 9, torch.device("cpu"), "fp32", seed=3, text_adapted=text_adapted
+        model,
+        fam,
+        images,
+        labels,
+        toks,
+        1,
+        cfg,
+        9,
+        torch.device("cpu"),
+        "fp32",
+        seed=3,
+        text_adapted=text_adapted,
     )
 
 
 @pytest.mark.parametrize(
     ("family", "towers", "layers", "matrices", "cfg"),
     [
-        ("lora", "vision", [1, 2], ["q", "k", "v"], {"dropout": 0.25}),  # top of the vision tower, with dropout
+        (
+            "lora",
+            "vision",
+            [1, 2],
+            ["q", "k", "v"],
+            {"dropout": 0.25},
+        ),  # top of the vision tower, with dropout
         ("rlrr", "both", [1], ["q", "v"], {}),  # both towers; SSF wraps the block's LayerNorms
         ("lora", "text", "all", ["q", "v"], {}),  # no vision adapter: the whole image tower is cached
     ],
@@ -123,7 +142,12 @@ def test_frozen_prefix_cache_is_off_when_it_would_not_be_exact(caplog):
 
 @pytest.mark.parametrize(
     ("family", "matrices", "cfg"),
-    [("lora", ["q", "k", "v"], {"dropout": 0.0}), ("lora", ["q", "v"], {}), ("rlrr", ["k"], {}), (None, [], {})],
+    [
+        ("lora", ["q", "k", "v"], {"dropout": 0.0}),
+        ("lora", ["q", "v"], {}),
+        ("rlrr", ["k"], {}),
+        (None, [], {}),
+    ],
 )
 def test_fused_qkv_equals_separate_projections(family, matrices, cfg):
     torch.manual_seed(0)

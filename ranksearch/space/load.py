@@ -7,6 +7,7 @@ values and family parameters do not clash, and that each family's defaults produ
 
 from __future__ import annotations
 
+import re
 import typing
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from ranksearch.errors import ConfigError
 from ranksearch.space.space import FAMILY_PATH, SearchSpace
 from ranksearch.space.spec import SearchSpaceSpec
 
+_UNION_TAG = re.compile(r"^([A-Z]\w*|list\[.*\])$")  # pydantic names union members by type
 SPACE_KEYS = {
     "params",
     "families",
@@ -178,6 +180,10 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
     out = []
     for e in err.errors(include_url=False):
         loc, parts = list(e["loc"]), []
+        tags = [x for x in loc if isinstance(x, str) and _UNION_TAG.match(x)]
+        if tags and e["type"] in ("list_type", "model_type", "dict_type"):
+            continue  # "not the other member of the union": noise next to the member's real error
+        loc = [x for x in loc if x not in tags]
         i = 0
         while i < len(loc):
             item = loc[i]

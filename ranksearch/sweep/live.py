@@ -135,7 +135,11 @@ def leaderboard(rows: list[dict[str, Any]], space: Any, top: int = 10) -> Table:
     table.add_column("trial")
     for o in objs:
         table.add_column(f"{o.metric} ({o.mode})", justify="right")
-    table.add_column("test", justify="right")
+    # the report metrics on test: base / new / HM under base-to-new, else the first objective's test twin
+    test_keys = [k for k in ("test/base", "test/new", "test/hm") if any(k in r for r in done)]
+    test_keys = test_keys or [first.metric.replace("val/", "test/", 1)]
+    for key in test_keys:
+        table.add_column(key, justify="right")
     table.add_column("parameters")
     for i, r in enumerate(done[:top], 1):
         vals = []
@@ -143,16 +147,23 @@ def leaderboard(rows: list[dict[str, Any]], space: Any, top: int = 10) -> Table:
             std = r.get(f"{o.metric}_std")
             std_text = f" ± {std:.2g}" if isinstance(std, float) and std > 0 else ""
             vals.append(f"{r[o.metric]:.4g}{std_text}")
-        test_key = first.metric.replace("val/", "test/", 1)
-        test = r.get(test_key)
         mark = "*" if r["trial_id"] in front else ""
-        table.add_row(
-            str(i),
-            r["trial_id"] + mark,
-            *vals,
-            f"{test:.4g}" if isinstance(test, float) else "-",
-            _params_text(r, 120),
-        )
+        tests = [f"{r[k]:.1f}" if isinstance(r.get(k), float) else "-" for k in test_keys]
+        table.add_row(str(i), r["trial_id"] + mark, *vals, *tests, _params_text(r, 120))
+    # every trial adapts the same frozen model: its zero-shot numbers are the baseline to beat
+    zero_shot = next((r for r in done if isinstance(r.get(f"zs/{test_keys[0]}"), float)), None)
+    if zero_shot is not None:
+        zs_vals = [
+            f"{zero_shot[f'zs/{k}']:.1f}" if isinstance(zero_shot.get(f"zs/{k}"), float) else "-"
+            for k in test_keys
+        ]
+        zs_obj = [
+            f"{zero_shot[f'zs/{o.metric}']:.4g}"
+            if isinstance(zero_shot.get(f"zs/{o.metric}"), float)
+            else "-"
+            for o in objs
+        ]
+        table.add_row("", "zero-shot", *zs_obj, *zs_vals, "the pretrained model, no adapter", style="dim")
     table.caption = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + (
         "; * = Pareto-optimal" if front else ""
     )

@@ -59,11 +59,9 @@ def create_parent_run(
 class MlflowSweepCallback(Callback):
     """Driver-side MLflow logging of a sweep (see module docstring)."""
 
-    def __init__(
-        self, uri: str, parent_run_id: str, space: Any, sweep: str, folder: str, resumed: bool = False
-    ):
+    def __init__(self, uri: str, parent_run_id: str, space: Any, sweep: str, folder: str):
         self.uri, self.parent_run_id, self.space, self.sweep = uri, parent_run_id, space, sweep
-        self.folder, self.resumed = folder, resumed
+        self.folder = folder
         self._client: Any = None
         self._runs: dict[str, str] = {}
         self._cleaned = False
@@ -135,7 +133,9 @@ class MlflowSweepCallback(Callback):
 
     # ------------------------------------------------------------------------------------------ callbacks
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-        if self.resumed and not self._cleaned:
+        # On the first step of a (resumed) run Tune knows all its trials; runs of other trials are orphans.
+        # The pickled callback of a restored Tuner is the original one, so this does not depend on a flag.
+        if not self._cleaned:
             self._cleaned = True
             self.remove_orphans({t.trial_id for t in trials})
 

@@ -39,14 +39,16 @@ class PruneAwareOptunaSearch(OptunaSearch):
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        if isinstance(self.metric, list) or self.metric not in result:
+        if isinstance(self.metric, list) or self.metric not in result or trial_id in self._completed_trials:
             return  # multi-objective studies take no intermediate values; failed trials report no objective
         value = result[self.metric]
         if isinstance(value, int | float) and math.isfinite(value):
-            super().on_trial_result(trial_id, result)
+            try:
+                super().on_trial_result(trial_id, result)
+            except optuna_errors() as e:  # already finished in Optuna (re-run after a resume): keep the first
+                log.debug("intermediate value of trial %s not recorded: %s", trial_id, e)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        import optuna
         from optuna.trial import TrialState
 
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -59,13 +61,18 @@ class PruneAwareOptunaSearch(OptunaSearch):
                 self._ot_study.tell(ot_trial, values)
             else:
                 self._ot_study.tell(ot_trial, state=state)
-        except (RuntimeError, ValueError, optuna.exceptions.OptunaError) as e:
+        except optuna_errors() as e:
             # e.g. the trial was already told before the driver was killed and is now re-run from a checkpoint
             log.warning("Optuna did not accept the result of trial %s: %s", trial_id, e)
         self._completed_trials.add(trial_id)
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
+        # Trials Optuna already finished, whose completion the restored Tune state predates: Tune runs their
+        # tail again from the last checkpoint; keep Optuna's first record and ignore the repeat.
+        for tid, t in self._ot_trials.items():
+            if self._ot_study._storage.get_trial(t._trial_id).state.is_finished():
+                self._completed_trials.add(tid)
         self.fail_orphans()
 
     def fail_orphans(self) -> list[int]:
@@ -84,6 +91,12 @@ class PruneAwareOptunaSearch(OptunaSearch):
                 "marked %d Optuna trials lost with the previous driver as FAIL: %s", len(orphans), orphans
             )
         return orphans
+
+
+def optuna_errors() -> tuple[type[BaseException], ...]:
+    import optuna
+
+    return (RuntimeError, ValueError, optuna.exceptions.OptunaError)
 
 
 def classify(

@@ -122,9 +122,14 @@ def encode_text_prefix(model: nn.Module, tokens: torch.Tensor, length: int) -> t
     return x
 
 
-def fast_class_text_features(model: nn.Module, tokens: torch.Tensor, num_templates: int) -> torch.Tensor:
-    """``class_text_features`` with prompts cut after their last EOT token where that is exact."""
-    length = text_prefix_length(model, tokens)
+def fast_class_text_features(
+    model: nn.Module, tokens: torch.Tensor, num_templates: int, length: int | None = None
+) -> torch.Tensor:
+    """``class_text_features`` with prompts cut after their last EOT token where that is exact.
+
+    ``length`` skips the check (``text_prefix_length``) when the caller has already done it for these tokens.
+    """
+    length = length if length is not None else text_prefix_length(model, tokens)
     if length is None or length >= tokens.shape[1]:
         return class_text_features(model, tokens, num_templates)
     feats = F.normalize(encode_text_prefix(model, tokens, length), dim=-1)  # (C*T, D)
@@ -230,6 +235,17 @@ def _clip_encode_image():
     return open_clip.CLIP.encode_image
 
 
+def adam_kwargs(params: list[nn.Parameter]) -> dict:
+    """``foreach=True`` for AdamW: one multi-tensor op per update stage instead of ~10 ops per parameter.
+
+    torch already picks it on CUDA; on CPU it defaults to the per-tensor loop, which for an adapter's ~100 small
+    tensors costs more than the update itself (measured on ViT-B-32 LoRA: 24 ms -> 10 ms per step). The fused
+    CPU kernel was measured and rejected: erratic on a loaded 2-core machine (1 ms to 500 ms per step). Same
+    update rule; results agree to rounding.
+    """
+    return {"foreach": True} if params and all(p.device.type in ("cpu", "cuda") for p in params) else {}
+
+
 @dataclass
 class BatchSampler:
     """Epoch-wise shuffled batches from a fixed-seed generator; its state is part of the checkpoint."""
@@ -288,7 +304,9 @@ class Trainer:
         params = family.trainable_parameters()
         if not params:
             raise TrialError("the adapter has no trainable parameters (check placement and family settings)")
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **adam_kwargs(params)
+        )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, cosine_lambda(total_steps, cfg.warmup_steps, cfg.lr, cfg.eta_min)
         )
@@ -301,9 +319,8 @@ class Trainer:
         self._frozen_text: torch.Tensor | None = None
         scale = cfg.logit_scale if cfg.logit_scale is not None else float(model.logit_scale.exp().item())
         self.logit_scale = scale
-        self.cut_prompts = (
-            True  # encode prompts only up to their EOT token where exact (the bench turns it off)
-        )
+        # encode prompts only up to their EOT token where that is exact (the bench turns it off to compare)
+        self.cut_prompts = True
         self.prefix_cache: FrozenPrefixCache | None = None
         if cfg.cache_frozen_prefix:
             if cfg.augment:
@@ -314,15 +331,25 @@ class Trainer:
                 size = train_images.shape[-1]
                 self.prefix_cache = FrozenPrefixCache.build(model, family, len(self.targets), size)
 
+    def _text_length(self) -> int | None:
+        """Prompt length to encode (``text_prefix_length``), worked out once: tokens and family are fixed."""
+        if not hasattr(self, "_cut_length"):
+            self._cut_length = text_prefix_length(self.model, self.tokens)
+        return self._cut_length
+
+    def _encode_text(self) -> torch.Tensor:
+        length = self._text_length() if self.cut_prompts else None
+        if length is None or length >= self.tokens.shape[1]:
+            return class_text_features(self.model, self.tokens, self.num_templates)
+        return fast_class_text_features(self.model, self.tokens, self.num_templates, length)
+
     def text_features(self) -> torch.Tensor:
         """(C_train, D) class features; cached when the text tower is frozen (issue: compute once per trial)."""
         if self.text_adapted:
-            return fast_class_text_features(self.model, self.tokens, self.num_templates)
+            return self._encode_text()
         if self._frozen_text is None:
             with torch.no_grad(), self.autocast():
-                self._frozen_text = fast_class_text_features(
-                    self.model, self.tokens, self.num_templates
-                ).float()
+                self._frozen_text = self._encode_text().float()
         return self._frozen_text
 
     def encode_batch(self, idx: torch.Tensor) -> torch.Tensor:
@@ -342,7 +369,8 @@ class Trainer:
 
     def train_step(self) -> StepStats:
         t0 = time.perf_counter()
-        self.model.train()
+        if not self.model.training:  # train() walks every module (~1 ms on the tiny model); only when needed
+            self.model.train()
         idx = self.sampler.next()
         y = self.targets[idx].to(self.device)
         feats = self.encode_batch(idx)

@@ -1,0 +1,171 @@
+"""Item 6: search overhead.
+
+* Per-trial overhead: ``ranksearch sweep`` (Ray Tune + Optuna TPE with its journal + MLflow parent/child runs +
+  the sweep trainable's reports and checkpoints) running a trainable that does no work (the ``synthetic`` runner
+  with 0 s per evaluation, 4 evaluations), vs bare Ray Tune running a no-op function with the same number of
+  reports, concurrency and resources. Interleaved rounds in one Ray session; ratio of wall times.
+* Throughput: trials per minute of ``ranksearch sweep`` for many no-op trials.
+* Concurrency: 2 real tiny trials at once (1 CPU each, so each gets its own torch thread) vs the same 2 one
+  after the other (2 CPUs each).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from bench.report import Context, Row, at_least, at_most
+
+MISSES: dict[str, str] = {
+    "per-trial overhead: ranksearch sweep / bare Ray Tune (no-op trainable)": (
+        "the sweep trainable writes a checkpoint (state + artifacts folder) at every report so that ASHA-stopped "
+        "and killed trials can resume, and the driver logs each child run to MLflow (sqlite) and keeps an Optuna "
+        "journal; bare Tune does none of this. Fewer checkpoints (only at rungs ASHA can stop) and batching the "
+        "MLflow writes would close most of the gap."
+    ),
+}
+
+EVALS = 4
+
+
+def _space(
+    folder: Path, trials: int, concurrency: int, cpu: float, base: dict | None = None, params=None
+) -> Path:
+    data = {
+        "base": base or {"model": {"pretrained": None}, "eval": {"evals": EVALS}},
+        "params": params
+        or {
+            "train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-1, "log": True},
+            "adapter.r": [1, 2, 4, 8, 16],
+            "placement.towers": ["vision", "text", "both"],
+        },
+        "objective": {"metric": "val/hm", "mode": "max"},
+        "sampler": {"type": "tpe", "seed": 0},
+        "early_stopping": {"type": "none"},
+        "trials": trials,
+        "concurrency": concurrency,
+        "resources": {"cpu": cpu, "gpu": 0},
+    }
+    path = folder / f"space-{trials}-{concurrency}-{time.monotonic_ns()}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _sweep(
+    folder: Path, tag: str, trials: int, concurrency: int, cpu: float, runner: str = "synthetic", **kw
+) -> float:
+    from ranksearch.sweep.tuner import run_sweep
+
+    space = _space(folder, trials, concurrency, cpu, **kw)
+    opts = {"seconds_per_eval": 0.0} if runner == "synthetic" else None
+    t0 = time.perf_counter()
+    result = run_sweep(
+        space, name=tag, storage=folder / "runs", runner=runner, runner_options=opts, live=False,
+        tracking_uri=f"sqlite:///{folder / 'mlflow.db'}",
+    )  # fmt: skip
+    wall = time.perf_counter() - t0
+    done = [r for r in result.rows if r.get("status") == "completed"]
+    if len(done) != trials:
+        raise RuntimeError(f"sweep {tag}: {len(done)} of {trials} trials completed")
+    return wall
+
+
+def _bare(folder: Path, tag: str, trials: int, concurrency: int, cpu: float) -> float:
+    from ray import tune
+
+    def noop(config: dict) -> None:
+        for i in range(EVALS):
+            tune.report({"val/hm": 50.0 + i})
+
+    tuner = tune.Tuner(
+        tune.with_resources(noop, {"cpu": cpu}),
+        param_space={
+            "lr": tune.loguniform(1e-4, 1e-1),
+            "r": tune.choice([1, 2, 4, 8, 16]),
+            "towers": tune.choice(["vision", "text", "both"]),
+        },
+        tune_config=tune.TuneConfig(num_samples=trials, max_concurrent_trials=concurrency),
+        run_config=tune.RunConfig(storage_path=str(folder / "bare"), name=tag, verbose=0),
+    )
+    t0 = time.perf_counter()
+    tuner.fit()
+    return time.perf_counter() - t0
+
+
+def run(ctx: Context) -> list[Row]:
+    import ray
+
+    n, rounds, many = (3, 1, 6) if ctx.quick else (20, 2, 200)
+    tmp = Path(tempfile.mkdtemp(prefix="rsb", dir="/tmp"))  # short: Ray's socket paths must stay < 107 bytes
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+            _temp_dir=str(tmp / "ray"),
+        )  # fmt: skip
+    rows: list[Row] = []
+    try:
+        ratios, bare_s, sweep_s = [], [], []
+        _bare(tmp, "warm", 2, 2, 1)  # warm-up: workers, imports
+        for i in range(rounds):
+            b = _bare(tmp, f"bare{i}", n, 2, 1)
+            s = _sweep(tmp, f"sweep{i}", n, 2, 1)
+            bare_s.append(b / n)
+            sweep_s.append(s / n)
+            ratios.append(s / b)
+        m, ok = at_most(statistics.median(ratios), 1.25)
+        rows.append(
+            Row(
+                "search_overhead",
+                "per-trial overhead: ranksearch sweep / bare Ray Tune (no-op trainable)",
+                "≤ 1.25",
+                m,
+                ok,
+                f"{n} trials × {rounds} rounds, 2 at a time, {EVALS} reports each: sweep "
+                f"{statistics.median(sweep_s):.2f} s/trial, bare Tune {statistics.median(bare_s):.2f} s/trial",
+            )
+        )
+        wall = _sweep(tmp, "many", many, 2, 1)
+        rows.append(
+            Row(
+                "search_overhead",
+                f"sweep throughput, {many} no-op trials",
+                "report (trials/min)",
+                f"{many / wall * 60:.0f} trials/min",
+                None,
+                f"{wall:.0f} s for {many} trials, 2 at a time (TPE + MLflow sqlite + checkpoints)",
+            )
+        )
+        # real tiny trials: 2 at once with 1 CPU (1 torch thread) each vs one after the other with 2 CPUs each
+        base = {
+            "model": {"pretrained": None},
+            "data": {"shots": 2, "test_per_class": 3},
+            "train": {"iterations": 20 if ctx.quick else 150, "batch_size": 32},
+            "eval": {"evals": 2, "zero_shot": False},
+        }
+        params = {"train.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}}
+        seq = _sweep(tmp, "seq", 2, 1, 2, runner="trial", base=base, params=params)
+        par = _sweep(tmp, "par", 2, 2, 1, runner="trial", base=base, params=params)
+        m, ok = at_least(seq / par, 1.6)
+        rows.append(
+            Row(
+                "search_overhead",
+                "2 concurrent tiny trials vs 2 sequential, 2 cores",
+                "≥ 1.6× faster",
+                m + "×",
+                ok,
+                f"sequential (2 CPUs each) {seq:.1f} s, concurrent (1 CPU each) {par:.1f} s, wall incl. sweep set-up",
+            )
+        )
+    finally:
+        if started:
+            ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+    return rows

@@ -1,0 +1,59 @@
+"""CI check of the benchmark suite: ``python -m bench --quick`` runs every benchmark and reports each row.
+
+This checks that the benchmarks execute (tiny model, few repeats, ~1 min on 2 cores); the numbers themselves are
+measured by the full suite (``python -m bench``) into ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+EXPECTED_ROWS = [
+    "tiny: ranksearch / PEFT",
+    "tiny: ranksearch / plain CLIP-LoRA",
+    "tiny: option fused q/k/v matmul / default",
+    "tiny: option AMP",
+    "tiny: option torch.compile",
+    "lora: step / floor",
+    "codyra: step / floor",
+    "rlrr: step / floor",
+    "adalora: step / floor",
+    "dra: step / floor",
+    "frozen-prefix cache: speedup, vision top half",
+    "class text features with the text tower frozen",
+    "lora: merged / stock open_clip latency",
+    "codyra: merged / stock open_clip latency",
+    "rlrr: merged / stock open_clip latency",
+    "adalora: merged / stock open_clip latency",
+    "dra: unmerged inference / stock",
+    "trial step peak / floor",
+    "optimizer state only for adapter parameters",
+    "bytes per adapter parameter",
+    "per-trial overhead: ranksearch sweep / bare Ray Tune",
+    "compute to reach best-1 HM: TPE+ASHA / random",
+]
+
+
+def test_quick_suite_runs_every_benchmark(tmp_path):
+    out = tmp_path / "bench.md"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--device", "cpu", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    report = out.read_text()
+    assert "benchmark raised" not in report
+    for row in EXPECTED_ROWS:
+        assert row in report, f"missing row {row!r}"
+    for heading in ("## Run", "## Results", "command: `python -m bench --quick", "CPU:", "versions:"):
+        assert heading in report

@@ -1,0 +1,232 @@
+"""Sweeps on a real Ray, real Optuna (journal) and real MLflow (sqlite).
+
+Most tests use the ``synthetic`` runner (registered in ``ranksearch.sweep.trainable.RUNNERS``): same trainable,
+reports, checkpoints and tracking, but a cheap deterministic function instead of training. One test runs the
+real tiny model.
+
+Ray ordering: this module starts one local Ray (module fixture) and shuts it down at the end;
+test_sweep_cluster.py starts an in-process 2-node cluster afterwards; test_sweep_resume.py runs drivers as
+subprocesses with their own Ray. Only one Ray can be initialised per process at a time.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import optuna
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from ranksearch.errors import ConfigError
+
+pytestmark = pytest.mark.ray
+
+SYNTH_SPACE = {
+    "base": {"model": {"pretrained": None}, "eval": {"evals": 4}},
+    "params": {
+        "train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-1, "log": True},
+        "adapter.r": [1, 2, 4, 8, 16],
+        "placement.towers": ["vision", "text", "both"],
+    },
+    "objective": {"metric": "val/hm", "mode": "max"},
+    "sampler": {"type": "tpe", "seed": 0, "options": {"n_startup_trials": 3}},
+    "early_stopping": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    "trials": 8,
+    "concurrency": 4,
+    "resources": {"cpu": 0.5, "gpu": 0.5},
+}
+
+
+def write_space(folder: Path, **changes) -> Path:
+    data = json.loads(json.dumps(SYNTH_SPACE))
+    data.update(changes)
+    path = folder / "space.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def load_study(folder: Path) -> optuna.Study:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(folder / "optuna.journal")))
+    return optuna.load_study(study_name="ranksearch", storage=storage)
+
+
+def children_and_parents(uri: str, experiment: str):
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths must stay under 107 bytes
+    ray.init(address="local", num_cpus=2, num_gpus=4, include_dashboard=False, _temp_dir=tmp)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def synthetic_sweep(ray_session, tmp_path_factory):
+    """8 trials, 0.5 GPU and 0.5 CPU each, up to 4 at once, one in three errors (lr above 0.03)."""
+    from ranksearch.sweep.tuner import run_sweep
+
+    tmp = tmp_path_factory.mktemp("sweep")
+    space = write_space(tmp)
+    result = run_sweep(
+        space, name="synth", storage=tmp / "runs", runner="synthetic",
+        runner_options={"seconds_per_eval": 0.4, "fail_above_lr": 0.03}, live=False,
+    )  # fmt: skip
+    return tmp, space, result
+
+
+def test_trials_run_concurrently_on_fractional_gpus(synthetic_sweep):
+    _, _, result = synthetic_sweep
+    assert len(result.rows) == 8
+    assert all(r["status"] in ("completed", "pruned", "error") for r in result.rows)
+    spans = []
+    for record in result.folder.glob("trials/*/synthetic.json"):
+        spans += [(r["start"], r["end"]) for r in json.loads(record.read_text())]
+    overlaps = max(sum(s <= t < e for s, e in spans) for t, _ in spans)
+    assert overlaps >= 2, spans
+    assert result.best is not None and result.best["status"] == "completed"
+    manifest = json.loads((result.folder / "sweep.json").read_text())
+    assert manifest["status"] == "finished" and manifest["parent_run_id"] == result.parent_run_id
+
+
+def test_optuna_knows_pruned_and_errored_trials(synthetic_sweep):
+    _, _, result = synthetic_sweep
+    study = load_study(result.folder)
+    assert len(study.trials) == 8
+    by_ray = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    expected = {"completed": "COMPLETE", "pruned": "PRUNED", "error": "FAIL"}
+    for row in result.rows:
+        t = by_ray[row["trial_id"]]
+        assert t.state.name == expected[row["status"]], (row, t)
+        if row["status"] == "completed":
+            assert t.value == pytest.approx(row["val/hm"])
+    statuses = {r["status"] for r in result.rows}
+    assert "pruned" in statuses  # ASHA stopped some: they must not be COMPLETE with a low-fidelity value
+
+
+def test_mlflow_has_one_parent_and_a_child_per_trial(synthetic_sweep):
+    _, _, result = synthetic_sweep
+    client, parents, children = children_and_parents(result.tracking_uri, result.experiment)
+    assert [p.info.run_id for p in parents] == [result.parent_run_id]
+    assert len(children) == 8
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {result.parent_run_id}
+    rows = {r["trial_id"]: r for r in result.rows}
+    assert {c.data.tags["ranksearch.trial_id"] for c in children} == set(rows)
+    for c in children:
+        row = rows[c.data.tags["ranksearch.trial_id"]]
+        assert c.data.tags["ranksearch.status"] == row["status"]
+        assert c.data.params["train/lr"] and c.data.params["search/adapter.r"]
+        if row["status"] != "error":
+            history = client.get_metric_history(c.info.run_id, "val/hm")
+            assert len(history) == row["reports"] and len({m.step for m in history}) == len(history)
+        if row["status"] == "completed":
+            assert {a.path for a in client.list_artifacts(c.info.run_id)} >= {
+                "metrics.json",
+                "synthetic.json",
+            }
+            assert c.info.status == "FINISHED"
+    parent = client.get_run(result.parent_run_id)
+    assert parent.info.status == "FINISHED" and parent.data.tags["best.trial_id"] == result.best["trial_id"]
+    assert {a.path for a in client.list_artifacts(result.parent_run_id)} >= {"space.yaml", "trials.parquet"}
+    table = pq.read_table(result.folder / "trials.parquet").to_pylist()
+    assert len(table) == 8 and {r["trial_id"] for r in table} == set(rows)
+
+
+def test_existing_folder_needs_resume(synthetic_sweep):
+    from ranksearch.sweep.tuner import run_sweep
+
+    tmp, space, _ = synthetic_sweep
+    with pytest.raises(ConfigError, match="--resume"):
+        run_sweep(space, name="synth", storage=tmp / "runs", runner="synthetic")
+    with pytest.raises(ConfigError, match="no sweep to resume"):
+        run_sweep(space, name="other", storage=tmp / "runs", runner="synthetic", resume=True)
+
+
+def test_warm_start_adds_completed_trials(synthetic_sweep, tmp_path):
+    from ranksearch.sweep.tuner import run_sweep
+
+    _, _, first = synthetic_sweep
+    space = write_space(tmp_path, trials=2, concurrency=2)
+    result = run_sweep(
+        space, name="warm", storage=tmp_path / "runs", runner="synthetic", warm_start=first.folder,
+        runner_options={"seconds_per_eval": 0.05, "fail_above_lr": 0.03}, live=False,
+    )  # fmt: skip
+    study = load_study(result.folder)
+    warm = [t for t in study.trials if "warm_start_from" in t.user_attrs]
+    completed_before = sum(r["status"] == "completed" for r in first.rows)
+    assert len(warm) == completed_before and all(t.state.name == "COMPLETE" for t in warm)
+    assert len(study.trials) == completed_before + 2
+
+
+def test_pareto_search_with_seed_replicates(ray_session, tmp_path):
+    from ranksearch.sweep.tuner import run_sweep
+
+    space = write_space(
+        tmp_path,
+        objective=[{"metric": "val/hm", "mode": "max"}, {"metric": "trainable_params", "mode": "min"}],
+        seeds=[1, 2],
+        trials=4,
+        concurrency=2,
+        base={"model": {"pretrained": None}, "eval": {"evals": 2}},
+    )
+    result = run_sweep(
+        space, name="pareto", storage=tmp_path / "runs", runner="synthetic",
+        runner_options={"seconds_per_eval": 0.05}, live=False,
+    )  # fmt: skip
+    study = load_study(result.folder)
+    assert len(study.directions) == 2 and len(study.trials) == 4
+    by_ray = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
+    for row in result.rows:
+        t = by_ray[row["trial_id"]]
+        if row["status"] == "completed":
+            assert row["reports"] == 4 and row["val/hm_std"] > 0  # 2 evals x 2 seeds; seeds differ
+            assert t.state.name == "COMPLETE" and len(t.values) == 2
+        else:
+            assert t.state.name != "COMPLETE"
+    assert all(len(list(result.folder.glob(f"trials/{r['trial_id']}/seed-*"))) in (1, 2) for r in result.rows)
+
+
+def test_real_tiny_model_sweep(ray_session, tmp_path):
+    """Two real trials of the tiny CLIP (run_trial): metrics, allocation summary and artifacts reach MLflow."""
+    from ranksearch.sweep.tuner import run_sweep
+
+    space = write_space(
+        tmp_path,
+        base={
+            "model": {"name": "rs-tiny-clip", "pretrained": None},
+            "data": {"task": "shapeworld", "shots": 2, "test_per_class": 2},
+            "train": {"iterations": 16, "batch_size": 16},
+            "eval": {"evals": 2, "zero_shot": False},
+        },
+        params={"adapter.r": [2, 4], "train.lr": {"type": "float", "low": 1e-3, "high": 1e-2, "log": True}},
+        trials=2,
+        concurrency=2,
+        resources={"cpu": 1, "gpu": 0},
+        early_stopping={"type": "none"},
+    )
+    result = run_sweep(space, name="real", storage=tmp_path / "runs", live=False)
+    assert [r["status"] for r in result.rows] == ["completed", "completed"], result.rows
+    for row in result.rows:
+        assert 0 <= row["val/hm"] <= 100 and "test/hm" in row and row["alloc/total_rank"] > 0
+    client, _, children = children_and_parents(result.tracking_uri, result.experiment)
+    assert len(children) == 2
+    for c in children:
+        assert {"adapter.safetensors", "allocation.parquet"} <= {
+            a.path for a in client.list_artifacts(c.info.run_id)
+        }
+        assert "test/hm" in c.data.metrics and c.data.params["model/name"] == "rs-tiny-clip"

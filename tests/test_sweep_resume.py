@@ -1,0 +1,144 @@
+"""``--resume`` after the driver is SIGKILLed mid-sweep: every trial done exactly once in Tune, Optuna, MLflow.
+
+The drivers run as subprocesses with their own local Ray (this process starts none), in a new session so the
+Ray processes the killed driver leaves behind can be ended by their process group, which only this test
+created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.ray
+
+N = 8
+DRIVER = """
+import json, sys
+from pathlib import Path
+from ranksearch.sweep.tuner import run_sweep
+space, storage, resume, tmp = sys.argv[1:5]
+r = run_sweep(space, gpus=4, name="resume", storage=Path(storage), resume=resume == "1", runner="synthetic",
+              runner_options={"seconds_per_eval": 0.5}, live=False, ray_init={"num_cpus": 2, "_temp_dir": tmp})
+print("RESULT " + json.dumps({"rows": [[x["trial_id"], x["status"]] for x in r.rows], "parent": r.parent_run_id}))
+"""
+
+
+def start_driver(tmp: Path, resume: bool) -> subprocess.Popen:
+    ray_tmp = tempfile.mkdtemp(prefix="rr", dir="/tmp")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    args = [
+        sys.executable,
+        "-c",
+        DRIVER,
+        str(tmp / "space.yaml"),
+        str(tmp / "runs"),
+        "1" if resume else "0",
+        ray_tmp,
+    ]
+    log = open(tmp / f"driver-{int(resume)}.log", "w")  # noqa: SIM115  (closed with the process)
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def finished_in_optuna(folder: Path) -> int:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    if not (folder / "optuna.journal").exists():
+        return 0
+    try:
+        study = optuna.load_study(
+            study_name="ranksearch",
+            storage=JournalStorage(JournalFileBackend(str(folder / "optuna.journal"))),
+        )
+    except KeyError:
+        return 0
+    return sum(t.state.is_finished() for t in study.trials)
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver, then whatever of its session (its Ray head, workers) outlived it."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_resume_after_sigkill(tmp_path):
+    space = {
+        "base": {"model": {"pretrained": None}, "eval": {"evals": 4}},
+        "params": {
+            "train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-1, "log": True},
+            "adapter.r": [1, 2, 4, 8, 16],
+        },
+        "objective": {"metric": "val/hm", "mode": "max"},
+        "sampler": {"type": "tpe", "seed": 0, "options": {"n_startup_trials": 3}},
+        "early_stopping": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+        "trials": N,
+        "concurrency": 2,
+        "resources": {"cpu": 1, "gpu": 0.5},
+    }
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    folder = tmp_path / "runs" / "resume"
+
+    first = start_driver(tmp_path, resume=False)
+    deadline = time.time() + 180
+    while finished_in_optuna(folder) < 3:  # kill after K=3 trials finished, with others running
+        assert first.poll() is None, (tmp_path / "driver-0.log").read_text()[-3000:]
+        assert time.time() < deadline, "the first driver did not finish 3 trials in time"
+        time.sleep(0.5)
+    kill_session(first)
+    parent = json.loads((folder / "sweep.json").read_text())["parent_run_id"]
+
+    second = start_driver(tmp_path, resume=True)
+    try:
+        second.wait(timeout=240)
+    finally:
+        if second.poll() is None:
+            kill_session(second)
+    out = (tmp_path / "driver-1.log").read_text()
+    assert second.returncode == 0, out[-4000:]
+    result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+
+    # Tune: N trials, all finished, each once
+    tune_ids = [tid for tid, _ in result["rows"]]
+    assert len(tune_ids) == N == len(set(tune_ids))
+    assert all(status in ("completed", "pruned") for _, status in result["rows"]), result["rows"]
+    assert result["parent"] == parent
+    assert json.loads((folder / "sweep.json").read_text())["status"] == "finished"
+
+    # Optuna: every Tune trial once, finished; trials lost with the first driver (if any) are FAIL "orphaned"
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    study = optuna.load_study(
+        study_name="ranksearch", storage=JournalStorage(JournalFileBackend(str(folder / "optuna.journal")))
+    )
+    owned = [t for t in study.trials if t.user_attrs.get("ranksearch_status") != "orphaned"]
+    assert sorted(t.user_attrs["ray_trial_id"] for t in owned) == sorted(tune_ids)
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in owned)
+    assert all(t.state.name == "FAIL" for t in study.trials if t not in owned)
+
+    # MLflow: the same parent, one active child per Tune trial
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("resume")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+    assert [p.info.run_id for p in parents] == [parent]
+    assert sorted(c.data.tags["ranksearch.trial_id"] for c in children) == sorted(tune_ids)
+    assert all(c.info.status == "FINISHED" for c in children)
+    assert client.get_run(parent).info.status == "FINISHED"
