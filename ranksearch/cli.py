@@ -104,11 +104,12 @@ def metrics_table(metrics: dict[str, float]) -> Table:
     table.add_column("zero-shot", justify="right")
     table.add_column("adapted", justify="right")
     table.add_column("Δ", justify="right")
-    keys = [k for k in metrics if k.startswith(("val/", "test/", "cl/"))]
+    keys = [k for k in metrics if k.startswith(("val/", "test/", "cl/")) and not k.endswith("_std")]
     for key in sorted(keys, key=lambda k: (k.startswith("test/"), k.startswith("cl/"), k)):
-        zs, ad = metrics.get(f"zs/{key}"), metrics[key]
+        zs, ad, std = metrics.get(f"zs/{key}"), metrics[key], metrics.get(f"{key}_std")
         delta = f"{ad - zs:+.1f}" if zs is not None else ""
-        table.add_row(key, f"{zs:.1f}" if zs is not None else "-", f"{ad:.1f}", delta)
+        shown = f"{ad:.1f} ± {std:.1f}" if std is not None else f"{ad:.1f}"
+        table.add_row(key, f"{zs:.1f}" if zs is not None else "-", shown, delta)
     table.caption = f"trainable parameters: {int(metrics.get('trainable_params', 0)):,}"
     return table
 
@@ -144,11 +145,15 @@ def trial(
         bool, typer.Option("--quiet", "-q", help="no progress bar; print only the metrics")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print final metrics as JSON")] = False,
+    seeds: Annotated[
+        str | None, typer.Option(help="comma-separated seeds: run the trial once per seed, report mean ± std")
+    ] = None,
 ) -> None:
     """Run ONE trial in this process, without Ray: the sweep's code path, quick and breakpoint-friendly.
 
     Prints zero-shot and adapted accuracy (base / new / harmonic mean under base-to-new) and logs the run,
-    its per-step metrics, its rank-allocation table (parquet) and its adapter weights to MLflow.
+    its per-step metrics, its rank-allocation table (parquet) and its adapter weights to MLflow. With
+    --seeds, one run per seed and the mean ± std over them.
     """
     _configure_logging(debug)
     config = load_config_file(config_file, set_, params)
@@ -156,28 +161,51 @@ def trial(
         config = debug_budget(config)
     from ranksearch.trial import run_trial
 
-    tracker = None
-    if track and config.tracking.enabled:
-        from ranksearch.tracking.mlflow_log import MlflowTracker
-
-        tracker = MlflowTracker(
-            tracking_uri or config.tracking.uri, config.tracking.experiment,
-            run_name=config.tracking.run_name or f"trial-{config.adapter.family}",
-        )  # fmt: skip
+    seed_list = _parse_seeds(seeds) if seeds else [config.seed]
     name = datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{config.adapter.family}"
     folder = fresh_dir(out_dir, name)
-    result = run_trial(config, output_dir=folder, tracker=tracker, progress=not (quiet or as_json))
-    if result.status != "completed":
-        raise RanksearchError(f"trial failed: {result.error} (outputs in {folder})")
+    results, trackers = [], []
+    for seed in seed_list:
+        run_config = config.model_copy(update={"seed": seed}) if seeds else config
+        tracker = None
+        if track and config.tracking.enabled:
+            from ranksearch.tracking.mlflow_log import MlflowTracker
+
+            run_name = config.tracking.run_name or f"trial-{config.adapter.family}"
+            tracker = MlflowTracker(
+                tracking_uri or config.tracking.uri, config.tracking.experiment,
+                run_name=f"{run_name}-seed{seed}" if seeds else run_name,
+            )  # fmt: skip
+            trackers.append(tracker)
+        seed_dir = folder / f"seed-{seed}" if seeds else folder
+        result = run_trial(run_config, output_dir=seed_dir, tracker=tracker, progress=not (quiet or as_json))
+        if result.status != "completed":
+            raise RanksearchError(f"trial failed (seed {seed}): {result.error} (outputs in {seed_dir})")
+        results.append(result.metrics)
+    from ranksearch.seeds import aggregate
+
+    metrics = aggregate(results) if seeds else results[0]
+    if seeds:
+        (folder / "seeds.json").write_text(json.dumps({"seeds": seed_list, "mean_std": metrics}, indent=2))
     if as_json:
-        out.print_json(json.dumps(result.metrics))
+        out.print_json(json.dumps(metrics))
         return
-    out.print(metrics_table(result.metrics))
+    out.print(metrics_table(metrics))
     out.print(f"outputs: {folder}")
-    if tracker:
-        out.print(
-            f"MLflow run {tracker.run_id} in {tracker.uri}\n  view it: mlflow ui --backend-store-uri {tracker.uri}"
-        )
+    for tracker in trackers:
+        out.print(f"MLflow run {tracker.run_id} in {tracker.uri}")
+    if trackers:
+        out.print(f"  view: mlflow ui --backend-store-uri {trackers[0].uri}")
+
+
+def _parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise ConfigError([("--seeds", f"expected comma-separated integers, got {text!r}")]) from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError([("--seeds", f"expected distinct seeds, got {text!r}")])
+    return seeds
 
 
 @app.command(

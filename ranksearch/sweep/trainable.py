@@ -17,13 +17,13 @@ real ``run_trial``; ``synthetic`` is a cheap deterministic stand-in used to test
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ranksearch.seeds import aggregate, sample_std
 from ranksearch.space.space import SearchSpace
 
 
@@ -145,27 +145,13 @@ def _combine(done: list[dict[str, float]], current: dict[str, Any], objectives: 
             values = [d[k] for d in done if k in d] + [out[k]]
             out[k] = sum(values) / len(values)
             if k in objectives:
-                out[f"{k}_std"] = _std(values)
+                out[f"{k}_std"] = sample_std(values)
     return out
 
 
 def _aggregate(done: list[dict[str, float]], objectives: list[str]) -> dict[str, Any]:
     """Mean of every final metric over replicates; ``<objective>_std`` for the objectives."""
-    keys = set(done[0]).intersection(*done[1:]) if done else set()
-    out: dict[str, Any] = {}
-    for k in sorted(keys):
-        values = [d[k] for d in done]
-        out[k] = sum(values) / len(values)
-        if k in objectives:
-            out[f"{k}_std"] = _std(values)
-    return out
-
-
-def _std(values: list[float]) -> float:
-    if len(values) < 2:
-        return 0.0
-    m = sum(values) / len(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    return aggregate(done, std_keys=objectives)
 
 
 def _allocation_summary(root: Path) -> dict[str, float]:
