@@ -49,6 +49,12 @@ def at_least(value: float, limit: float, fmt: str = "{:.2f}") -> tuple[str, bool
     return fmt.format(value), value >= limit
 
 
+def ratio_note(t, name: str, baseline: str) -> str:
+    """'CPU-time ratio x.xx' for a row's notes (empty on CUDA)."""
+    r = t.cpu_ratio(name, baseline)
+    return "" if r is None else f"CPU-time ratio {r:.2f}"
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:

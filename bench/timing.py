@@ -26,6 +26,7 @@ class Timing:
     """Per-candidate repeat times in seconds (after warm-up)."""
 
     times: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)  # process CPU seconds of the same repeats (CPU only)
 
     def median(self, name: str) -> float:
         return statistics.median(self.times[name])
@@ -41,6 +42,13 @@ class Timing:
 
     def ratio_of_medians(self, name: str, baseline: str) -> float:
         return self.median(name) / self.median(baseline)
+
+    def cpu_ratio(self, name: str, baseline: str) -> float | None:
+        """The same paired median ratio on this process's CPU time: a cross-check that other jobs' bursts
+        barely move (they steal wall time, not this process's CPU time); None on CUDA."""
+        if not self.cpu.get(name) or not self.cpu.get(baseline):
+            return None
+        return statistics.median(a / b for a, b in zip(self.cpu[name], self.cpu[baseline], strict=True))
 
     def spread(self, name: str) -> float:
         """Relative spread (max - min) / median, a rough noise indicator for the doc."""
@@ -86,11 +94,14 @@ def interleaved(
         for name in names:
             candidates[name]()
     sync(device)
-    out = Timing({name: [] for name in names})
+    out = Timing({name: [] for name in names}, {name: [] for name in names})
     for i in range(repeats):
         order = names[i % len(names) :] + names[: i % len(names)]  # rotate who goes first
         for name in order:
+            c0 = time.process_time()
             out.times[name].append(time_once(candidates[name], device))
+            if device.type != "cuda":
+                out.cpu[name].append(time.process_time() - c0)
     return out
 
 

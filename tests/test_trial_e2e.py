@@ -170,9 +170,9 @@ def test_continual_needs_a_sequence():
 
 
 def test_trial_seeds_report_mean_and_std(trial_file, tmp_path, capsys):
-    main(["trial", str(trial_file), "--out", str(tmp_path), "--no-track", "--json", "--seeds", "1,2"])
+    main(["trial", str(trial_file), "--out", str(tmp_path / "runs"), "--no-track", "--json", "--seeds", "1,2"])
     metrics = json.loads(capsys.readouterr().out)
-    (folder,) = tmp_path.iterdir()
+    (folder,) = (tmp_path / "runs").iterdir()
     per_seed = [json.loads((folder / f"seed-{s}" / "metrics.json").read_text())["final"] for s in (1, 2)]
     assert per_seed[0]["train/loss"] != per_seed[1]["train/loss"]  # the seed really changes the run
     assert metrics["test/hm"] == pytest.approx((per_seed[0]["test/hm"] + per_seed[1]["test/hm"]) / 2)

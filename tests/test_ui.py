@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -39,13 +40,9 @@ def test_ui_serves_the_sweep_parent_run(tmp_path):
     )  # fmt: skip
     try:
         url = proc.stdout.readline().strip()  # printed once /health answers
-        assert (
-            url
-            == f"http://127.0.0.1:{port}/#/experiments/{url.split('/experiments/')[1].split('/')[0]}/runs/{parent}"
-        ), (
-            url,
-            proc.stderr.read() if proc.poll() is not None else "",
-        )
+        assert re.fullmatch(rf"http://127\.0\.0\.1:{port}/#/experiments/\d+/runs/{parent}", url), (
+            url, proc.stderr.read() if proc.poll() is not None else "",
+        )  # fmt: skip
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/2.0/mlflow/runs/get?run_id={parent}") as r:
             run = json.loads(r.read())["run"]
         assert run["info"]["run_id"] == parent
