@@ -12,7 +12,9 @@ does not hide the others' numbers.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
+import json
 import os
 import shlex
 import sys
@@ -48,7 +50,27 @@ CUDA events and AMP means fp16 autocast with a GradScaler; on CPU AMP means bf16
 
 Settings: "ViT-B-32" is open_clip's ViT-B-32 with random weights at 224 px, batch 8; "tiny" is the built-in
 `rs-tiny-clip` (32 px), batch 32. Placement for the step benchmarks: q, k, v of every block of both towers, r = 2,
-adapter dropout 0 (PEFT's MultiheadAttention LoRA has no input dropout, so all three run without).
+adapter dropout 0 (PEFT's MultiheadAttention LoRA has no input dropout, so all three run without). PEFT is used
+the way its docs say for `nn.MultiheadAttention` (`target_modules=["attn"]`): one rank-2 LoRA on the fused
+`in_proj_weight` plus one on `out_proj` (it cannot leave `out_proj` out), merged into the weight before every
+forward and unmerged after. "plain" is CLIP-LoRA's `PlainMultiheadAttentionLoRA` written plainly in
+`bench/common.py`. Each row's notes give the absolute times and the same ratio on this process's CPU time
+(a cross-check: other jobs steal wall time, not CPU time).
+
+Speed work in the training core (`ranksearch/training/loop.py`, `ranksearch/models/attention.py`,
+`ranksearch/adapters/lora.py`; equivalence tests in `tests/test_speed_options.py`):
+
+- prompts are encoded only up to the batch's last end-of-text token (`text_prefix_length`): exact for CLIP's
+  causal text tower with argmax pooling and token-wise adapters (not DRA-style), on by default;
+- `train.cache_frozen_prefix` (augmentation off): the frozen vision blocks below the lowest adapted one run once
+  per training image, later steps start from the cache (`FrozenPrefixCache`);
+- class text features are computed once per trial when the text tower is frozen (already the case; verified);
+- AdamW with `foreach=True` (the per-tensor loop cost more than the update on CPU; the fused CPU kernel was
+  erratic on a loaded machine and is not used);
+- LoRA applies its mask and scale on the r-wide activations instead of the d-wide output;
+- `model.train()` is only called when the model is not already in training mode;
+- opt-in: fused q/k/v projection matmul (`ranksearch.models.attention.set_fused_qkv`), AMP
+  (`model.precision: amp`), `torch.compile` (`model.compile: true`).
 """
 
 
@@ -61,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="docs/benchmarks.md", help="report to (re)write")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument(
+        "--rerender",
+        action="store_true",
+        help="rewrite --out from the rows saved beside it (<out>.json) with the current notes; runs nothing",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -78,6 +105,17 @@ def main(argv: list[str] | None = None) -> int:
     misses: dict[str, str] = {}
     failed = False
     started = time.perf_counter()
+    saved = Path(args.out).with_suffix(".json")
+    if args.rerender:  # keep the measured rows and the run's facts; refresh the explanations
+        data = json.loads(saved.read_text())
+        rows = [Row(**r) for r in data["rows"]]
+        for name in {r.bench for r in rows}:
+            misses.update(getattr(importlib.import_module(f"bench.{name}"), "MISSES", {}))
+        ctx.quick, ctx.notes = data["quick"], data["notes"]
+        write_report(
+            Path(args.out), rows, ctx, data["command"], data["seconds"], PREAMBLE, misses, data["date"]
+        )
+        return 0
     for name in args.only or BENCHMARKS:
         ctx.log(f"== {name}")
         t0 = time.perf_counter()
@@ -98,7 +136,15 @@ def main(argv: list[str] | None = None) -> int:
         ctx.notes.append(
             "quick mode: tiny settings and few repeats; figures are not meaningful, targets not judged"
         )
-    write_report(Path(args.out), rows, ctx, command.strip(), time.perf_counter() - started, PREAMBLE, misses)
+    seconds = time.perf_counter() - started
+    date = write_report(Path(args.out), rows, ctx, command.strip(), seconds, PREAMBLE, misses)
+    saved.write_text(
+        json.dumps(
+            {"rows": [dataclasses.asdict(r) for r in rows], "quick": ctx.quick, "notes": ctx.notes,
+             "command": command.strip(), "seconds": seconds, "date": date},
+            indent=1,
+        )
+    )  # fmt: skip
     ctx.log(f"wrote {args.out}")
     return 1 if failed else 0
 

@@ -13,7 +13,7 @@ import gc
 import torch
 
 from bench.common import Scale, Workload, build, lora_sites, make_trainer
-from bench.report import Context, Row, at_least
+from bench.report import Context, Row, at_least, ratio_note
 from bench.timing import interleaved
 
 MISSES = {
@@ -70,7 +70,7 @@ def run(ctx: Context) -> list[Row]:
             m + "×",
             ok,
             f"{label}, LoRA q,k,v of vision blocks {start}+, no augmentation; recompute {t.median('recompute'):.3f} "
-            f"s/step, cached {t.median('cached'):.3f} s/step",
+            f"s/step, cached {t.median('cached'):.3f} s/step; {ratio_note(t, 'recompute', 'cached')}",
         ),
         Row(
             "cache_prefix",

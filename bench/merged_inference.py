@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from bench.common import Scale, Workload, build, lora_sites
-from bench.report import Context, Row, at_most
+from bench.report import Context, Row, at_most, ratio_note
 from bench.timing import interleaved
 
 MERGEABLE = ["lora", "codyra", "rlrr", "adalora"]
@@ -86,7 +86,8 @@ def run(ctx: Context) -> list[Row]:
                 "≤ 1.01, stock model",
                 f"{m}; stock model: {'yes' if stock_ok[name] else 'NO'}",
                 ok and stock_ok[name],
-                f"{label}, image batch {s.batch} + {s.classes} prompts; stock {t.median('stock') * 1e3:.1f} ms",
+                f"{label}, image batch {s.batch} + {s.classes} prompts; stock {t.median('stock') * 1e3:.1f} ms; "
+                + ratio_note(t, name, "stock"),
             )
         )
     rows.append(
@@ -96,7 +97,8 @@ def run(ctx: Context) -> list[Row]:
             "report",
             f"{t.ratio('dra', 'stock'):.2f}",
             None,
-            "not mergeable (token- and instance-dependent); adapters on o of every block, explicit attention",
+            "not mergeable (token- and instance-dependent); adapters on o of every block, explicit attention; "
+            + ratio_note(t, "dra", "stock"),
         )
     )
     del models, t

@@ -12,7 +12,7 @@ import gc
 import torch
 
 from bench.common import FloorLoop, Scale, Workload, build, lora_sites, lowest_adapted, make_trainer
-from bench.report import Context, Row, at_most
+from bench.report import Context, Row, at_most, ratio_note
 from bench.timing import interleaved
 
 FAMILIES = {  # family -> (matrices, target)
@@ -85,7 +85,7 @@ def run(ctx: Context) -> list[Row]:
     for name, (_, target) in FAMILIES.items():
         floor = "floor, full prompts" if name == "dra" else "floor"
         m, ok = at_most(t.ratio(name, floor), target)
-        note = f"{label}; step {t.median(name):.3f} s, floor {t.median(floor):.3f} s"
+        note = f"{label}; step {t.median(name):.3f} s, floor {t.median(floor):.3f} s; {ratio_note(t, name, floor)}"
         if name == "dra":
             note += " (floor on the full 77-token prompts, as DRA's text path runs)"
         rows.append(Row("overhead_floor", f"{name}: step / floor", f"≤ {target:.2f}", m, ok, note))

@@ -114,13 +114,14 @@ def write_report(
     seconds: float,
     preamble: str,
     misses: dict[str, str],
-) -> None:
+    date: str | None = None,
+) -> str:
     """Rewrite ``path``: machine, versions, command, date, the table and notes on every missed target.
 
     Args:
         misses: row name -> why it was missed and what would fix it (written under "Missed targets").
     """
-    when = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    when = date or _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     versions = ", ".join(f"{k} {v}" for k, v in _versions().items())
     out = ["# Benchmarks", "", preamble.strip(), "", "## Run", ""]
     out += [
@@ -152,3 +153,4 @@ def write_report(
         out += ["", "## Notes from this run", ""] + [f"- {n}" for n in ctx.notes]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(out) + "\n")
+    return when

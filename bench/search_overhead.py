@@ -101,7 +101,7 @@ def _bare(folder: Path, tag: str, trials: int, concurrency: int, cpu: float) -> 
 def run(ctx: Context) -> list[Row]:
     import ray
 
-    n, rounds, many = (3, 1, 6) if ctx.quick else (20, 2, 200)
+    n, rounds, many = (2, 1, 4) if ctx.quick else (10, 2, 200)
     tmp = Path(tempfile.mkdtemp(prefix="rsb", dir="/tmp"))  # short: Ray's socket paths must stay < 107 bytes
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started = not ray.is_initialized()
@@ -147,8 +147,8 @@ def run(ctx: Context) -> list[Row]:
         base = {
             "model": {"pretrained": None},
             "data": {"shots": 2, "test_per_class": 3},
-            "train": {"iterations": 20 if ctx.quick else 150, "batch_size": 32},
-            "eval": {"evals": 2, "zero_shot": False},
+            "train": {"iterations": 4 if ctx.quick else 150, "batch_size": 32},
+            "eval": {"evals": 1 if ctx.quick else 2, "zero_shot": False},
         }
         params = {"train.lr": {"type": "float", "low": 1.0e-3, "high": 1.0e-2, "log": True}}
         seq = _sweep(tmp, "seq", 2, 1, 2, runner="trial", base=base, params=params)

@@ -24,7 +24,7 @@ from bench.common import (
     make_trainer,
     peft_available,
 )
-from bench.report import Context, Row, at_most
+from bench.report import Context, Row, at_most, ratio_note
 from bench.timing import interleaved
 
 MISSES = {
@@ -105,13 +105,19 @@ def run(ctx: Context) -> list[Row]:
         note = f"s/step: {secs}"
         if peft_version:
             m, ok = at_most(t.ratio("ranksearch", "peft"), 0.85)
-            rows.append(Row("step_vs_peers", f"{label}: ranksearch / PEFT", "≤ 0.85", m, ok, note))
+            rows.append(
+                Row("step_vs_peers", f"{label}: ranksearch / PEFT", "≤ 0.85", m, ok,
+                    f"{note}; {ratio_note(t, 'ranksearch', 'peft')}")
+            )  # fmt: skip
         else:
             rows.append(
                 Row("step_vs_peers", f"{label}: ranksearch / PEFT", "≤ 0.85", "skipped: peft not installed")
             )
         m, ok = at_most(t.ratio("ranksearch", "plain"), 1.0)
-        rows.append(Row("step_vs_peers", f"{label}: ranksearch / plain CLIP-LoRA", "≤ 1.0", m, ok, note))
+        rows.append(
+            Row("step_vs_peers", f"{label}: ranksearch / plain CLIP-LoRA", "≤ 1.0", m, ok,
+                f"{note}; {ratio_note(t, 'ranksearch', 'plain')}")
+        )  # fmt: skip
         m, ok = at_most(t.ratio("ranksearch, full 77-token prompts", "plain"), 1.0)
         rows.append(
             Row(
@@ -120,7 +126,8 @@ def run(ctx: Context) -> list[Row]:
                 "≤ 1.0",
                 m,
                 ok,
-                "text tower on the full context, as the plain code does",
+                "text tower on the full context, as the plain code does; "
+                + ratio_note(t, "ranksearch, full 77-token prompts", "plain"),
             )
         )
         rows.append(
@@ -130,7 +137,8 @@ def run(ctx: Context) -> list[Row]:
                 "report",
                 f"{t.ratio('ranksearch', 'ranksearch, full 77-token prompts'):.2f}",
                 None,
-                "exact: causal text tower, argmax pooling",
+                "exact: causal text tower, argmax pooling; "
+                + ratio_note(t, "ranksearch", "ranksearch, full 77-token prompts"),
             )
         )
         del cands, t
@@ -150,16 +158,17 @@ def run(ctx: Context) -> list[Row]:
         base = f"default {t.median('default'):.3f} s/step"
         rows.append(
             Row("step_vs_peers", f"{label}: option fused q/k/v matmul / default", "report",
-                f"{t.ratio('fused', 'default'):.2f}", None, base)
+                f"{t.ratio('fused', 'default'):.2f}", None, base + "; " + ratio_note(t, "fused", "default"))
         )  # fmt: skip
         rows.append(
             Row("step_vs_peers", f"{label}: option AMP ({amp}) / fp32", "report",
-                f"{t.ratio('amp', 'default'):.2f}", None, base)
+                f"{t.ratio('amp', 'default'):.2f}", None, base + "; " + ratio_note(t, "amp", "default"))
         )  # fmt: skip
         if "compile" in cands:
             rows.append(
                 Row("step_vs_peers", f"{label}: option torch.compile(encode_image) / eager", "report",
-                    f"{t.ratio('compile', 'default'):.2f}", None, base + "; compile time excluded (warm-up)")
+                    f"{t.ratio('compile', 'default'):.2f}", None,
+                    f"{base}; {ratio_note(t, 'compile', 'default')}; compile time excluded (warm-up)")
             )  # fmt: skip
         else:
             rows.append(

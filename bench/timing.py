@@ -26,7 +26,9 @@ class Timing:
     """Per-candidate repeat times in seconds (after warm-up)."""
 
     times: dict[str, list[float]] = field(default_factory=dict)
-    cpu: dict[str, list[float]] = field(default_factory=dict)  # process CPU seconds of the same repeats (CPU only)
+    cpu: dict[str, list[float]] = field(
+        default_factory=dict
+    )  # process CPU seconds of the same repeats (CPU only)
 
     def median(self, name: str) -> float:
         return statistics.median(self.times[name])

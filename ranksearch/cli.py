@@ -304,6 +304,7 @@ def export(
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the export folder")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the export manifest as JSON")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="show the full traceback on errors")] = False,
 ) -> None:
     """Merge a trial's adapter into a plain open_clip checkpoint that open_clip alone loads.
 

@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED_ROWS = [
@@ -39,6 +41,7 @@ EXPECTED_ROWS = [
 ]
 
 
+@pytest.mark.ray  # search_overhead starts a local Ray in the subprocess
 def test_quick_suite_runs_every_benchmark(tmp_path):
     out = tmp_path / "bench.md"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))

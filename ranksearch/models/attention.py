@@ -80,9 +80,13 @@ class UnfusedAttention(nn.Module):
         return bases
 
     def _fused_weights(self, bases: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(3d, d) weight and (3d,) bias of q/k/v; cached until any of them changes (tensor id or version)."""
+        """(3d, d) weight and (3d,) bias of q/k/v; cached until any of them changes.
+
+        In-place updates (merge, ``load_state_dict``) bump a tensor's version; replacing or moving one changes its
+        identity or storage: either way the key differs and the copy is rebuilt.
+        """
         tensors = [t for lin in bases for t in (lin.weight, lin.bias) if t is not None]
-        key = tuple((id(t), t._version, t.device, t.dtype) for t in tensors)
+        key = tuple((id(t), t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
         if self._fused is None or self._fused[0] != key:
             with torch.no_grad():
                 w = torch.cat([lin.weight for lin in bases])
@@ -111,7 +115,7 @@ class UnfusedAttention(nn.Module):
         for proj, base, chunk in zip((self.q_proj, self.k_proj, self.v_proj), bases, chunks, strict=True):
             if (
                 proj is not base and not proj.merged
-            ):  # an adapter: add its update, as AdapterLayer.forward does
+            ):  # an adapter: add its update as AdapterLayer.forward does
                 chunk = chunk + proj.adapter_forward(query).to(chunk.dtype)
             out.append(chunk)
         return out[0], out[1], out[2]

@@ -29,6 +29,8 @@ Storage = Annotated[
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="print only the essential line (a path or URL)")]
 AsJson = Annotated[bool, typer.Option("--json", help="print the result as JSON, for scripts")]
+# read by ranksearch.cli.main (tracebacks instead of one-line errors); declared so each command accepts it
+Debug = Annotated[bool, typer.Option("--debug", help="show the full traceback on errors")]
 
 
 def _sweep(sweep: str | None, storage: Path | None) -> Path:
@@ -53,6 +55,7 @@ def report(
     storage: Storage = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
+    debug: Debug = False,
 ) -> None:
     """Write the sweep's comparison dashboard: one self-contained HTML file (works offline).
 
@@ -114,6 +117,7 @@ def ui(
     storage: Storage = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
+    debug: Debug = False,
 ) -> None:
     """Start the MLflow UI on the sweep's tracking backend and print the URL of the sweep's parent run.
 
@@ -181,7 +185,13 @@ UI_EPILOG = (
 )
 
 
-def status(sweep: SweepArg, storage: Storage = None, quiet: Quiet = False, as_json: AsJson = False) -> None:
+def status(
+    sweep: SweepArg,
+    storage: Storage = None,
+    quiet: Quiet = False,
+    as_json: AsJson = False,
+    debug: Debug = False,
+) -> None:
     """Show a sweep's progress: trials by state, the best so far, elapsed time and an ETA.
 
     Read from the sweep folder's files (no MLflow, no Ray), so it works while the sweep runs and after. The
@@ -238,6 +248,7 @@ def best(
     storage: Storage = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
+    debug: Debug = False,
 ) -> None:
     """Print the best configuration of a sweep as a ready-to-run trial YAML (every field spelled out).
 

@@ -153,8 +153,10 @@ def _curves(
     lr, rank = params["train.lr"], _rank_of(params)
     towers = {"both": 1.0, "vision": 0.85, "text": 0.7}[params["placement.towers"]]
     quality = math.exp(-((math.log10(lr) + 2.5) ** 2)) * towers
-    base_end = 60 + 30 * quality + 3 * math.log2(rank) + rng.normal(0, 2)
-    new_end = 55 + 20 * quality - 2 * math.log2(rank) + rng.normal(0, 2)
+    base_end = min(
+        97.0, 60 + 25 * quality + 3 * math.log2(rank) + rng.normal(0, 2)
+    )  # accuracies stay < 100 %
+    new_end = min(97.0, 55 + 20 * quality - 2 * math.log2(rank) + rng.normal(0, 2))
     trainable = float(rank * 768 * (3 if params["placement.towers"] == "both" else 1.5))
     u = rng.uniform()
     status = "completed" if u < 0.7 else "pruned" if u < 0.9 else "failed" if u < 0.97 else "error"

@@ -196,7 +196,7 @@ def _leaderboard(data: SweepData) -> tuple[str, int]:
         *metric_cols,
         "parameters",
     ]
-    text_cols = {1, 2, 3}
+    text_cols = {1, 2, 3, len(head) - 1}
     out = ["<div class='tablewrap'><table class='sortable' id='leaderboard-table'><thead><tr>"]
     out += [
         f"<th class='{'text' if i in text_cols else ''}'>{html.escape(h)}</th>" for i, h in enumerate(head)

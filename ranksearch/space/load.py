@@ -36,17 +36,24 @@ def looks_like_space(data: dict[str, Any]) -> bool:
     return isinstance(data, dict) and bool(SPACE_KEYS & set(data))
 
 
-def load_space(path: str | Path) -> SearchSpace:
-    """Read and validate a search-space YAML file.
+def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> SearchSpace:
+    """Read and validate a search-space YAML file; ``overrides`` (``a.b=value``) set fixed values in ``base``.
 
     Raises:
         ConfigError: listing every problem with its field path.
     """
-    from ranksearch.config.load import load_yaml
+    import yaml
+
+    from ranksearch.config.load import apply_overrides, load_yaml
 
     p = Path(path)
     data = load_yaml(p)
-    return validate_space(data, source=str(p), text=p.read_text(encoding="utf-8"))
+    text = p.read_text(encoding="utf-8")
+    if overrides:
+        data = {**data, "base": apply_overrides(data.get("base") or {}, overrides)}
+        # the recorded copy must hold the overrides too, so a resumed sweep runs the same space
+        text = f"# {p.name} with --set {' '.join(overrides)}\n" + yaml.safe_dump(data, sort_keys=False)
+    return validate_space(data, source=str(p), text=text)
 
 
 def validate_space(data: dict[str, Any], source: str | None = None, text: str | None = None) -> SearchSpace:

@@ -53,6 +53,12 @@ def sweep(
         bool | None,
         typer.Option("--live/--no-live", help="live table (default: when attached to a terminal)"),
     ] = None,
+    set_: Annotated[
+        list[str],
+        typer.Option(
+            "--set", help="fix a trial-config field for every trial: section.field=value (repeatable)"
+        ),
+    ] = [],  # noqa: B006
 ) -> None:
     """Run a sweep: Ray Tune trials sampled by Optuna, early-stopped by ASHA, logged to MLflow (one parent run).
 
@@ -66,6 +72,8 @@ def sweep(
         ranksearch sweep search_spaces/lora.yaml --gpus 8 --name lora-b16
 
         ranksearch sweep search_spaces/lora.yaml --name lora-b16 --resume
+
+        ranksearch sweep search_spaces/dra.yaml --gpus 8 --set model.name=ViT-B-16 --set model.pretrained=openai
     """
     import logging
 
@@ -77,7 +85,7 @@ def sweep(
     logging.getLogger("ranksearch").setLevel(logging.INFO)
     result = run_sweep(
         space, gpus=gpus, address=address, trials=trials, name=name, resume=resume, tracking_uri=tracking_uri,
-        storage=storage, warm_start=warm_start, live=live,
+        storage=storage, warm_start=warm_start, live=live, overrides=set_,
     )  # fmt: skip
     out = Console()
     out.print(leaderboard(result.rows, result.space))

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ def run_sweep(
     runner_options: dict[str, Any] | None = None,
     live: bool | None = None,
     ray_init: dict[str, Any] | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
 ) -> SweepResult:
     """Run (or resume) a sweep over a search space.
 
@@ -63,6 +63,7 @@ def run_sweep(
         gpus: logical GPUs of a local Ray (default: detected); ignored with ``address``.
         address: join this Ray cluster instead of starting one ("auto", "HOST:PORT", "ray://...").
         trials: override the space's trial count (new sweeps only).
+        overrides: ``a.b=value`` fixed values set in the space's ``base`` (new sweeps only).
         name: sweep name (folder and default MLflow experiment); default the space's ``name`` or file stem.
         resume: continue the interrupted sweep of this name.
         tracking_uri: MLflow URI; default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<sweep folder>/mlflow.db``.
@@ -89,7 +90,7 @@ def run_sweep(
     t0 = time.time()
     if runner not in _runners():
         raise ConfigError([("runner", f"unknown runner {runner!r}; known: {', '.join(_runners())}")])
-    space = load_space(space_file) if not resume or name is None else None
+    space = load_space(space_file, overrides) if not resume or name is None else None
     name = name or (space.spec.name if space else None) or Path(space_file).stem
     folder = sweep_folder(name, storage)
     manifest = prepare_folder(folder, resume)
@@ -168,7 +169,8 @@ def _start_manifest(
     """New sweep: copy the space, create the MLflow parent run, write sweep.json."""
     from ranksearch.sweep.mlflow_sweep import create_parent_run
 
-    shutil.copyfile(space_file, folder / SPACE_COPY)
+    # the space as searched (with any --set overrides), so --resume runs exactly the same space
+    (folder / SPACE_COPY).write_text(space.text if space.text is not None else Path(space_file).read_text())
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(folder)
     experiment = space.spec.experiment or name
     artifacts = (folder / "mlartifacts").as_uri() if uri == default_tracking_uri(folder) else None
