@@ -297,3 +297,22 @@ def test_prepare_with_fake_download(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert prepare.prepare_dataset("eurosat", tmp_path / "DATA", progress=False) == dest
     with pytest.raises(DataError, match="licence"):
         prepare.prepare_dataset("imagenet", tmp_path / "DATA", progress=False)
+
+
+def test_short_trial_on_the_fabricated_data_tree(data_root: Path, tmp_path: Path) -> None:
+    """The real loaders feed the real trial runner: base-to-new on a CoOp-layout dataset, cross-dataset eval."""
+    from ranksearch.config import validate_trial_config
+    from ranksearch.trial import run_trial
+
+    config = validate_trial_config(
+        {
+            "model": {"pretrained": None},
+            "data": {"task": "oxford_pets", "root": str(data_root), "protocol": "base2new", "shots": 2},
+            "train": {"iterations": 4, "batch_size": 4},
+            "eval": {"evals": 1},
+            "tracking": {"enabled": False},
+        }
+    )
+    result = run_trial(config, output_dir=tmp_path / "trial", progress=False)
+    assert result.status == "completed"
+    assert {"test/base", "test/new", "test/hm", "zs/test/hm"} <= set(result.metrics)

@@ -170,7 +170,9 @@ def test_continual_needs_a_sequence():
 
 
 def test_trial_seeds_report_mean_and_std(trial_file, tmp_path, capsys):
-    main(["trial", str(trial_file), "--out", str(tmp_path / "runs"), "--no-track", "--json", "--seeds", "1,2"])
+    main(
+        ["trial", str(trial_file), "--out", str(tmp_path / "runs"), "--no-track", "--json", "--seeds", "1,2"]
+    )
     metrics = json.loads(capsys.readouterr().out)
     (folder,) = (tmp_path / "runs").iterdir()
     per_seed = [json.loads((folder / f"seed-{s}" / "metrics.json").read_text())["final"] for s in (1, 2)]
@@ -179,3 +181,13 @@ def test_trial_seeds_report_mean_and_std(trial_file, tmp_path, capsys):
     assert metrics["test/hm_std"] == pytest.approx(
         abs(per_seed[0]["test/hm"] - per_seed[1]["test/hm"]) / 2**0.5
     )
+
+
+def test_trial_takes_a_search_space_defaults_or_params_in_debug_mode(tmp_path, capsys):
+    """`ranksearch trial SPACE --debug`: each parameter's default (or --params), tiny budget, built-in checkpoint."""
+    common = ["--out", str(tmp_path), "--no-track", "--json", "--debug"]
+    main(["trial", "search_spaces/quickstart.yaml", *common])
+    defaults = json.loads(capsys.readouterr().out)
+    assert defaults["total_steps"] == 20 and defaults["trainable_params"] == 5 * 3 * 2 * 128  # r=2 on q,k,v
+    main(["trial", "search_spaces/quickstart.yaml", *common, "--params", '{"adapter.r": 8}'])
+    assert json.loads(capsys.readouterr().out)["trainable_params"] == 5 * 3 * 8 * 128

@@ -84,5 +84,15 @@ def prepare_folder(folder: Path, resume: bool) -> Manifest | None:
     return None
 
 
+def safe_name(text: str, limit: int = 100) -> str:
+    """``text`` as one harmless path component / run name: letters, digits, '.', '_', '-' only.
+
+    Everything else (``/``, ``..`` prefixes, NUL, spaces, non-ASCII) becomes ``_``, and a leading dot is dropped,
+    so a name built from trial ids, families or user text can never address a file outside the sweep folder.
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", str(text)).lstrip(".")[:limit]
+    return cleaned or "_"
+
+
 def default_tracking_uri(folder: Path) -> str:
     return f"sqlite:///{folder / 'mlflow.db'}"

@@ -140,7 +140,7 @@ def leaderboard(rows: list[dict[str, Any]], space: Any, top: int = 10) -> Table:
     test_keys = test_keys or [first.metric.replace("val/", "test/", 1)]
     for key in test_keys:
         table.add_column(key, justify="right")
-    table.add_column("parameters")
+    table.add_column("parameters", overflow="fold")
     for i, r in enumerate(done[:top], 1):
         vals = []
         for o in objs:

@@ -1,8 +1,11 @@
 """MLflow for a sweep, written only from the driver: one parent run per sweep, one child run per trial.
 
 A Tune ``Callback`` in the driver process does every write, so a sqlite store never sees concurrent writers
-(trials run with ``tracker=None``). Child runs are found by the tag ``ranksearch.trial_id`` before one is
-created, so a trial that is retried or resumed reuses its run. Metrics go out in ``log_batch`` calls. When a
+(trials run with ``tracker=None``). Every write goes through a durable journal in the sweep folder
+(``mlflow_buffer.TrackingJournal``): a tracking-server outage or a killed driver loses nothing, and replays do not
+duplicate. Child runs are found by the tag ``ranksearch.trial_id`` before one is created, so a trial that is
+retried or resumed reuses its run; metric points are keyed by (trial, key, step), so a trial's tail re-run
+after ``--resume`` is not logged twice. Failed trials end FAILED with the tag ``ranksearch.failure``. When a
 trial ends its artifacts (carried in its final checkpoint) are logged; the parent run holds the space file, a
 parquet table of all trials (rewritten as trials finish) and the best trial.
 
@@ -20,6 +23,7 @@ from typing import Any
 
 from ray.tune import Callback
 
+from ranksearch.sweep.mlflow_buffer import PARENT
 from ranksearch.sweep.trainable import TUNE_KEYS
 
 log = logging.getLogger(__name__)
@@ -57,61 +61,44 @@ def create_parent_run(
 
 
 class MlflowSweepCallback(Callback):
-    """Driver-side MLflow logging of a sweep (see module docstring)."""
+    """Driver-side MLflow logging of a sweep (see module docstring), buffered by a ``TrackingJournal``."""
 
     def __init__(self, uri: str, parent_run_id: str, space: Any, sweep: str, folder: str):
         self.uri, self.parent_run_id, self.space, self.sweep = uri, parent_run_id, space, sweep
         self.folder = folder
-        self._client: Any = None
-        self._runs: dict[str, str] = {}
+        self._journal: Any = None
         self._cleaned = False
 
     def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles callbacks into tuner.pkl: no open file or client, and a restored driver starts fresh
         state = self.__dict__.copy()
-        state.update(_client=None, _runs={}, _cleaned=False)
+        state.update(_journal=None, _cleaned=False)
         return state
 
     # ----------------------------------------------------------------------------------------------- runs
     @property
-    def client(self) -> Any:
-        if self._client is None:
-            from mlflow.tracking import MlflowClient
+    def journal(self) -> Any:
+        if self._journal is None:
+            from ranksearch.sweep.mlflow_buffer import TrackingJournal
 
-            self._client = MlflowClient(tracking_uri=self.uri)
-        return self._client
+            self._journal = TrackingJournal(self.folder, self.uri, self.parent_run_id)
+        return self._journal
 
     @property
-    def experiment_id(self) -> str:
-        return self.client.get_run(self.parent_run_id).info.experiment_id
+    def client(self) -> Any:
+        return self.journal.client
 
-    def children(self) -> dict[str, Any]:
-        """trial id -> child run (active runs only)."""
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
-            max_results=50_000,
-        )
-        return {r.data.tags.get(TRIAL_TAG): r for r in runs}
+    def run_id(self, trial: Any) -> str | None:
+        """The MLflow run id of ``trial`` once its creation has been delivered (None while buffered)."""
+        return self.journal.run_id(trial.trial_id)
 
-    def run_id(self, trial: Any) -> str:
-        """The trial's child run, found by tag or created (idempotent across retries and resume)."""
-        if trial.trial_id in self._runs:
-            return self._runs[trial.trial_id]
-        found = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial.trial_id}'",
-        )
-        if found:
-            run_id = found[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-        else:
-            run_id = self._create_child(trial)
-        self._runs[trial.trial_id] = run_id
-        return run_id
+    def _send(self, op: str, target: str, **fields: Any) -> None:
+        """Journal one write, then try to deliver what is pending (no-op while backing off)."""
+        self.journal.append(op, target, **fields)
+        self.journal.flush()
 
-    def _create_child(self, trial: Any) -> str:
-        from mlflow.entities import Param
-
+    def _child_spec(self, trial: Any) -> dict[str, Any]:
+        from ranksearch.sweep.folder import safe_name
         from ranksearch.tracking.mlflow_log import flatten
 
         params = dict(trial.config)
@@ -120,16 +107,16 @@ class MlflowSweepCallback(Callback):
             "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id, SWEEP_TAG: self.sweep,
             "family": family, "ranksearch.kind": "trial",
         }  # fmt: skip
-        run = self.client.create_run(self.experiment_id, run_name=f"{trial.trial_id}-{family}", tags=tags)
         items = {f"search/{k}": v for k, v in params.items()}
         try:
             items.update(flatten(self.space.trial_config(params).model_dump(mode="json")))
         except Exception as e:  # the trial itself will report the problem; keep the search params
             log.warning("could not build the config of trial %s: %s", trial.trial_id, e)
-        batch = [Param(k, str(v)[:6000]) for k, v in items.items()]
-        for i in range(0, len(batch), 100):
-            self.client.log_batch(run.info.run_id, params=batch[i : i + 100])
-        return run.info.run_id
+        return {
+            "run_name": safe_name(f"{trial.trial_id}-{family}"),
+            "tags": tags,
+            "params": {k: str(v)[:6000] for k, v in items.items()},
+        }
 
     # ------------------------------------------------------------------------------------------ callbacks
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
@@ -138,72 +125,76 @@ class MlflowSweepCallback(Callback):
         if not self._cleaned:
             self._cleaned = True
             self.remove_orphans({t.trial_id for t in trials})
+        self.journal.flush()  # the retry clock of a tracking outage
 
-    def remove_orphans(self, known: set[str]) -> list[str]:
+    def remove_orphans(self, known: set[str]) -> None:
         """Delete child runs of trials the restored Tune experiment does not know (started after its last
         checkpoint, before the driver died): Tune runs those points again as new trials."""
-        children = self.children()
-        orphans = [tid for tid in children if tid and tid not in known]
-        for tid in orphans:
-            run = children[tid]
-            self.client.set_tag(run.info.run_id, "ranksearch.orphaned", "true")
-            self.client.set_terminated(run.info.run_id, status="KILLED")
-            self.client.delete_run(run.info.run_id)
-        if orphans:
-            log.info("removed %d MLflow runs of trials lost with the previous driver", len(orphans))
-        return orphans
+        self._send("orphans", PARENT, known=sorted(known))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.run_id(trial)
+        self._send("child", trial.trial_id, **self._child_spec(trial))
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        # a failure Tune retries (e.g. its node was lost): the run stays RUNNING, the retry is visible
+        self._send("tags", trial.trial_id, tags={"ranksearch.retries": str(trial.num_failures)})
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        from mlflow.entities import Metric
-
         step = int(result.get("training_iteration", 0))
         ts = int(time.time() * 1000)
         items = [
-            Metric(k, float(v), ts, step)
+            [k, float(v), ts, step]
             for k, v in result.items()
             if k not in TUNE_KEYS and _finite(v) and not k.startswith("config/")
         ]
         if "time_total_s" in result and _finite(result["time_total_s"]):
-            items.append(Metric("time_total_s", float(result["time_total_s"]), ts, step))
-        run_id = self.run_id(trial)
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i : i + 1000])
+            items.append(["time_total_s", float(result["time_total_s"]), ts, step])
+        # keyed by (trial, key, step): a tail re-run after --resume or a node loss is not logged twice
+        self._send("metrics", trial.trial_id, metrics=items)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         from ranksearch.sweep.results import trial_status
 
         status = trial_status(trial, "TERMINATED")
-        self._finish(trial, status, "FINISHED" if status != "failed" else "FAILED")
+        reason = str((trial.last_result or {}).get("error") or "") if status == "failed" else None
+        self._finish(trial, status, "FINISHED" if status != "failed" else "FAILED", reason)
         self.write_table(trials, {trial.trial_id: "TERMINATED"})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(trial, "error", "FAILED")
+        from ranksearch.sweep.results import failure_reason
+
+        try:
+            reason = failure_reason(trial.get_error() or "")
+        except Exception:  # the error file is Tune's; a missing one must not stop the sweep
+            reason = "the trial raised an exception (see Tune's error.txt)"
+        self._finish(trial, "error", "FAILED", reason)
         self.write_table(trials, {trial.trial_id: "ERROR"})
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
+        import os
+
         self.write_table(trials)
+        # a short outage at the very end should not leave the record incomplete: wait for the server a while
+        self.journal.drain(float(os.environ.get("RANKSEARCH_MLFLOW_DRAIN_S", "300")))
 
-    def _finish(self, trial: Any, status: str, mlflow_status: str) -> None:
-        run_id = self.run_id(trial)
-        self.client.set_tag(run_id, "ranksearch.status", status)
+    def _finish(self, trial: Any, status: str, mlflow_status: str, reason: str | None = None) -> None:
+        tags = {"ranksearch.status": status}
+        if reason is not None:
+            tags["ranksearch.failure"] = reason or status
+        self._send("tags", trial.trial_id, tags=tags)
         if status == "completed":
-            self._log_artifacts(trial, run_id)
-        self.client.set_terminated(run_id, status=mlflow_status)
+            self._log_artifacts(trial)
+        self._send("end", trial.trial_id, status=mlflow_status)
 
-    def _log_artifacts(self, trial: Any, run_id: str) -> None:
+    def _log_artifacts(self, trial: Any) -> None:
         ckpt = trial.checkpoint
         if ckpt is None:
             return
-        try:
-            with ckpt.as_directory() as d:
-                art = Path(d) / "artifacts"
-                if art.is_dir():
-                    self.client.log_artifacts(run_id, str(art))
-        except Exception as e:  # artifacts are a convenience; the metrics are already logged
-            log.warning("could not log artifacts of trial %s: %s", trial.trial_id, e)
+        # storage is the sweep folder (a local or shared path): the final checkpoint stays where it is, so the
+        # journal keeps its path and logs it whenever MLflow answers
+        art = Path(ckpt.path) / "artifacts"
+        if art.is_dir():
+            self._send("artifact", trial.trial_id, path=str(art))
 
     # -------------------------------------------------------------------------------------- parent run
     def write_table(self, trials: list, ended: dict[str, str] | None = None) -> None:
@@ -213,25 +204,26 @@ class MlflowSweepCallback(Callback):
         rows = trial_rows(trials, self.space, ended)
         path = Path(self.folder) / "trials.parquet"
         write_parquet(rows, path)
-        self.client.log_artifact(self.parent_run_id, str(path))
+        self._send("artifact", PARENT, path=str(path))
+        tags: dict[str, Any] = {}
         best = best_trial(rows, self.space)
         if best is not None:
-            from mlflow.entities import Metric
-
             ts = int(time.time() * 1000)
+            # step = trials finished so far: one point per finished trial, and a repeat (same count) is dropped
+            done = sum(r["status"] not in ("pending", "running") for r in rows)
             metrics = [
-                Metric(f"best/{o.metric}", float(best[o.metric]), ts, 0)
+                [f"best/{o.metric}", float(best[o.metric]), ts, done]
                 for o in self.space.spec.objectives
                 if _finite(best.get(o.metric))
             ]
-            self.client.log_batch(self.parent_run_id, metrics=metrics)
-            self.client.set_tag(self.parent_run_id, "best.trial_id", best["trial_id"])
-            self.client.set_tag(self.parent_run_id, "best.run_id", self._runs.get(best["trial_id"], ""))
+            if metrics:
+                self.journal.append("metrics", PARENT, metrics=metrics)
+            tags.update({"best.trial_id": best["trial_id"], "best.run_id": {"run_of": best["trial_id"]}})
         counts: dict[str, int] = {}
         for r in rows:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
-        for k, v in counts.items():
-            self.client.set_tag(self.parent_run_id, f"trials.{k}", str(v))
+        tags.update({f"trials.{k}": str(v) for k, v in counts.items()})
+        self._send("tags", PARENT, tags=tags)
 
 
 def _finite(v: Any) -> bool:

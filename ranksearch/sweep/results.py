@@ -102,5 +102,16 @@ def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
+def failure_reason(error_text: str, limit: int = 1000) -> str:
+    """The reason a trial raised, from Tune's error text: its last ``Type: message`` line, shortened.
+
+    Tune wraps the trial's exception in a traceback (``RayTaskError(...)`` and the original); the last
+    non-empty line is the original exception, which is what a user needs in the MLflow tag and Optuna.
+    """
+    lines = [line.strip() for line in str(error_text).splitlines() if line.strip()]
+    reason = lines[-1] if lines else "the trial raised an exception"
+    return reason if len(reason) <= limit else reason[: limit - 3] + "..."
+
+
 def _finite(v: Any) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)

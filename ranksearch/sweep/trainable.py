@@ -25,6 +25,7 @@ from typing import Any
 
 from ranksearch.seeds import aggregate, sample_std
 from ranksearch.space.space import SearchSpace
+from ranksearch.sweep.folder import safe_name
 
 
 def _real_trial(config: Any, **kwargs: Any) -> Any:
@@ -60,23 +61,20 @@ def sweep_trainable(
     runner_options: dict[str, Any] | None = None,
 ) -> None:
     """Tune function trainable. ``params``: the Optuna parameter values of this trial."""
-    import torch
     from ray import tune
 
     run = RUNNERS[runner]
     trial_id = tune.get_context().get_trial_id()
     seeds: list[int | None] = list(space.spec.seeds or [None])
     objectives = [o.metric for o in space.spec.objectives]
-    root = Path(trials_dir) / trial_id
+    root = Path(trials_dir) / safe_name(trial_id)
 
     meta: dict[str, Any] = {"replicate": 0, "done": [], "final": None}
     resume_state = None
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            meta = json.loads((Path(d) / _CKPT_META).read_text())
-            if (Path(d) / _CKPT_STATE).exists():
-                resume_state = torch.load(Path(d) / _CKPT_STATE, weights_only=True)
+            meta, resume_state = load_checkpoint(Path(d))
     if meta["final"] is not None:  # finished before the driver died: report the final result again
         _report(meta["final"], meta, None, root)
         return
@@ -111,6 +109,39 @@ def sweep_trainable(
     final.update(_allocation_summary(root), is_final=True, status="completed", replicates=float(len(seeds)))
     meta["final"] = final
     _report(final, meta, None, root)
+
+
+def load_checkpoint(folder: Path) -> tuple[dict[str, Any], dict | None]:
+    """(meta, training state or None) of a trial checkpoint folder.
+
+    The state loads with ``torch.load(weights_only=True)``: tensors and plain containers only, never code.
+
+    Raises:
+        TrialError: the checkpoint is missing a file, truncated or corrupt (the message names the file).
+    """
+    import torch
+
+    from ranksearch.errors import TrialError
+
+    meta_file, state_file = folder / _CKPT_META, folder / _CKPT_STATE
+    try:
+        meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        if not isinstance(meta, dict) or not {"replicate", "done", "final"} <= set(meta):
+            raise ValueError("not a ranksearch checkpoint manifest")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise TrialError(f"checkpoint {meta_file} is missing or corrupt ({e}); cannot resume this trial") from None
+    state = None
+    if state_file.exists():
+        try:
+            state = torch.load(state_file, weights_only=True)
+        except Exception as e:  # truncated zip, bad pickle opcodes, a forbidden global: all "corrupt"
+            msg = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            raise TrialError(
+                f"checkpoint {state_file} is truncated or corrupt ({msg}); cannot resume this trial"
+            ) from None
+        if not isinstance(state, dict):
+            raise TrialError(f"checkpoint {state_file} does not hold a training state")
+    return meta, state
 
 
 def _report(

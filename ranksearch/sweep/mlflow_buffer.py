@@ -1,0 +1,342 @@
+"""A durable, idempotent buffer for the sweep's MLflow writes: an append-only journal in the sweep folder.
+
+Why: sweeps run for days and the tracking server restarts. The driver callback never talks to MLflow directly;
+it appends each write (create a child run, a metrics batch, tags, artifacts, end a run) to
+``<sweep folder>/mlflow.journal.jsonl`` (one JSON object per line, flushed and fsync'd, so a killed driver
+loses nothing it had accepted) and then tries to deliver everything pending, in order. When the server does not
+answer, delivery stops at the first failed entry and is retried with exponential backoff (1 s, 2 s, ... 30 s)
+while the sweep goes on; trials never wait for MLflow. A delivered entry is acknowledged by an ``{"ack": seq}``
+line in the same file.
+
+Idempotence, so nothing is logged twice:
+
+* metrics are keyed by (trial, key, step): a point whose key is already in the journal is not appended again
+  (a trial's tail re-run after ``--resume`` or a node loss reports the same steps again);
+* the one entry that may have been delivered without its ack (the driver died in between, or the server
+  stored a batch but the reply was lost) is checked against the run's metric history before it is sent;
+* child runs are looked up by the tag ``ranksearch.trial_id`` before one is created; tags, run status and
+  artifacts overwrite.
+
+Entries address runs by trial id (or ``"parent"``), never by MLflow run id, so a run can be created while the
+server is down: its id is resolved when the entry is delivered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+JOURNAL_FILE = "mlflow.journal.jsonl"
+PARENT = "parent"
+TRIAL_TAG = "ranksearch.trial_id"
+BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+# Errors the server sends when it has understood the request: retrying cannot help, so the entry is dropped.
+PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST"}
+
+
+class TrackingJournal:
+    """The sweep's pending MLflow writes (see module docstring). Not thread-safe: the Tune driver loop owns it.
+
+    Args:
+        folder: the sweep folder (the journal file lives there).
+        uri: MLflow tracking URI.
+        parent_run_id: the sweep's parent run; its experiment holds the child runs.
+        client: an ``MlflowClient``-like object (tests pass fakes); default one for ``uri``.
+    """
+
+    def __init__(self, folder: str | Path, uri: str, parent_run_id: str, client: Any = None):
+        self.path = Path(folder) / JOURNAL_FILE
+        self.uri, self.parent_run_id = uri, parent_run_id
+        self._client = client
+        self._experiment_id: str | None = None
+        self._runs: dict[str, str] = {PARENT: parent_run_id}  # trial id -> MLflow run id
+        self._entries: dict[int, dict[str, Any]] = {}  # pending, by seq
+        self._seen: set[tuple[str, str, int]] = set()  # (target, key, step) of every journaled metric
+        self._uncertain: set[int] = set()  # entries that may have reached MLflow without an ack
+        self.acked = 0
+        self.seq = 0
+        self.stats = {"appended": 0, "delivered": 0, "dropped": 0, "skipped_duplicates": 0, "failures": 0}
+        self._failing_since: float | None = None
+        self._next_try = 0.0
+        self._attempt = 0
+        self._load()
+        self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115  (kept open: one append per write)
+
+    # ------------------------------------------------------------------------------------------ the file
+    def _load(self) -> None:
+        if not self.path.exists():
+            return
+        acks: set[int] = set()
+        with open(self.path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError:
+                    continue  # a line cut short by a crash: it was never acknowledged to the caller
+                if "ack" in item:
+                    acks.add(int(item["ack"]))
+                    continue
+                seq = int(item["seq"])
+                self.seq = max(self.seq, seq)
+                self._entries[seq] = item
+                if item["op"] == "metrics":
+                    self._seen |= {(item["target"], m[0], int(m[3])) for m in item["metrics"]}
+        for seq in acks:
+            self._entries.pop(seq, None)
+        self.acked = max(acks, default=0)
+        if self._entries:
+            # the first pending entry may have been delivered just before the driver died, its ack unwritten
+            self._uncertain.add(min(self._entries))
+            log.info("MLflow journal: %d buffered writes from an earlier driver to deliver", len(self._entries))
+
+    def _write(self, item: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(item, separators=(",", ":")) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())  # accepted means on disk: a crash right after does not lose it
+
+    def append(self, op: str, target: str, **fields: Any) -> int | None:
+        """Record one write; returns its sequence number (None when nothing was left to write)."""
+        if op == "metrics":
+            fresh = []
+            for m in fields["metrics"]:
+                key = (target, m[0], int(m[3]))
+                if key in self._seen:
+                    self.stats["skipped_duplicates"] += 1
+                    continue
+                self._seen.add(key)
+                fresh.append(list(m))
+            if not fresh:
+                return None
+            fields["metrics"] = fresh
+        self.seq += 1
+        item = {"seq": self.seq, "op": op, "target": target, **fields}
+        self._write(item)
+        self._entries[self.seq] = item
+        self.stats["appended"] += 1
+        return self.seq
+
+    @property
+    def pending(self) -> int:
+        """Writes accepted but not yet delivered to MLflow."""
+        return len(self._entries)
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self._fh.close()
+
+    # ------------------------------------------------------------------------------------------ delivery
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.uri)
+        return self._client
+
+    def flush(self, force: bool = False) -> bool:
+        """Deliver pending writes in order; stop at the first failure. True when nothing is left pending.
+
+        Without ``force`` an attempt is made only once the backoff after the last failure has passed, so the
+        Tune loop can call this on every step at no cost while the server is away.
+        """
+        if not self._entries:
+            return True
+        now = time.monotonic()
+        if not force and now < self._next_try:
+            return False
+        delivered = 0
+        with _fail_fast():
+            for seq in sorted(self._entries):
+                item = self._entries[seq]
+                try:
+                    self._deliver(item, verify=seq in self._uncertain)
+                except Exception as e:
+                    if _permanent(e):
+                        log.warning("MLflow rejected a buffered %s write (dropped): %s", item["op"], e)
+                        self.stats["dropped"] += 1
+                    else:
+                        self._uncertain.add(seq)  # the server may have stored it before the reply was lost
+                        self._failed(e)
+                        break
+                self._entries.pop(seq)
+                self._uncertain.discard(seq)
+                self._write({"ack": seq})
+                self.acked = max(self.acked, seq)
+                delivered += 1
+        self.stats["delivered"] += delivered
+        if not self._entries and self._failing_since is not None:
+            log.warning(
+                "MLflow is back after %.0f s: delivered the buffered writes",
+                time.monotonic() - self._failing_since,
+            )
+            self._failing_since, self._attempt, self._next_try = None, 0, 0.0
+        return not self._entries
+
+    def drain(self, timeout_s: float) -> bool:
+        """Flush until nothing is pending or ``timeout_s`` passed; True when everything was delivered."""
+        deadline = time.monotonic() + timeout_s
+        while not self.flush(force=True):
+            if time.monotonic() >= deadline:
+                log.warning(
+                    "MLflow: %d writes still undelivered; they stay in %s and are sent by the next run or "
+                    "--resume of this sweep",
+                    self.pending,
+                    self.path,
+                )
+                return False
+            time.sleep(min(max(0.0, self._next_try - time.monotonic()), max(0.0, deadline - time.monotonic())))
+        return True
+
+    def _failed(self, error: Exception) -> None:
+        self.stats["failures"] += 1
+        if self._failing_since is None:
+            self._failing_since = time.monotonic()
+            log.warning(
+                "MLflow at %s is not answering (%s); buffering writes in %s and retrying",
+                self.uri,
+                str(error).splitlines()[0][:200],
+                self.path,
+            )
+        self._next_try = time.monotonic() + BACKOFF_S[min(self._attempt, len(BACKOFF_S) - 1)]
+        self._attempt += 1
+
+    @property
+    def experiment_id(self) -> str:
+        if self._experiment_id is None:
+            self._experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
+        return self._experiment_id
+
+    def find_run(self, trial_id: str) -> Any | None:
+        """The child run of ``trial_id`` (searched by tag), or None."""
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=(
+                f"tags.mlflow.parentRunId = '{self.parent_run_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'"
+            ),
+        )
+        return found[0] if found else None
+
+    def run_id(self, target: str) -> str | None:
+        """MLflow run id of ``target`` (a trial id or ``"parent"``), resolved and cached; None if no run."""
+        if target not in self._runs:
+            run = self.find_run(target)
+            if run is None:
+                return None
+            self._runs[target] = run.info.run_id
+        return self._runs[target]
+
+    def _deliver(self, item: dict[str, Any], verify: bool) -> None:
+        op, target = item["op"], item["target"]
+        if op == "child":
+            self._deliver_child(item)
+            return
+        if op == "orphans":
+            self._deliver_orphans(set(item["known"]))
+            return
+        run_id = self.run_id(target)
+        if run_id is None:
+            log.warning("MLflow: no run for trial %s; %s write skipped", target, op)
+            return
+        client = self.client
+        if op == "metrics":
+            from mlflow.entities import Metric
+
+            metrics = item["metrics"]
+            if verify:  # idempotent replay: keep only points MLflow does not have yet
+                logged = set()
+                for key in {m[0] for m in metrics}:
+                    logged |= {(key, point.step) for point in client.get_metric_history(run_id, key)}
+                metrics = [m for m in metrics if (m[0], int(m[3])) not in logged]
+            batch = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in metrics]
+            for i in range(0, len(batch), 1000):
+                client.log_batch(run_id, metrics=batch[i : i + 1000])
+        elif op == "tags":
+            from mlflow.entities import RunTag
+
+            tags = [RunTag(k, self._value(v)) for k, v in item["tags"].items()]
+            for i in range(0, len(tags), 100):
+                client.log_batch(run_id, tags=tags[i : i + 100])
+        elif op == "artifact":
+            path = Path(item["path"])
+            if not path.exists():
+                log.warning("MLflow: artifact %s is gone; not logged", path)
+            elif path.is_dir():
+                client.log_artifacts(run_id, str(path))
+            else:
+                client.log_artifact(run_id, str(path))
+        elif op == "end":
+            client.set_terminated(run_id, status=item["status"])
+        elif op == "running":
+            client.update_run(run_id, status="RUNNING")
+        else:
+            log.warning("MLflow journal: unknown op %r skipped", op)
+
+    def _value(self, v: Any) -> str:
+        """A tag value; ``{"run_of": trial_id}`` is the MLflow run id of that trial (resolved at delivery)."""
+        if isinstance(v, dict) and "run_of" in v:
+            return self.run_id(v["run_of"]) or ""
+        return str(v)[:5000]
+
+    def _deliver_child(self, item: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        trial_id = item["target"]
+        run = self.find_run(trial_id)
+        if run is not None:  # retried, resumed, or created before a lost ack: reuse it
+            self._runs[trial_id] = run.info.run_id
+            self.client.update_run(run.info.run_id, status="RUNNING")
+            return
+        run = self.client.create_run(self.experiment_id, run_name=item["run_name"], tags=item["tags"])
+        self._runs[trial_id] = run.info.run_id
+        params = [Param(k, str(v)[:6000]) for k, v in item["params"].items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(run.info.run_id, params=params[i : i + 100])
+
+    def _deliver_orphans(self, known: set[str]) -> None:
+        """Delete child runs of trials the restored Tune experiment does not know (see MlflowSweepCallback)."""
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
+            max_results=50_000,
+        )
+        orphans = [r for r in runs if r.data.tags.get(TRIAL_TAG) and r.data.tags[TRIAL_TAG] not in known]
+        for run in orphans:
+            self.client.set_tag(run.info.run_id, "ranksearch.orphaned", "true")
+            self.client.set_terminated(run.info.run_id, status="KILLED")
+            self.client.delete_run(run.info.run_id)
+            self._runs.pop(run.data.tags[TRIAL_TAG], None)
+        if orphans:
+            log.info("removed %d MLflow runs of trials lost with the previous driver", len(orphans))
+
+
+def _permanent(error: Exception) -> bool:
+    """True when MLflow answered with a definite refusal (a retry would be refused again)."""
+    code = getattr(error, "error_code", None)
+    return isinstance(code, str) and code in PERMANENT
+
+
+@contextlib.contextmanager
+def _fail_fast() -> Iterator[None]:
+    """MLflow's REST client retries a refused connection for minutes by default; the journal retries itself.
+
+    The settings are read at call time, so they are changed only around delivery, and a user's own values win.
+    """
+    wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "20"}
+    saved = {k: os.environ.get(k) for k in wanted}
+    for k, v in wanted.items():
+        if saved[k] is None:
+            os.environ[k] = v
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
