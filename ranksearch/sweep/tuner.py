@@ -107,9 +107,13 @@ def run_sweep(
     manifest.save(folder)
     total = trials if (trials and manifest.resumes == 0) else _recorded_trials(space, manifest)
 
+    if runner == "trial":
+        ensure_builtin_weights(space)
     started_ray = False
     if not ray.is_initialized():
         kw = {"include_dashboard": False, "log_to_driver": False, **(ray_init or {})}
+        # Ray's dashboard and Jobs API run code for whoever reaches them: loopback unless the user says otherwise
+        kw.setdefault("dashboard_host", "127.0.0.1")
         if address:
             ray.init(address=address, **kw)
         else:
@@ -161,6 +165,19 @@ def _runners() -> dict[str, Any]:
     from ranksearch.sweep.trainable import RUNNERS
 
     return RUNNERS
+
+
+def ensure_builtin_weights(space: SearchSpace) -> None:
+    """Build the offline checkpoint in the driver, with its progress bar, before any trial needs it.
+
+    Otherwise the first trial would pretrain silently inside a Ray worker while the others wait on its lock.
+    """
+    from ranksearch.models.clip import BUILTIN_PRETRAINED
+    from ranksearch.pretrain import ensure_checkpoint
+
+    config = space.trial_config(None)
+    if config.model.pretrained == BUILTIN_PRETRAINED:
+        ensure_checkpoint(config.model.name)
 
 
 def _start_manifest(
@@ -234,6 +251,7 @@ def _new_tuner(
     searcher = PruneAwareOptunaSearch(
         space=DefineByRun(space), metric=metric, mode=mode, sampler=build_sampler(space),
         study_name=manifest.study_name, storage=JournalStorage(JournalFileBackend(str(folder / JOURNAL))),
+        tune_dir=str(folder / TUNE_DIR),
     )  # fmt: skip
     if warm_start is not None:
         n = add_warm_start(searcher._ot_study, space, Path(warm_start))
@@ -260,7 +278,9 @@ def _new_tuner(
 
 
 def trial_dirname(trial: Any) -> str:
-    return trial.trial_id
+    from ranksearch.sweep.folder import safe_name
+
+    return safe_name(trial.trial_id)
 
 
 def _scheduler(space: SearchSpace) -> Any:
