@@ -344,3 +344,14 @@ def lowest_adapted(sites) -> dict[str, int]:
     for s in sites:
         out[s.tower] = min(out.get(s.tower, s.layer), s.layer)
     return out
+
+
+def unfuse_all(model: nn.Module) -> nn.Module:
+    """Replace every block's ``nn.MultiheadAttention`` by ranksearch's ``UnfusedAttention`` (no adapter)."""
+    from ranksearch.adapters.inject import unfuse_block_attention
+    from ranksearch.models.clip import tower_blocks
+
+    for blocks in tower_blocks(model).values():
+        for block in blocks:
+            unfuse_block_attention(block)
+    return model

@@ -173,6 +173,7 @@ def run_trial(
                     raise TrialError(
                         f"over its time budget: train.max_seconds={limit} exceeded at step {stats.step}"
                     )
+                check_memory(config.train.max_memory_mb, session.device, stats.step)
 
         final.update(history[-1] if history else {})
         final.update(evaluate("test"))
@@ -190,6 +191,19 @@ def run_trial(
         if tracker:
             _record_failure(tracker, e, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
+
+
+def check_memory(limit_mb: float | None, device: Any, step: int) -> None:
+    """Raise ``TrialError`` when the trial uses more than ``train.max_memory_mb`` (see ``memory_mb``)."""
+    if limit_mb is None:
+        return
+    from ranksearch.training.loop import memory_mb
+
+    used = memory_mb(device)
+    if used > limit_mb:
+        raise TrialError(
+            f"over its memory budget: train.max_memory_mb={limit_mb:g} exceeded at step {step} ({used:.0f} MiB)"
+        )
 
 
 def _finish(tracker: Tracker | None, output_dir: Path, final: dict[str, float], step: int) -> None:

@@ -158,6 +158,13 @@ class TrainConfig(Section):
     )
     grad_clip: float | None = Field(None, gt=0)
     max_seconds: float | None = Field(None, gt=0, description="stop training after this wall time")
+    max_memory_mb: float | None = Field(
+        None,
+        gt=0,
+        description="fail the trial (status failed, not a crash) when its memory exceeds this many MiB: peak "
+        "allocated GPU memory on CUDA, else the worker process's resident memory (Python and libraries "
+        "included, ~0.5 GiB with torch loaded)",
+    )
     cache_frozen_prefix: bool = Field(
         False,
         description="with augment=false: compute the frozen vision blocks below the lowest adapted one once per "

@@ -113,9 +113,8 @@ class UnfusedAttention(nn.Module):
         chunks = F.linear(query, w, b).split(self.embed_dim, dim=-1)
         out = []
         for proj, base, chunk in zip((self.q_proj, self.k_proj, self.v_proj), bases, chunks, strict=True):
-            if (
-                proj is not base and not proj.merged
-            ):  # an adapter: add its update as AdapterLayer.forward does
+            # an adapter (not merged): add its update to its third, as AdapterLayer.forward does
+            if proj is not base and not proj.merged:
                 chunk = chunk + proj.adapter_forward(query).to(chunk.dtype)
             out.append(chunk)
         return out[0], out[1], out[2]

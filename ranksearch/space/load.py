@@ -67,6 +67,7 @@ def validate_space(data: dict[str, Any], source: str | None = None, text: str | 
     if spec is not None and not problems:
         space = SearchSpace(spec, source, text)
         problems += _default_checks(space)
+        problems += _bound_checks(space)
         problems += _sampler_checks(space)
         if not problems:
             return space
@@ -228,6 +229,39 @@ def _default_checks(space: SearchSpace) -> list[tuple[str, str]]:
             problems += [(f"defaults ({family}): {p}", m) for p, m in e.problems]
         except ValidationError as e:
             problems += [(f"defaults ({family}): {p}", m) for p, m in problems_from_validation(e)]
+    return problems
+
+
+def _bound_checks(space: SearchSpace) -> list[tuple[str, str]]:
+    """Every value a parameter can take must be valid for its field: a range's two ends and each choice.
+
+    The defaults check only sees one value per parameter; without this a range such as ``train.lr`` in
+    [2, 10] (the field allows at most 1) passes validation and every trial of the sweep fails at start.
+    """
+    from ranksearch.config.load import problems_from_validation
+    from ranksearch.config.schema import TrialConfig
+    from ranksearch.space.spec import CategoricalParam
+
+    problems: list[tuple[str, str]] = []
+    for family in space.families:
+        defaults = space.default_params(family)
+        for a in space.active_params(family):
+            where = (
+                f"params[{a.path}]" if a.path in space.spec.params else f"families.{family}.params[{a.path}]"
+            )
+            if isinstance(a.spec, CategoricalParam):
+                values = [("choice", c) for c in a.spec.encoded()]
+            else:
+                values = [("low", a.spec.low), ("high", a.spec.high)]
+            for label, value in values:
+                try:
+                    TrialConfig.model_validate(space.config_dict({**defaults, a.name: value}))
+                except ConfigError:
+                    continue  # outside the parameter's own domain: reported by the structural checks
+                except ValidationError as e:
+                    for path, msg in problems_from_validation(e):
+                        if path == a.path or path.startswith(a.path + "."):
+                            problems.append((where, f"{label} {value!r} is not a valid {a.path}: {msg}"))
     return problems
 
 

@@ -95,6 +95,15 @@ def sweep(
         f"  mlflow ui --backend-store-uri {result.tracking_uri}\n"
         f"Optuna: optuna-dashboard {result.folder / 'optuna.journal'}"
     )
+    failed = [r for r in result.rows if r["status"] in ("failed", "error")]
+    if failed:  # the sweep went on without them; say which and why (one line each, no traceback)
+        out.print(
+            f"[yellow]{len(failed)} trial(s) failed[/yellow] (recorded in MLflow and Optuna with the reason):"
+        )
+        for r in failed:
+            out.print(
+                f"  {r['trial_id']} {r['status']}: {r.get('error') or 'no reason recorded'}", highlight=False
+            )
     unfinished = [r for r in result.rows if r["status"] in ("pending", "running")]
     if unfinished or len(result.rows) < (trials or result.space.spec.trials):
         out.print(

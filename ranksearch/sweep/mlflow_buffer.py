@@ -95,7 +95,9 @@ class TrackingJournal:
         if self._entries:
             # the first pending entry may have been delivered just before the driver died, its ack unwritten
             self._uncertain.add(min(self._entries))
-            log.info("MLflow journal: %d buffered writes from an earlier driver to deliver", len(self._entries))
+            log.info(
+                "MLflow journal: %d buffered writes from an earlier driver to deliver", len(self._entries)
+            )
 
     def _write(self, item: dict[str, Any]) -> None:
         self._fh.write(json.dumps(item, separators=(",", ":")) + "\n")
@@ -192,7 +194,9 @@ class TrackingJournal:
                     self.path,
                 )
                 return False
-            time.sleep(min(max(0.0, self._next_try - time.monotonic()), max(0.0, deadline - time.monotonic())))
+            time.sleep(
+                min(max(0.0, self._next_try - time.monotonic()), max(0.0, deadline - time.monotonic()))
+            )
         return True
 
     def _failed(self, error: Exception) -> None:

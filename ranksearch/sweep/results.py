@@ -48,6 +48,8 @@ def trial_rows(trials: list, space: Any, ended: dict[str, str] | None = None) ->
                 row[k] = v
         if "error" in last:
             row["error"] = str(last["error"])
+        elif row["status"] == "error":
+            row["error"] = _tune_error(t)
         rows.append(row)
     return rows
 
@@ -100,6 +102,14 @@ def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
     tmp = path.with_suffix(".parquet.tmp")
     pq.write_table(table, tmp)
     tmp.replace(path)
+
+
+def _tune_error(trial: Any) -> str:
+    """The exception an errored trial raised, from Tune's error file (a short line, never a traceback)."""
+    try:
+        return failure_reason(trial.get_error() or "")
+    except Exception:  # no error file (yet): still say what happened
+        return "the trial raised an exception"
 
 
 def failure_reason(error_text: str, limit: int = 1000) -> str:

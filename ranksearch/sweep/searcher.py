@@ -29,7 +29,15 @@ RAY_TRIAL_ID = "ray_trial_id"
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
-    """OptunaSearch with correct trial states (see module docstring)."""
+    """OptunaSearch with correct trial states (see module docstring).
+
+    ``tune_dir``: the Tune experiment folder, where an errored trial's ``error.txt`` gives the reason recorded in
+    the Optuna user attribute ``ranksearch_failure``.
+    """
+
+    def __init__(self, *args: Any, tune_dir: str | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.tune_dir = tune_dir
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
@@ -57,6 +65,9 @@ class PruneAwareOptunaSearch(OptunaSearch):
         state, values, reason = classify(result, error, self.metric)
         try:
             ot_trial.set_user_attr("ranksearch_status", reason)
+            failure = self._failure(trial_id, result) if state == TrialState.FAIL else None
+            if failure:
+                ot_trial.set_user_attr("ranksearch_failure", failure)
             if state == TrialState.COMPLETE:
                 self._ot_study.tell(ot_trial, values)
             else:
@@ -65,6 +76,21 @@ class PruneAwareOptunaSearch(OptunaSearch):
             # e.g. the trial was already told before the driver was killed and is now re-run from a checkpoint
             log.warning("Optuna did not accept the result of trial %s: %s", trial_id, e)
         self._completed_trials.add(trial_id)
+
+    def _failure(self, trial_id: str, result: dict | None) -> str | None:
+        """Why the trial failed: the runner's error (diverged, over budget) or the exception Tune recorded."""
+        from ranksearch.sweep.results import failure_reason
+
+        if result and result.get("error"):
+            return str(result["error"])[:1000]
+        tune_dir = getattr(self, "tune_dir", None)  # absent in searchers pickled by older versions
+        if tune_dir:
+            error_file = Path(tune_dir) / trial_id / "error.txt"
+            try:
+                return failure_reason(error_file.read_text(errors="replace"))
+            except OSError:
+                pass
+        return None
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)

@@ -100,6 +100,9 @@ def sweep_trainable(
         resume_state = None
         if result.status != "completed":
             final = {"is_final": True, "status": "failed", "error": str(result.error)[:2000]}
+            # Tune rejects a result without the objectives and would end the whole sweep (strict metric
+            # checking); NaN says "no value": the searcher, MLflow logging and best-trial selection skip it
+            final.update({o: float("nan") for o in objectives})
             meta["final"] = final
             _report(final, meta, None, root)
             return
@@ -129,7 +132,9 @@ def load_checkpoint(folder: Path) -> tuple[dict[str, Any], dict | None]:
         if not isinstance(meta, dict) or not {"replicate", "done", "final"} <= set(meta):
             raise ValueError("not a ranksearch checkpoint manifest")
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise TrialError(f"checkpoint {meta_file} is missing or corrupt ({e}); cannot resume this trial") from None
+        raise TrialError(
+            f"checkpoint {meta_file} is missing or corrupt ({e}); cannot resume this trial"
+        ) from None
     state = None
     if state_file.exists():
         try:

@@ -43,6 +43,23 @@ log = logging.getLogger(__name__)
 PREFIX_CACHE_MAX_BYTES = 4 * 2**30
 
 
+def memory_mb(device: torch.device | str | None = None) -> float:
+    """Memory a trial uses now, in MiB, for ``train.max_memory_mb``: peak allocated memory on a CUDA device,
+    else this process's resident set size (read from /proc, ~10 µs; psutil elsewhere)."""
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda" and torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated(dev) / 2**20
+    import os
+
+    try:
+        with open("/proc/self/statm", "rb") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        import psutil
+
+        return psutil.Process().memory_info().rss / 2**20
+
+
 def cosine_lambda(total: int, warmup: int, base_lr: float, eta_min: float) -> Callable[[int], float]:
     """LR multiplier: linear warm-up, then cosine from 1 to eta_min/base_lr over the remaining steps."""
     floor = eta_min / base_lr
