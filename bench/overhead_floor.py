@@ -33,6 +33,14 @@ FAMILIES = {  # family -> (matrices, target)
 }
 
 MISSES = {
+    "lora: step / floor": (
+        "this row runs CLIP-LoRA's default input dropout p=0.25: each of q, k, v draws its own Bernoulli mask over "
+        "the (tokens × d) input and multiplies it, forward and backward — three mask passes per block that the "
+        "floor does not have (CoDyRA at r=16 but no dropout lands at 1.09). The floor is also the faster of stock "
+        "and unfused attention per round. What would fix it: one fused dropout+matmul kernel for the LoRA input "
+        "(or torch.compile of the adapter branch); sharing one mask across q, k, v would be faster but changes the "
+        "method, so it is not done."
+    ),
     "rlrr: step / floor": (
         "RLRR's update W ⊙ (S_l S_r) is not low-rank in the activations: its gradient needs the full (d_out × d_in) "
         "weight gradient g^T x of every adapted linear — one extra d×d×tokens matmul per site, the very matmul a "
