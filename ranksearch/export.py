@@ -65,7 +65,10 @@ def export_trial(trial_dir: Path, out_dir: Path) -> dict:
     if merged:
         merge_to_stock(model)
     else:
-        log.warning("%s adapters are input-dependent and cannot be merged: exporting base model + adapter", family.name)
+        log.warning(
+            "%s adapters are input-dependent and cannot be merged: exporting base model + adapter",
+            family.name,
+        )
         model, _ = rebuild_base(config)
     model_cfg = open_clip.get_model_config(config.model.name)
     if model_cfg is None:

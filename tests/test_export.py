@@ -38,7 +38,9 @@ def test_exported_model_reproduces_adapted_logits(tmp_path, tiny_inputs, family)
     run_trial(config, output_dir=tmp_path / "trial", progress=False)
     adapted, _, _ = rebuild_adapted_model(tmp_path / "trial")
     manifest = export_trial(tmp_path / "trial", tmp_path / "export")
-    plain = open_clip.create_model(f"local-dir:{tmp_path / 'export'}")  # open_clip alone, no ranksearch modules
+    plain = open_clip.create_model(
+        f"local-dir:{tmp_path / 'export'}"
+    )  # open_clip alone, no ranksearch modules
     plain.eval()
     assert not any("ranksearch" in type(m).__module__ for m in plain.modules())
     images, tokens = tiny_inputs
