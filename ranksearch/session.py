@@ -12,7 +12,7 @@ import torch
 
 from ranksearch.config.schema import TrialConfig
 from ranksearch.data.task import Task
-from ranksearch.errors import TrialError
+from ranksearch.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def resolve_device(spec: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(spec)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrialError(f"model.device: {spec!r} requested but CUDA is not available on this machine")
+        raise ConfigError([("model.device", f"{spec!r} requested but CUDA is not available on this machine")])
     return device
 
 
@@ -60,7 +60,7 @@ class TrialSession:
         try:
             sites = resolve_sites(p.towers, p.layers, p.matrices, depths)
         except ValueError as e:
-            raise TrialError(f"placement: {e}") from None
+            raise ConfigError([("placement", str(e))]) from None
         self.family = get_family(config.adapter.family)(config.adapter, total_steps)
         self.layers = attach_adapters(self.model, self.family, sites)
         self.text_adapted = any(layer.site.tower == "text" for layer in self.layers)

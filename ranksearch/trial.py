@@ -86,8 +86,9 @@ def run_trial(
         progress: show a live progress bar.
 
     Returns:
-        The result; ``status == "failed"`` when training diverged or ran over ``train.max_seconds``.
-        Any other exception propagates (after the tracker recorded the failure).
+        The result; ``status == "failed"`` when training diverged or ran over its time or memory budget.
+        Any other exception propagates (after the tracker recorded the failure), e.g. ``ConfigError`` for a
+        placement the model does not have.
     """
     from ranksearch.adapters.io import adapter_state_dict
     from ranksearch.config.load import dump_trial_config
@@ -181,11 +182,9 @@ def run_trial(
         _write_artifacts(output_dir, model, config, final, history, alloc_rows)
         _finish(tracker, output_dir, final, total_steps)
         return TrialResult("completed", final, history, output_dir)
-    except TrialError as e:
+    except TrialError as e:  # the configuration ran and failed (diverged, over budget): a result, not a crash
         if tracker:
             _record_failure(tracker, e)
-        if "placement:" in str(e) or "no trainable" in str(e) or "CUDA" in str(e):
-            raise
         return TrialResult("failed", {}, history, output_dir, error=str(e))
     except BaseException as e:
         if tracker:

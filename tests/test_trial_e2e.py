@@ -130,7 +130,7 @@ def test_bad_placement_is_a_clear_error(trial_file, tmp_path, capsys):
                 "placement.layers=[7]",
             ]
         )
-    assert info.value.code == 1
+    assert info.value.code == 2  # the user's input to fix, like any config error
     err = capsys.readouterr().err
     assert "placement" in err and "out of range" in err and "Traceback" not in err
 

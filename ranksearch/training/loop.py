@@ -33,7 +33,7 @@ from torch import nn
 from ranksearch.adapters.base import AdapterFamily, AdapterLayer
 from ranksearch.config.schema import TrainConfig
 from ranksearch.data.transforms import normalize
-from ranksearch.errors import TrialError
+from ranksearch.errors import ConfigError, TrialError
 from ranksearch.training.augment import random_resized_crop_flip
 from ranksearch.training.text import class_text_features
 
@@ -320,7 +320,9 @@ class Trainer:
         self.crop_scale = crop_scale
         params = family.trainable_parameters()
         if not params:
-            raise TrialError("the adapter has no trainable parameters (check placement and family settings)")
+            raise ConfigError(
+                [("adapter", "no trainable parameters: check the placement and the family settings")]
+            )
         self.optimizer = torch.optim.AdamW(
             params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **adam_kwargs(params)
         )
