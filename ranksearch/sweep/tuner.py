@@ -122,7 +122,7 @@ def run_sweep(
     # Save the experiment state often: after a killed driver, only trials started since the last save are
     # lost (and re-created); the default "auto" period can be minutes on long sweeps.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
-    # CheckpointConfig(num_to_keep=1) makes Tune snapshot the experiment at every trial checkpoint, which is
+    # CheckpointConfig(num_to_keep=...) makes Tune snapshot the experiment at every trial checkpoint, which is
     # what a reliable --resume wants; its warning about that is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
@@ -271,7 +271,10 @@ def _new_tuner(
             storage_path=str(folder),
             callbacks=callbacks,
             verbose=0,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # two, not one: with one, a driver killed between Tune deleting the previous checkpoint and snapshotting
+            # the experiment leaves the snapshot pointing at a deleted checkpoint, and --resume cannot restore
+            # that trial (seen under load in tests/test_sweep_resume.py)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
             failure_config=tune.FailureConfig(max_failures=1),
         ),  # fmt: skip
     )
