@@ -34,7 +34,13 @@ GRID: dict[str, list[Any]] = {
 # Like search_spaces/quickstart.yaml, shortened (160 steps, 8 shots) so the whole grid takes minutes.
 BASE: dict[str, Any] = {
     "model": {"name": "rs-tiny-clip", "pretrained": "shapeworld"},
-    "data": {"task": "shapeworld", "protocol": "base2new", "domain": "clutter", "shots": 8, "test_per_class": 10},
+    "data": {
+        "task": "shapeworld",
+        "protocol": "base2new",
+        "domain": "clutter",
+        "shots": 8,
+        "test_per_class": 10,
+    },
     "adapter": {"family": "lora"},
     "train": {"iterations": 160, "batch_size": 32, "augment": False},
     "eval": {"evals": 4, "zero_shot": False},

@@ -93,7 +93,9 @@ class Asha:
             if iteration < milestone or trial in recorded:
                 continue
             # Ray computes the cutoff from what earlier trials recorded, before adding this one.
-            stop = bool(recorded) and value < np.nanpercentile(list(recorded.values()), (1 - 1 / self.rf) * 100)
+            stop = bool(recorded) and value < np.nanpercentile(
+                list(recorded.values()), (1 - 1 / self.rf) * 100
+            )
             recorded[trial] = value
             return stop
         return False
@@ -240,7 +242,11 @@ def efficiency(
 
 
 def multi_objective(
-    grid: Grid, seeds: Sequence[int], budget: int, workers: int = 4, methods: Sequence[str] = ("random", "nsga2", "tpe")
+    grid: Grid,
+    seeds: Sequence[int],
+    budget: int,
+    workers: int = 4,
+    methods: Sequence[str] = ("random", "nsga2", "tpe"),
 ) -> dict[str, dict[str, Any]]:
     """Per method: hypervolume ratio (found front / grid front) after ``budget`` units, per seed and median."""
     out = {}

@@ -271,10 +271,11 @@ def _new_tuner(
             storage_path=str(folder),
             callbacks=callbacks,
             verbose=0,
-            # two, not one: with one, a driver killed between Tune deleting the previous checkpoint and snapshotting
-            # the experiment leaves the snapshot pointing at a deleted checkpoint, and --resume cannot restore
-            # that trial (seen under load in tests/test_sweep_resume.py)
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # keep every checkpoint: Tune deletes old ones before its experiment snapshot catches up, so a driver
+            # killed in between leaves the snapshot pointing at a deleted checkpoint (or Tune, after --resume,
+            # failing to delete one that is already gone) and the trial errors instead of resuming. Both were
+            # seen under load in tests/test_sweep_resume.py. Cost: one adapter + optimizer state per evaluation.
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=1),
         ),  # fmt: skip
     )
