@@ -107,10 +107,12 @@ def make_trainer(
     layers = attach_adapters(model, family, sites)
     text_adapted = any(layer.site.tower == "text" for layer in layers)
     cfg = TrainConfig(batch_size=batch, iterations=steps, augment=augment, **train_kw)
+    from ranksearch.session import crop_scale_for
+
     image_size = work.images.shape[-1]
     trainer = Trainer(
         model, family, work.images, work.labels, work.tokens, work.num_templates, cfg, steps, device,
-        precision, seed=0, text_adapted=text_adapted, crop_scale=(0.08, 1.0) if image_size >= 96 else (0.5, 1.0),
+        precision, seed=0, text_adapted=text_adapted, crop_scale=crop_scale_for(image_size),
     )  # fmt: skip
     return trainer, family
 
@@ -246,13 +248,14 @@ class PeerLoop:
 
     def step(self) -> float:
         from ranksearch.data.transforms import normalize
+        from ranksearch.session import crop_scale_for
         from ranksearch.training.augment import random_resized_crop_flip
 
         self.model.train()
         idx = torch.randint(0, len(self.work.labels), (self.batch,), generator=self.gen)
         x = normalize(self.work.images[idx].to(self.device), self.model)
         size = x.shape[-1]
-        x = random_resized_crop_flip(x, self.gen, (0.08, 1.0) if size >= 96 else (0.5, 1.0))
+        x = random_resized_crop_flip(x, self.gen, crop_scale_for(size))
         y = self.work.labels[idx].to(self.device)
         with self.autocast():
             img = F.normalize(self.model.encode_image(x), dim=-1)
@@ -317,13 +320,14 @@ class FloorLoop:
 
     def step(self) -> float:
         from ranksearch.data.transforms import normalize
+        from ranksearch.session import crop_scale_for
         from ranksearch.training.augment import random_resized_crop_flip
 
         self.model.train()
         idx = torch.randint(0, len(self.work.labels), (self.batch,), generator=self.gen)
         x = normalize(self.work.images[idx].to(self.device), self.model)
         size = x.shape[-1]
-        x = random_resized_crop_flip(x, self.gen, (0.08, 1.0) if size >= 96 else (0.5, 1.0))
+        x = random_resized_crop_flip(x, self.gen, crop_scale_for(size))
         y = self.work.labels[idx].to(self.device)
         with self.autocast():
             img = F.normalize(self.model.encode_image(x), dim=-1)
