@@ -130,10 +130,20 @@ def test_resume_after_sigkill(tmp_path):
     study = optuna.load_study(
         study_name="ranksearch", storage=JournalStorage(JournalFileBackend(str(folder / "optuna.journal")))
     )
-    owned = [t for t in study.trials if t.user_attrs.get("ranksearch_status") != "orphaned"]
+    # A result Optuna was told just before the kill, newer than Tune's last experiment snapshot, is recorded in
+    # lost_by_tune.json (Optuna trials are immutable once finished): it must be finished and have no MLflow run.
+    lost_file = folder / "lost_by_tune.json"
+    lost = {e["number"] for e in json.loads(lost_file.read_text())} if lost_file.exists() else set()
+    owned = [
+        t
+        for t in study.trials
+        if t.user_attrs.get("ranksearch_status") != "orphaned" and t.number not in lost
+    ]
     assert sorted(t.user_attrs["ray_trial_id"] for t in owned) == sorted(tune_ids)
     assert all(t.state.name in ("COMPLETE", "PRUNED") for t in owned)
-    assert all(t.state.name == "FAIL" for t in study.trials if t not in owned)
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in study.trials if t.number in lost)
+    assert len(lost) <= 2  # at most the trials reported within one snapshot interval before the kill
+    assert all(t.state.name == "FAIL" for t in study.trials if t not in owned and t.number not in lost)
 
     # MLflow: the same parent, one active child per Tune trial
     client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")

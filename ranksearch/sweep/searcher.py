@@ -16,6 +16,7 @@ checkpoint (Tune forgot those trials and creates new ones; left RUNNING they wou
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from pathlib import Path
@@ -26,6 +27,9 @@ from ray.tune.search.optuna import OptunaSearch
 log = logging.getLogger(__name__)
 
 RAY_TRIAL_ID = "ray_trial_id"
+
+
+LOST_FILE = "lost_by_tune.json"
 
 
 class PruneAwareOptunaSearch(OptunaSearch):
@@ -100,6 +104,35 @@ class PruneAwareOptunaSearch(OptunaSearch):
             if self._ot_study._storage.get_trial(t._trial_id).state.is_finished():
                 self._completed_trials.add(tid)
         self.fail_orphans()
+        self.record_lost_results()
+
+    def record_lost_results(self) -> list[int]:
+        """Finished Optuna trials that the restored Tune state never knew: record them in the sweep folder.
+
+        Tune snapshots its experiment every few seconds; a driver killed after Optuna was told a trial's result
+        but before the next snapshot leaves a finished Optuna trial that Tune will not report again (it runs a
+        new trial in its place). Optuna's record cannot be undone (finished trials are immutable), so it stays,
+        learned from like any result, and ``lost_by_tune.json`` lists it; its MLflow run is removed with the
+        other orphans, so MLflow and Tune agree.
+        """
+        owned = {t.number for t in self._ot_trials.values()}
+        lost = [
+            {"number": t.number, "ray_trial_id": t.user_attrs.get(RAY_TRIAL_ID), "state": t.state.name}
+            for t in self._ot_study.get_trials(deepcopy=False)
+            if t.state.is_finished()
+            and t.number not in owned
+            and t.user_attrs.get("ranksearch_status") != "orphaned"
+            and "warm_start_from" not in t.user_attrs
+        ]
+        if lost and self.tune_dir:
+            path = Path(self.tune_dir).parent / LOST_FILE
+            known = json.loads(path.read_text()) if path.is_file() else []
+            seen = {entry["number"] for entry in known}
+            path.write_text(json.dumps(known + [e for e in lost if e["number"] not in seen], indent=2))
+            log.warning(
+                "%d finished Optuna trials were lost by Tune's last snapshot; see %s", len(lost), path
+            )
+        return [e["number"] for e in lost]
 
     def fail_orphans(self) -> list[int]:
         """Mark RUNNING Optuna trials that no Tune trial owns as FAIL; returns their numbers."""
