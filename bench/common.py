@@ -247,20 +247,7 @@ class PeerLoop:
         return self._text
 
     def step(self) -> float:
-        from ranksearch.data.transforms import normalize
-        from ranksearch.session import crop_scale_for
-        from ranksearch.training.augment import random_resized_crop_flip
-
-        self.model.train()
-        idx = torch.randint(0, len(self.work.labels), (self.batch,), generator=self.gen)
-        x = normalize(self.work.images[idx].to(self.device), self.model)
-        size = x.shape[-1]
-        x = random_resized_crop_flip(x, self.gen, crop_scale_for(size))
-        y = self.work.labels[idx].to(self.device)
-        with self.autocast():
-            img = F.normalize(self.model.encode_image(x), dim=-1)
-            logits = 100.0 * img.float() @ self.text().float().t()
-            loss = F.cross_entropy(logits, y)
+        loss = batch_loss(self)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
         self.scaler.update()
@@ -319,22 +306,26 @@ class FloorLoop:
         return self._text
 
     def step(self) -> float:
-        from ranksearch.data.transforms import normalize
-        from ranksearch.session import crop_scale_for
-        from ranksearch.training.augment import random_resized_crop_flip
-
-        self.model.train()
-        idx = torch.randint(0, len(self.work.labels), (self.batch,), generator=self.gen)
-        x = normalize(self.work.images[idx].to(self.device), self.model)
-        size = x.shape[-1]
-        x = random_resized_crop_flip(x, self.gen, crop_scale_for(size))
-        y = self.work.labels[idx].to(self.device)
-        with self.autocast():
-            img = F.normalize(self.model.encode_image(x), dim=-1)
-            logits = 100.0 * img.float() @ self.text().float().t()
-            loss = F.cross_entropy(logits, y)
+        loss = batch_loss(self)
         loss.backward()
         return float(loss.detach())
+
+
+def batch_loss(loop: PeerLoop | FloorLoop) -> torch.Tensor:
+    """One batch through the shared data path (as ``Trainer``: normalise, crop+flip) and the CLIP-LoRA loss."""
+    from ranksearch.data.transforms import normalize
+    from ranksearch.session import crop_scale_for
+    from ranksearch.training.augment import random_resized_crop_flip
+
+    loop.model.train()
+    idx = torch.randint(0, len(loop.work.labels), (loop.batch,), generator=loop.gen)
+    x = normalize(loop.work.images[idx].to(loop.device), loop.model)  # (B, 3, H, W)
+    x = random_resized_crop_flip(x, loop.gen, crop_scale_for(x.shape[-1]))
+    y = loop.work.labels[idx].to(loop.device)
+    with loop.autocast():
+        img = F.normalize(loop.model.encode_image(x), dim=-1)  # (B, D)
+        logits = 100.0 * img.float() @ loop.text().float().t()  # (B, C)
+        return F.cross_entropy(logits, y)
 
 
 def _leaf_input(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
