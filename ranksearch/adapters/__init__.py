@@ -1,15 +1,27 @@
-"""Adapter families. Importing this package registers every built-in family."""
+"""Adapter families. The built-in families register themselves on the first registry lookup.
 
-from ranksearch.adapters import adalora, codyra, dra, lora, rlrr  # noqa: F401  (registration side effect)
-from ranksearch.adapters.base import AdapterFamily, AdapterLayer, Site
-from ranksearch.adapters.registry import all_families, family_names, get_family, register_family
+Attributes are loaded on first use (PEP 562): ``import ranksearch.adapters`` and ``ranksearch.adapters.configs``
+stay free of torch, so commands that only read configs start fast.
+"""
 
-__all__ = [
-    "AdapterFamily",
-    "AdapterLayer",
-    "Site",
-    "all_families",
-    "family_names",
-    "get_family",
-    "register_family",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "AdapterFamily": "base",
+    "AdapterLayer": "base",
+    "Site": "base",
+    "all_families": "registry",
+    "family_names": "registry",
+    "get_family": "registry",
+    "register_family": "registry",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'ranksearch.adapters' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"ranksearch.adapters.{_EXPORTS[name]}"), name)

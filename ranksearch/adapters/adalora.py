@@ -11,58 +11,14 @@ re-applied every step. The orthogonality term comes back from ``regularizer()``.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
 from ranksearch.adapters.base import AdapterFamily, AdapterLayer, Site
-from ranksearch.adapters.budget import BudgetConfig, allocate, cubic_budget
+from ranksearch.adapters.budget import allocate, cubic_budget
+from ranksearch.adapters.configs import AdaloraConfig
 from ranksearch.adapters.registry import register_family
-from ranksearch.config.base import Section
 from ranksearch.errors import ConfigError
-
-
-class AdaloraConfig(Section):
-    """AdaLoRA settings (defaults: PEFT ``AdaLoraConfig``; t_init/t_final as fractions of training)."""
-
-    family: Literal["adalora"] = "adalora"
-    init_r: int = Field(12, ge=1, le=1024, description="initial rank per module")
-    target_r: int = Field(
-        8, ge=0, le=1024, description="average final rank per module (budget b_T / #modules)"
-    )
-    alpha: float = Field(8.0, gt=0, description="lora_alpha; update scale alpha / init_r")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
-    t_init_frac: float = Field(
-        0.0, ge=0, lt=1, description="no masking before this fraction of training (tinit)"
-    )
-    t_final_frac: float = Field(
-        0.0, ge=0, lt=1, description="final fraction with the pattern frozen (tfinal)"
-    )
-    delta_t: int = Field(1, ge=1, description="steps between masking while the budget decays (deltaT)")
-    beta1: float = Field(0.85, ge=0, lt=1, description="EMA of sensitivity")
-    beta2: float = Field(0.85, ge=0, lt=1, description="EMA of uncertainty")
-    orth_reg_weight: float = Field(0.5, ge=0, description="weight of the orthogonality regulariser")
-    budget: BudgetConfig | None = Field(
-        None,
-        description="override b_T (total_rank/total_params) and add min_rank/max_rank/threshold; the schedule "
-        "stays AdaLoRA's (t_init_frac, t_final_frac, delta_t)",
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> AdaloraConfig:
-        if self.target_r > self.init_r:
-            raise ValueError(f"target_r {self.target_r} exceeds init_r {self.init_r}")
-        if self.t_init_frac + self.t_final_frac >= 1:
-            raise ValueError("t_init_frac + t_final_frac must be < 1 (PEFT: tinit < total_step - tfinal)")
-        if self.budget is not None:
-            sched = {"start_frac", "end_frac", "interval", "ramp"} & self.budget.model_fields_set
-            if sched:
-                raise ValueError(
-                    f"budget.{sorted(sched)[0]} is not used by adalora; use t_init_frac/t_final_frac/delta_t"
-                )
-        return self
 
 
 class SVDLinear(AdapterLayer):

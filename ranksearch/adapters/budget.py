@@ -15,58 +15,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
 
-from ranksearch.config.base import Section
+from ranksearch.adapters.configs import BudgetConfig  # noqa: F401  (re-exported: its historical home)
 from ranksearch.errors import ConfigError
-
-
-class BudgetConfig(Section):
-    """A global rank budget over all adapted modules of both towers.
-
-    Give ``total_rank`` (sum of ranks) or ``total_params`` (sum of parameters of the active rank-1 components),
-    and/or an importance ``threshold``. Components are kept by descending score.
-    """
-
-    total_rank: int | None = Field(None, ge=0, description="total rank over all modules (rank units)")
-    total_params: int | None = Field(None, ge=0, description="total parameters of active components")
-    min_rank: int = Field(0, ge=0, description="every module keeps at least this rank")
-    max_rank: int | None = Field(
-        None, ge=1, description="no module exceeds this rank; default its built rank"
-    )
-    threshold: float | None = Field(None, ge=0, description="components scoring below this are dropped")
-    start_frac: float = Field(0.5, ge=0, le=1, description="first allocation at this fraction of training")
-    end_frac: float = Field(
-        1.0, ge=0, le=1, description="budget reaches its target here; pattern frozen after"
-    )
-    interval: int = Field(10, ge=1, description="steps between re-allocations while ramping")
-    ramp: Literal["cubic", "step"] = Field(
-        "cubic",
-        description="cubic: AdaLoRA-style decay from the full rank to the target; step: target at once",
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> BudgetConfig:
-        if self.total_rank is not None and self.total_params is not None:
-            raise ValueError("give total_rank or total_params, not both")
-        if self.total_rank is None and self.total_params is None and self.threshold is None:
-            raise ValueError("a budget needs total_rank, total_params or threshold")
-        if self.max_rank is not None and self.min_rank > self.max_rank:
-            raise ValueError(f"min_rank {self.min_rank} exceeds max_rank {self.max_rank}")
-        if self.start_frac > self.end_frac:
-            raise ValueError(f"start_frac {self.start_frac} is after end_frac {self.end_frac}")
-        return self
-
-    @property
-    def target(self) -> int | None:
-        return self.total_rank if self.total_rank is not None else self.total_params
-
-    @property
-    def target_field(self) -> str:
-        return "total_params" if self.total_params is not None else "total_rank"
 
 
 def _per_module(value: int | Sequence[int] | None, n: int, default: Sequence[int]) -> list[int]:

@@ -11,34 +11,15 @@ rank is the number of nonzero gates. A ``codyra_mask`` buffer lets a global budg
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field
 from torch import nn
 
 from ranksearch.adapters.base import AdapterFamily, AdapterLayer, Site
-from ranksearch.adapters.budget import BudgetConfig, budget_after_step
+from ranksearch.adapters.budget import budget_after_step
+from ranksearch.adapters.configs import CodyraConfig
 from ranksearch.adapters.registry import register_family
-from ranksearch.config.base import Section
-
-
-class CodyraConfig(Section):
-    """CoDyRA settings (defaults: the authors' runner, METHODS.md sections 2 and 7)."""
-
-    family: Literal["codyra"] = "codyra"
-    r: int = Field(16, ge=1, le=1024, description="initial rank per matrix")
-    kappa_max: float = Field(5e-3, ge=0, description="final proximal threshold κ_max (runner: 5e-3)")
-    lambda_num: int = Field(50, ge=2, le=10_000, description="number of evenly spaced κ values 0..κ_max")
-    dense_frac: float = Field(0.5, ge=0, lt=1, description="fraction of training without thresholding")
-    threshold: Literal["code", "paper"] = Field(
-        "code",
-        description="code: shrink |g|>κ by κ then zero |g|<κ (zeroes originals in (κ,2κ)); paper: soft threshold",
-    )
-    gate_init: Literal["randn", "ones"] = Field("randn", description="g ~ N(0,1) (code) or ones")
-    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
-    budget: BudgetConfig | None = Field(None, description="optional global rank budget (writes codyra_mask)")
 
 
 def threshold_code(g: torch.Tensor, kappa: float) -> torch.Tensor:

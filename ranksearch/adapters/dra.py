@@ -21,63 +21,19 @@ output (c_proj). The update depends on the tokens and the instance, so it cannot
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
 from torch import nn
 
 from ranksearch.adapters.base import AdapterFamily, AdapterLayer, Site
-from ranksearch.adapters.budget import BudgetConfig, budget_after_step
+from ranksearch.adapters.budget import budget_after_step
+from ranksearch.adapters.configs import DraConfig
 from ranksearch.adapters.inject import unfuse_block_attention
 from ranksearch.adapters.registry import register_family
-from ranksearch.config.base import Section
 from ranksearch.errors import AdapterError
 from ranksearch.models.clip import tower_blocks
 
 INSERTION_MATRICES = ("o", "proj")
-
-
-class DraConfig(Section):
-    """DRA-style adapter (reconstructed from the abstract; METHODS.md sections 4 and 7). Knobs are [inferred]."""
-
-    family: Literal["dra"] = "dra"
-    group_fractions: tuple[float, ...] = Field(
-        (0.25, 0.5, 0.25), description="token share of each group, top first"
-    )
-    group_ranks: tuple[int, ...] = Field(
-        (8, 4, 0), description="rank of each group, top first (non-increasing)"
-    )
-    scale: float = Field(1.0, gt=0, description="scale s of the bottleneck output")
-    importance: Literal["cls_eot", "column_mean"] = Field(
-        "cls_eot",
-        description="token score: CLS (vision) / EOT (text) attention row, or attention column mean",
-    )
-    channel_response: bool = Field(True, description="per-instance sigmoid gate on output channels")
-    channel_topk: float | None = Field(
-        None, gt=0, le=1, description="adapt only this share of channels by |mean|"
-    )
-    l1_weight: float = Field(1e-4, ge=0, description="λ_L1")
-    l1_target: Literal["adapter", "gate"] = Field(
-        "adapter", description="L1 on U and D, or on the gate weights"
-    )
-    budget: BudgetConfig | None = Field(
-        None, description="optional global rank budget (writes dra_rank_mask)"
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> DraConfig:
-        if len(self.group_fractions) != len(self.group_ranks) or len(self.group_ranks) < 1:
-            raise ValueError("group_fractions and group_ranks need the same, nonzero length")
-        if any(f <= 0 for f in self.group_fractions) or abs(sum(self.group_fractions) - 1) > 1e-6:
-            raise ValueError(f"group_fractions must be positive and sum to 1, got {self.group_fractions}")
-        if any(r < 0 for r in self.group_ranks) or max(self.group_ranks) < 1:
-            raise ValueError(f"group_ranks must be >= 0 with at least one >= 1, got {self.group_ranks}")
-        if list(self.group_ranks) != sorted(self.group_ranks, reverse=True):
-            raise ValueError(
-                f"group_ranks must be non-increasing (important tokens get more rank): {self.group_ranks}"
-            )
-        return self
 
 
 def group_tokens(

@@ -9,29 +9,14 @@ with s = α/√r (the CLIP-LoRA code; rsLoRA-style) or α/r. Dropout acts on the
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import torch
-from pydantic import Field
 from torch import nn
 
 from ranksearch.adapters.base import AdapterFamily, AdapterLayer, Site
-from ranksearch.adapters.budget import BudgetConfig, budget_after_step
+from ranksearch.adapters.budget import budget_after_step
+from ranksearch.adapters.configs import LoraConfig
 from ranksearch.adapters.registry import register_family
-from ranksearch.config.base import Section
-
-
-class LoraConfig(Section):
-    """CLIP-LoRA settings (defaults from the paper's code)."""
-
-    family: Literal["lora"] = "lora"
-    r: int = Field(2, ge=1, le=1024, description="rank")
-    alpha: float = Field(1.0, gt=0, description="scale numerator")
-    scaling: Literal["sqrt", "linear"] = Field(
-        "sqrt", description="sqrt: s = alpha/sqrt(r) (CLIP-LoRA); linear: alpha/r"
-    )
-    dropout: float = Field(0.25, ge=0, lt=1, description="dropout on the LoRA input only")
-    budget: BudgetConfig | None = Field(None, description="optional global rank budget (writes lora_mask)")
 
 
 def lora_scale(alpha: float, r: int, scaling: str) -> float:

@@ -1,17 +1,27 @@
 """Registry of adapter families. Registration is explicit (a class decorator) and rejects duplicates.
 
-No family is ever looked up by an import path from user YAML: only names registered in code are valid.
+No family is ever looked up by an import path from user YAML: only names registered in code are valid. The
+built-in families (torch code) are imported on the first lookup, not when this module is imported, so the
+config layer can name families without importing torch (their config sections live in
+``ranksearch.adapters.configs``).
 """
 
 from __future__ import annotations
 
-from ranksearch.adapters.base import AdapterFamily
+import importlib
+from typing import TYPE_CHECKING
 
+if TYPE_CHECKING:
+    from ranksearch.adapters.base import AdapterFamily
+
+BUILTIN = ("adalora", "codyra", "dra", "lora", "rlrr")  # modules of ranksearch.adapters, one family each
 _FAMILIES: dict[str, type[AdapterFamily]] = {}
 
 
 def register_family(cls: type[AdapterFamily]) -> type[AdapterFamily]:
     """Class decorator: add a family; a duplicate name or parameter prefix raises ``KeyError``."""
+    from ranksearch.adapters.configs import family_configs, register_config
+
     name = cls.name
     if name != name.lower() or not name.isidentifier():
         raise ValueError(f"family name must be a lowercase identifier, got {name!r}")
@@ -20,11 +30,19 @@ def register_family(cls: type[AdapterFamily]) -> type[AdapterFamily]:
     for other in _FAMILIES.values():
         if other.prefix == cls.prefix:
             raise KeyError(f"parameter prefix {cls.prefix!r} of {name!r} is already used by {other.name!r}")
+    if family_configs().get(name) is not cls.config_cls:
+        register_config(cls.config_cls)
     _FAMILIES[name] = cls
     return cls
 
 
+def _load_builtins() -> None:
+    for module in BUILTIN:
+        importlib.import_module(f"ranksearch.adapters.{module}")  # registers on import (once)
+
+
 def get_family(name: str) -> type[AdapterFamily]:
+    _load_builtins()
     try:
         return _FAMILIES[name]
     except KeyError:
@@ -32,8 +50,10 @@ def get_family(name: str) -> type[AdapterFamily]:
 
 
 def family_names() -> list[str]:
+    _load_builtins()
     return sorted(_FAMILIES)
 
 
 def all_families() -> dict[str, type[AdapterFamily]]:
+    _load_builtins()
     return dict(_FAMILIES)

@@ -17,27 +17,13 @@ starts exactly at the pretrained one.
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-from pydantic import Field
 from torch import nn
 
 from ranksearch.adapters.base import AdapterFamily, AdapterLayer, Site
+from ranksearch.adapters.configs import RlrrConfig
 from ranksearch.adapters.registry import register_family
-from ranksearch.config.base import Section
 from ranksearch.models.clip import tower_blocks
-
-
-class RlrrConfig(Section):
-    """RLRR settings (defaults: the authors' code)."""
-
-    family: Literal["rlrr"] = "rlrr"
-    init: Literal["kaiming", "zero"] = Field(
-        "kaiming", description="kaiming: the code (W' != W at init); zero: S_left = 0, identity at init"
-    )
-    r: int = Field(1, ge=1, le=64, description="rank of the rescaling multiplier S_left S_right (1 = paper)")
-    ssf: bool = Field(True, description="SSF scale/shift after ln_1 and ln_2 of every adapted block")
 
 
 class RlrrLinear(AdapterLayer):

@@ -101,7 +101,7 @@ def _parse_value(raw: str) -> Any:
 
 def problems_from_validation(err: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
     """Turn a pydantic error into (dotted field path, message) pairs, hiding union tags such as ``adapter.lora``."""
-    from ranksearch.adapters.registry import family_names
+    from ranksearch.adapters.configs import family_names
 
     families = set(family_names())
     out = []

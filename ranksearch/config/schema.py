@@ -12,8 +12,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import Field, field_validator, model_validator
 
-import ranksearch.adapters  # noqa: F401  (registers the built-in families before the union is built)
-from ranksearch.adapters.registry import all_families
+from ranksearch.adapters.configs import family_configs
 from ranksearch.config.base import Section
 
 LAYER_POSITIONS = ("all", "bottom", "mid", "up", "half-up", "half-bottom", "top1", "top2", "top3")
@@ -208,7 +207,7 @@ class TrackingConfig(Section):
 
 
 def _adapter_union() -> Any:
-    configs = tuple(f.config_cls for f in all_families().values())
+    configs = tuple(family_configs().values())
     if len(configs) == 1:
         return configs[0]
     return Annotated[Union[configs], Field(discriminator="family")]  # noqa: UP007
@@ -221,7 +220,7 @@ DEFAULT_FAMILY = "lora"
 
 
 def _default_adapter() -> Any:
-    return all_families()[DEFAULT_FAMILY].config_cls()
+    return family_configs()[DEFAULT_FAMILY]()
 
 
 class TrialConfig(Section):

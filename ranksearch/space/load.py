@@ -77,7 +77,7 @@ def validate_space(data: dict[str, Any], source: str | None = None, text: str | 
 # --------------------------------------------------------------------------------------------- raw checks
 def _raw_checks(data: dict[str, Any]) -> list[tuple[str, str]]:
     """Family and path checks on the raw mapping, so they are reported together with structural errors."""
-    from ranksearch.adapters.registry import family_names
+    from ranksearch.adapters.configs import family_names
 
     known = family_names()
     problems: list[tuple[str, str]] = []
@@ -151,7 +151,7 @@ def _raw_checks(data: dict[str, Any]) -> list[tuple[str, str]]:
 
 def path_problem(path: str, family: str) -> str | None:
     """Why ``path`` is not a settable field of ``TrialConfig`` when the adapter is ``family`` (None if it is)."""
-    from ranksearch.adapters.registry import get_family
+    from ranksearch.adapters.configs import family_configs
     from ranksearch.config.schema import TrialConfig
 
     cls: type[BaseModel] | None = TrialConfig
@@ -163,7 +163,7 @@ def path_problem(path: str, family: str) -> str | None:
         if part not in cls.model_fields:
             return f"{where} has no field {part!r}; known: {', '.join(cls.model_fields)}"
         if i == 0 and part == "adapter":
-            cls = get_family(family).config_cls
+            cls = family_configs()[family]
         else:
             cls = _model_in(cls.model_fields[part].annotation)
     if path == "adapter":
