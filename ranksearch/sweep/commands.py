@@ -83,6 +83,8 @@ def sweep(
     from ranksearch.sweep.tuner import run_sweep
 
     logging.getLogger("ranksearch").setLevel(logging.INFO)
+    # Tune's INFO lines ("Wrote the latest version of all result files ...") would break into the live view
+    logging.getLogger("ray.tune").setLevel(logging.WARNING)
     result = run_sweep(
         space, gpus=gpus, address=address, trials=trials, name=name, resume=resume, tracking_uri=tracking_uri,
         storage=storage, warm_start=warm_start, live=live, overrides=set_,

@@ -7,7 +7,10 @@ running trials); elsewhere (CI logs, tests) it prints one line per finished tria
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ray.tune import Callback
@@ -15,6 +18,8 @@ from rich.console import Console, Group
 from rich.table import Table
 
 from ranksearch.sweep.results import best_trial, pareto_front, trial_rows, trial_status
+
+log = logging.getLogger(__name__)
 
 
 class LiveView(Callback):
@@ -50,21 +55,37 @@ class LiveView(Callback):
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if self._live is not None and time.time() - self._last_draw > 0.5:
             self._last_draw = time.time()
-            self._live.update(self.render(trials))
+            self._safely(lambda: self._live.update(self.render(trials)))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._announce(trials, trial, "TERMINATED")
+        self._safely(lambda: self._announce(trials, trial, "TERMINATED"))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._announce(trials, trial, "ERROR")
+        self._safely(lambda: self._announce(trials, trial, "ERROR"))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self._live is not None:
-            self._live.update(self.render(trials))
-            self._live.stop()
-            self._live = None
+            self._safely(lambda: self._live.update(self.render(trials)))
+            self._stop_live()
+
+    def _safely(self, draw: Callable[[], None]) -> None:
+        """Run a display update; a display bug must never fail a trial or the sweep (Tune treats an exception
+        in a callback as fatal), so it switches to plain progress lines with one warning instead."""
+        try:
+            draw()
+        except Exception as e:
+            log.warning("live view switched off after a display error: %s: %s", type(e).__name__, e)
+            self._stop_live()
+            self.live = False
+
+    def _stop_live(self) -> None:
+        if self._live is not None:
+            live, self._live = self._live, None
+            with contextlib.suppress(Exception):  # already broken: the plain lines take over
+                live.stop()
 
     def _announce(self, trials: list, trial: Any, ended: str) -> None:
+        # Tune calls this before it sets the trial's own status: the ended map says how it is ending
         ended_map = {trial.trial_id: ended}
         if self._live is not None:
             self._live.update(self.render(trials, ended_map))
@@ -72,14 +93,15 @@ class LiveView(Callback):
         first = self.space.spec.objectives[0].metric
         value = (trial.last_result or {}).get(first)
         shown = f"{value:.4g}" if isinstance(value, int | float) else "-"
-        done = sum(trial_status(t) not in ("running", "pending") for t in trials)
+        done = sum(trial_status(t, ended_map.get(t.trial_id)) not in ("running", "pending") for t in trials)
         self.console.print(
-            f"[{done}/{self.total}] trial {trial.trial_id} {trial_status(trial)}: {first} = {shown}",
+            f"[{done}/{self.total}] trial {trial.trial_id} {trial_status(trial, ended)}: {first} = {shown}",
             highlight=False,
         )
 
-    def render(self, trials: list) -> Group:
-        rows = trial_rows(trials, self.space)
+    def render(self, trials: list, ended: dict[str, str] | None = None) -> Group:
+        """The live panel; ``ended`` maps trial ids to the Tune status they are ending with."""
+        rows = trial_rows(trials, self.space, ended)
         counts = {s: 0 for s in ("pending", "running", "completed", "pruned", "failed", "error")}
         for r in rows:
             counts[r["status"]] += 1

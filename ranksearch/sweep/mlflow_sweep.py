@@ -121,7 +121,7 @@ class MlflowSweepCallback(Callback):
     # ------------------------------------------------------------------------------------------ callbacks
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
         # On the first step of a (resumed) run Tune knows all its trials; runs of other trials are orphans.
-        # The pickled callback of a restored Tuner is the original one, so this does not depend on a flag.
+        # A restored Tuner gets a fresh callback (tuner._use_callbacks), so this runs once per driver process.
         if not self._cleaned:
             self._cleaned = True
             self.remove_orphans({t.trial_id for t in trials})

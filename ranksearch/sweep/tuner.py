@@ -137,6 +137,7 @@ def run_sweep(
             tuner = tune.Tuner.restore(
                 str(folder / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=True
             )
+            _use_callbacks(tuner, callbacks)
         else:
             tuner = _new_tuner(space, folder, manifest, trainable, callbacks, total, warm_start)
         grid = tuner.fit()
@@ -279,6 +280,21 @@ def _new_tuner(
             failure_config=tune.FailureConfig(max_failures=1),
         ),  # fmt: skip
     )
+
+
+def _use_callbacks(tuner: Any, callbacks: list) -> None:
+    """Give a restored Tuner this process's callbacks instead of the ones pickled with the experiment.
+
+    ``Tuner.restore`` reuses the saved ``RunConfig``, callbacks included, so without this a ``--resume`` would
+    show the live view (or not) as the first driver decided, and run a callback class as it was pickled. Ray
+    offers no public way to replace them; the private attribute is checked so a Ray upgrade fails loudly.
+    """
+    run_config = getattr(getattr(tuner, "_local_tuner", None), "get_run_config", lambda: None)()
+    if run_config is None or not hasattr(run_config, "callbacks"):
+        raise RanksearchError(
+            "Ray Tune's restored Tuner no longer exposes its run config; update ranksearch.sweep.tuner"
+        )
+    run_config.callbacks = callbacks
 
 
 def trial_dirname(trial: Any) -> str:
