@@ -6,9 +6,11 @@ placement, text features and evaluation exist once.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 
 import torch
+from torch import nn
 
 from ranksearch.config.schema import TrialConfig
 from ranksearch.data.task import Task
@@ -31,8 +33,16 @@ def crop_scale_for(image_size: int) -> tuple[float, float]:
     return (0.08, 1.0) if image_size >= 96 else (0.5, 1.0)
 
 
+def adapter_init_seed(seed: int) -> int:
+    """The global-generator seed adapters are initialised under: derived from the trial seed, so a random-init
+    model (built under ``seed``) and its adapters do not draw the same numbers."""
+    return int.from_bytes(hashlib.sha256(f"adapter-init:{seed}".encode()).digest()[:7], "big")
+
+
 class TrialSession:
     """A frozen open_clip model with the config's adapter attached at the config's placement.
+
+    ``model`` (model, image size, tokenizer) attaches to an already built model instead of building one.
 
     Attributes:
         model, family, layers: the adapted model, the family object and its adapter layers.
@@ -40,7 +50,9 @@ class TrialSession:
         text_adapted: whether any adapter sits in the text tower (then text features need gradients).
     """
 
-    def __init__(self, config: TrialConfig, total_steps: int):
+    def __init__(
+        self, config: TrialConfig, total_steps: int, model: tuple[nn.Module, int, object] | None = None
+    ):
         import open_clip
 
         from ranksearch.adapters import get_family
@@ -48,13 +60,18 @@ class TrialSession:
         from ranksearch.adapters.placement import resolve_sites
         from ranksearch.models.clip import build_model, tower_blocks
         from ranksearch.training.loop import autocast_for
+        from ranksearch.training.threads import apply_threads
 
         self.config = config
         self.device = resolve_device(config.model.device)
-        self.model, self.image_size = build_model(
-            config.model.name, config.model.pretrained, device=str(self.device)
-        )
-        self.tokenizer = open_clip.get_tokenizer(config.model.name)
+        if model is None:
+            self.model, self.image_size = build_model(
+                config.model.name, config.model.pretrained, device=str(self.device)
+            )
+            self.tokenizer = open_clip.get_tokenizer(config.model.name)
+            apply_threads(self.model, config.model.threads, self.device)
+        else:  # a pack's shared frozen model, shown as this member's view (ranksearch.training.packed)
+            self.model, self.image_size, self.tokenizer = model
         p = config.placement
         depths = {tower: len(blocks) for tower, blocks in tower_blocks(self.model).items()}
         try:
@@ -62,6 +79,9 @@ class TrialSession:
         except ValueError as e:
             raise ConfigError([("placement", str(e))]) from None
         self.family = get_family(config.adapter.family)(config.adapter, total_steps)
+        # the adapter's initialisation depends on the seed only, not on how (or whether) this process built the
+        # model: a member of a pack (ranksearch.training.packed) starts exactly like the same trial alone
+        torch.manual_seed(adapter_init_seed(config.seed))
         self.layers = attach_adapters(self.model, self.family, sites)
         self.text_adapted = any(layer.site.tower == "text" for layer in self.layers)
         self.autocast = autocast_for(self.device, config.model.precision)

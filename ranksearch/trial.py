@@ -21,6 +21,7 @@ import torch
 
 from ranksearch.config.schema import TrialConfig
 from ranksearch.errors import TrialError
+from ranksearch.training.loop import StepStats
 
 log = logging.getLogger(__name__)
 
@@ -90,15 +91,37 @@ def run_trial(
         Any other exception propagates (after the tracker recorded the failure), e.g. ``ConfigError`` for a
         placement the model does not have.
     """
-    from ranksearch.adapters.io import adapter_state_dict
-    from ranksearch.config.load import dump_trial_config
-    from ranksearch.data import build_task
-    from ranksearch.session import TrialSession
-    from ranksearch.tracking.allocation import allocation_rows
-    from ranksearch.tracking.mlflow_log import reproducibility_tags
-    from ranksearch.training.evaluate import protocol_summary
-
     output_dir = Path(output_dir)
+    run = None
+    try:
+        if config.data.protocol == "continual":
+            start_trial(config, output_dir, tracker)
+            from ranksearch.continual_run import run_continual
+
+            result = run_continual(
+                config, output_dir=output_dir, tracker=tracker, on_eval=on_eval, progress=progress
+            )
+            _finish(tracker, output_dir, result.metrics, config.train.total_steps(config.data.shots))
+            return result
+        run = TrialRun(config, output_dir, tracker=tracker, on_eval=on_eval, resume=resume)
+        with _progress(progress, run.total_steps, run.trainer.step, run.family.name) as bar:
+            for stats in run.trainer.steps():
+                bar(stats)
+                run.after_step(stats)
+        return run.finish()
+    except TrialError as e:  # the configuration ran and failed (diverged, over budget): a result, not a crash
+        return failed_result(tracker, e, run, output_dir)
+    except BaseException as e:
+        if tracker:
+            _record_failure(tracker, e, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+
+
+def start_trial(config: TrialConfig, output_dir: Path, tracker: Tracker | None) -> None:
+    """What every trial does first: write its config, seed every generator, open its tracked run."""
+    from ranksearch.config.load import dump_trial_config
+    from ranksearch.tracking.mlflow_log import reproducibility_tags
+
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.yaml").write_text(dump_trial_config(config))
     seed_everything(config.seed)
@@ -107,89 +130,121 @@ def run_trial(
             config.model_dump(mode="json"),
             {**reproducibility_tags(config.seed), "family": config.adapter.family},
         )
-    history: list[dict] = []
-    try:
-        if config.data.protocol == "continual":
-            from ranksearch.continual_run import run_continual
 
-            result = run_continual(
-                config, output_dir=output_dir, tracker=tracker, on_eval=on_eval, progress=progress
-            )
-            _finish(tracker, output_dir, result.metrics, config.train.total_steps(config.data.shots))
-            return result
-        total_steps = config.train.total_steps(config.data.shots)
-        session = TrialSession(config, total_steps)
-        task = build_task(config.data, session.image_size)
-        trainer = session.trainer_for(task, total_steps)
-        layers, family, model = session.layers, session.family, session.model
 
-        def evaluate(split_name: str) -> dict[str, float]:
-            return session.evaluate(task, split_name)
+def failed_result(
+    tracker: Tracker | None, error: TrialError, run: TrialRun | None, output_dir: Path
+) -> TrialResult:
+    """The result of a trial that ran and failed (diverged, over its budget), recorded in its tracked run."""
+    if tracker:
+        _record_failure(tracker, error)
+    return TrialResult("failed", {}, run.history if run else [], output_dir, error=str(error))
 
-        trainable = session.trainable_params
 
-        static = {"trainable_params": float(trainable), "total_steps": float(total_steps)}
-        final: dict[str, float] = dict(static)
+class TrialRun:
+    """One single-task trial, step by step: set-up, what happens after every optimiser step, the end.
+
+    ``run_trial`` drives it with the trial's own ``Trainer``; a pack (``ranksearch.training.packed``) drives
+    several that share one frozen model, passing ``session`` (the member's view of the shared model), so both
+    run the same evaluation, checkpoint, budget and artifact code.
+    """
+
+    def __init__(
+        self,
+        config: TrialConfig,
+        output_dir: Path,
+        *,
+        tracker: Tracker | None = None,
+        on_eval: Callable[[EvalEvent], None] | None = None,
+        resume: dict | None = None,
+        session: Any = None,
+        task: Any = None,
+    ):
+        from ranksearch.data import build_task
+        from ranksearch.session import TrialSession
+        from ranksearch.tracking.allocation import allocation_rows
+
+        self.config, self.output_dir, self.tracker, self.on_eval = config, Path(output_dir), tracker, on_eval
+        self.history: list[dict] = []
+        start_trial(config, self.output_dir, tracker)
+        self.total_steps = total_steps = config.train.total_steps(config.data.shots)
+        self.session = session if session is not None else TrialSession(config, total_steps)
+        self.task = task if task is not None else build_task(config.data, self.session.image_size)
+        self.trainer = self.session.trainer_for(self.task, total_steps)
+        self.layers, self.family, self.model = self.session.layers, self.session.family, self.session.model
+        self.static = {
+            "trainable_params": float(self.session.trainable_params),
+            "total_steps": float(total_steps),
+        }
+        self.final: dict[str, float] = dict(self.static)
         if resume is not None:
-            trainer.load_state_dict(resume)
-            history = list(resume.get("history", []))
-            final.update(resume.get("zero_shot", {}))
-            log.info("resumed at step %d of %d", trainer.step, total_steps)
+            self.trainer.load_state_dict(resume)
+            self.history = list(resume.get("history", []))
+            self.final.update(resume.get("zero_shot", {}))
+            log.info("resumed at step %d of %d", self.trainer.step, total_steps)
         elif config.eval.zero_shot:
             # the adapter is identity at init for most families; measure the frozen model itself regardless
-            zs = {f"zs/{k}": v for k, v in {**evaluate("val"), **evaluate("test")}.items()}
-            final.update(zs)
+            zs = {f"zs/{k}": v for k, v in {**self.evaluate("val"), **self.evaluate("test")}.items()}
+            self.final.update(zs)
             if tracker:
-                tracker.log_metrics({**zs, **static}, step=0)
-        zero_shot = {k: v for k, v in final.items() if k.startswith("zs/")}
-        alloc_rows = (
-            allocation_rows(layers, trainer.step) if resume is None else list(resume.get("allocation", []))
+                tracker.log_metrics({**zs, **self.static}, step=0)
+        self.zero_shot = {k: v for k, v in self.final.items() if k.startswith("zs/")}
+        self.alloc_rows = (
+            allocation_rows(self.layers, self.trainer.step)
+            if resume is None
+            else list(resume.get("allocation", []))
         )
-        checkpoints = set(eval_steps(total_steps, config.eval.evals))
-        every = config.tracking.allocation_every
+        self.checkpoints = set(eval_steps(total_steps, config.eval.evals))
+        self.started = time.perf_counter()
 
-        def snapshot() -> dict:
-            state = trainer.state_dict(adapter_state_dict(model))
-            state.update(history=list(history), zero_shot=zero_shot, allocation=list(alloc_rows))
-            return state
+    @property
+    def done(self) -> bool:
+        return self.trainer.step >= self.total_steps
 
-        started = time.perf_counter()
-        with _progress(progress, total_steps, trainer.step, family.name) as bar:
-            for stats in trainer.steps():
-                bar(stats)
-                if stats.step % config.tracking.log_every == 0 and tracker:
-                    tracker.log_metrics({"train/loss": stats.loss, "train/lr": stats.lr}, stats.step)
-                if stats.step % every == 0 or stats.step == total_steps:
-                    alloc_rows.extend(allocation_rows(layers, stats.step))
-                if stats.step in checkpoints:
-                    val = evaluate("val")
-                    entry = {"step": float(stats.step), "train/loss": stats.loss, **val, **static}
-                    history.append(entry)
-                    if tracker:  # train/loss goes out with the periodic batch; no duplicate points
-                        tracker.log_metrics({k: v for k, v in entry.items() if k != "train/loss"}, stats.step)
-                    if on_eval:
-                        on_eval(EvalEvent(stats.step, total_steps, dict(entry), snapshot))
-                limit = config.train.max_seconds
-                if limit is not None and time.perf_counter() - started > limit:
-                    raise TrialError(
-                        f"over its time budget: train.max_seconds={limit} exceeded at step {stats.step}"
-                    )
-                check_memory(config.train.max_memory_mb, session.device, stats.step)
+    def evaluate(self, split_name: str) -> dict[str, float]:
+        return self.session.evaluate(self.task, split_name)
 
-        final.update(history[-1] if history else {})
-        final.update(evaluate("test"))
-        final.update(protocol_summary(config.data.protocol, final, list(task.extra_tests)))
-        _write_artifacts(output_dir, model, config, final, history, alloc_rows)
-        _finish(tracker, output_dir, final, total_steps)
-        return TrialResult("completed", final, history, output_dir)
-    except TrialError as e:  # the configuration ran and failed (diverged, over budget): a result, not a crash
-        if tracker:
-            _record_failure(tracker, e)
-        return TrialResult("failed", {}, history, output_dir, error=str(e))
-    except BaseException as e:
-        if tracker:
-            _record_failure(tracker, e, status="KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        raise
+    def snapshot(self) -> dict:
+        """The resumable state now (``EvalEvent.state``): trainer, history, zero-shot metrics, allocation."""
+        from ranksearch.adapters.io import adapter_state_dict
+
+        state = self.trainer.state_dict(adapter_state_dict(self.model))
+        state.update(history=list(self.history), zero_shot=self.zero_shot, allocation=list(self.alloc_rows))
+        return state
+
+    def after_step(self, stats: StepStats) -> None:
+        """Logging, allocation telemetry, the scheduled evaluations (and ``on_eval``), time and memory budgets."""
+        from ranksearch.tracking.allocation import allocation_rows
+
+        config, tracker = self.config, self.tracker
+        if stats.step % config.tracking.log_every == 0 and tracker:
+            tracker.log_metrics({"train/loss": stats.loss, "train/lr": stats.lr}, stats.step)
+        if stats.step % config.tracking.allocation_every == 0 or stats.step == self.total_steps:
+            self.alloc_rows.extend(allocation_rows(self.layers, stats.step))
+        if stats.step in self.checkpoints:
+            val = self.evaluate("val")
+            entry = {"step": float(stats.step), "train/loss": stats.loss, **val, **self.static}
+            self.history.append(entry)
+            if tracker:  # train/loss goes out with the periodic batch; no duplicate points
+                tracker.log_metrics({k: v for k, v in entry.items() if k != "train/loss"}, stats.step)
+            if self.on_eval:
+                self.on_eval(EvalEvent(stats.step, self.total_steps, dict(entry), self.snapshot))
+        limit = config.train.max_seconds
+        if limit is not None and time.perf_counter() - self.started > limit:
+            raise TrialError(f"over its time budget: train.max_seconds={limit} exceeded at step {stats.step}")
+        check_memory(config.train.max_memory_mb, self.session.device, stats.step)
+
+    def finish(self) -> TrialResult:
+        """Test evaluation, protocol summary, artifacts, the tracked run's end: the completed result."""
+        from ranksearch.training.evaluate import protocol_summary
+
+        final = self.final
+        final.update(self.history[-1] if self.history else {})
+        final.update(self.evaluate("test"))
+        final.update(protocol_summary(self.config.data.protocol, final, list(self.task.extra_tests)))
+        _write_artifacts(self.output_dir, self.model, self.config, final, self.history, self.alloc_rows)
+        _finish(self.tracker, self.output_dir, final, self.total_steps)
+        return TrialResult("completed", final, self.history, self.output_dir)
 
 
 def check_memory(limit_mb: float | None, device: Any, step: int) -> None:

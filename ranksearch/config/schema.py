@@ -38,6 +38,18 @@ class ModelConfig(Section):
     )
     device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
     compile: bool = Field(False, description="wrap the model in torch.compile")
+    threads: int | Literal["auto"] = Field(
+        "auto",
+        description="torch threads on CPU: auto = 1 for models under 20 M parameters (dispatch-bound: a second "
+        "thread only slows them), else every CPU the trial has (a sweep's resources.cpu); or a number",
+    )
+
+    @field_validator("threads")
+    @classmethod
+    def _positive_threads(cls, v: int | str) -> int | str:
+        if v != "auto" and v < 1:
+            raise ValueError(f"threads must be 'auto' or at least 1, got {v}")
+        return v
 
 
 class DataConfig(Section):

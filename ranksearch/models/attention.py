@@ -42,8 +42,12 @@ class UnfusedAttention(nn.Module):
         has_bias = mha.in_proj_bias is not None
         w, b = mha.in_proj_weight.detach(), mha.in_proj_bias
         kw = {"device": w.device, "dtype": w.dtype}
-        self.q_proj, self.k_proj, self.v_proj = (nn.Linear(d, d, bias=has_bias, **kw) for _ in range(3))
-        self.out_proj = nn.Linear(d, d, bias=mha.out_proj.bias is not None, **kw)
+        # skip_init: the weights are copied from the MHA below, so drawing a random init would only consume the
+        # global generator (and make an adapter's init depend on whether its block was already unfused)
+        self.q_proj, self.k_proj, self.v_proj = (
+            nn.utils.skip_init(nn.Linear, d, d, bias=has_bias, **kw) for _ in range(3)
+        )
+        self.out_proj = nn.utils.skip_init(nn.Linear, d, d, bias=mha.out_proj.bias is not None, **kw)
         with torch.no_grad():
             for i, proj in enumerate((self.q_proj, self.k_proj, self.v_proj)):
                 proj.weight.copy_(w[i * d : (i + 1) * d])  # fused rows: [0:d] q, [d:2d] k, [2d:3d] v

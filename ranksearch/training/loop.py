@@ -371,38 +371,47 @@ class Trainer:
                 self._frozen_text = self._encode_text().float()
         return self._frozen_text
 
-    def encode_batch(self, idx: torch.Tensor) -> torch.Tensor:
-        """Image features (B, D) of training images ``idx``: normalise, augment, encode (or start from the cache)."""
+    def _images(self, idx: torch.Tensor) -> torch.Tensor:
+        """Normalised training images ``idx`` (B, 3, H, W) on the device."""
+        return normalize(self.images[idx].to(self.device, non_blocking=True), self.model)
 
-        def images(i: torch.Tensor) -> torch.Tensor:
-            return normalize(self.images[i].to(self.device, non_blocking=True), self.model)
-
-        if self.prefix_cache is not None:
-            with self.autocast():
-                return self.prefix_cache.encode(self.prefix_cache.hidden(idx, images))
-        x = images(idx)
+    def batch_inputs(self, idx: torch.Tensor) -> torch.Tensor:
+        """The model input for training images ``idx``: normalised and (with ``train.augment``) augmented."""
+        x = self._images(idx)
         if self.cfg.augment:
             x = random_resized_crop_flip(x, self.aug_gen, self.crop_scale)
+        return x
+
+    def encode_batch(self, idx: torch.Tensor) -> torch.Tensor:
+        """Image features (B, D) of training images ``idx``: normalise, augment, encode (or start from the cache)."""
+        if self.prefix_cache is not None:
+            with self.autocast():
+                return self.prefix_cache.encode(self.prefix_cache.hidden(idx, self._images))
+        x = self.batch_inputs(idx)
         with self.autocast():
             return self.model.encode_image(x)
 
-    def train_step(self) -> StepStats:
-        t0 = time.perf_counter()
-        if not self.model.training:  # train() walks every module (~1 ms on the tiny model); only when needed
-            self.model.train()
-        idx = self.sampler.next()
-        y = self.targets[idx].to(self.device)
-        feats = self.encode_batch(idx)
+    def loss_terms(
+        self, feats: torch.Tensor, y: torch.Tensor, txt: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(classification loss, loss + the family's regulariser) of image features (B, D) with labels (B,).
+
+        ``txt`` (C, D): class text features computed by the caller (a pack encodes every member's prompts in one
+        pass); default ``text_features()``. Raises ``TrialError`` when the total is not finite.
+        """
         with self.autocast():
             img = F.normalize(feats, dim=-1)  # (B, D)
-            txt = self.text_features()  # (C, D)
+            txt = self.text_features() if txt is None else txt  # (C, D)
             logits = self.logit_scale * img.float() @ txt.float().t()  # (B, C)
             loss = F.cross_entropy(logits, y)
             reg = self.family.regularizer()
             total = loss if reg is None else loss + reg
         if not torch.isfinite(total):
             raise TrialError(f"diverged: non-finite loss ({total.item()}) at step {self.step + 1}")
-        self.scaler.scale(total).backward()
+        return loss, total
+
+    def apply_gradients(self, loss: torch.Tensor, started: float) -> StepStats:
+        """Everything after the backward of one step: clip, optimiser and scheduler, the family's rank update."""
         if self.cfg.grad_clip is not None:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.family.trainable_parameters(), self.cfg.grad_clip)
@@ -413,7 +422,17 @@ class Trainer:
         self.step += 1
         self.family.after_step(self.step)  # gradients are still present (AdaLoRA importance needs them)
         self.optimizer.zero_grad(set_to_none=True)
-        return StepStats(self.step, float(loss.detach()), lr, time.perf_counter() - t0)
+        return StepStats(self.step, float(loss.detach()), lr, time.perf_counter() - started)
+
+    def train_step(self) -> StepStats:
+        t0 = time.perf_counter()
+        if not self.model.training:  # train() walks every module (~1 ms on the tiny model); only when needed
+            self.model.train()
+        idx = self.sampler.next()
+        y = self.targets[idx].to(self.device)
+        loss, total = self.loss_terms(self.encode_batch(idx), y)
+        self.scaler.scale(total).backward()
+        return self.apply_gradients(loss, t0)
 
     def steps(self) -> Iterator[StepStats]:
         while self.step < self.total_steps:
