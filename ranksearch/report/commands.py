@@ -49,6 +49,19 @@ def report(
         Path | None, typer.Option("--out", "-o", help="HTML file to write (default: SWEEP/report.html)")
     ] = None,
     top: Annotated[int, typer.Option(min=1, max=50, help="trials in the learning curves")] = 10,
+    watch: Annotated[
+        bool,
+        typer.Option("--watch", help="keep rebuilding it while the sweep runs; the open page reloads itself"),
+    ] = False,
+    every: Annotated[
+        float, typer.Option(min=5, help="with --watch: seconds between rebuilds (and page reloads)")
+    ] = 30,
+    mlflow_url: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow UI address for run links (default: the tracking server, or 127.0.0.1:5000)"
+        ),
+    ] = None,
     mlflow: Annotated[
         bool, typer.Option("--mlflow/--no-mlflow", help="log the report to the parent run")
     ] = True,
@@ -59,20 +72,26 @@ def report(
 ) -> None:
     """Write the sweep's comparison dashboard: one self-contained HTML file (works offline).
 
-    Leaderboard (best report per trial), Pareto front, base vs new accuracy, Optuna parameter importances,
-    parallel coordinates, learning curves, per-layer rank allocation of the top trials and where rank goes in
-    good trials, per-family summaries. Reads the sweep's parquet tables, not MLflow run by run, so it stays
-    fast for thousands of trials. Logged to the sweep's parent MLflow run under report/.
+    Leaderboard (best report per trial), optimisation history (best so far by trial and by compute), the
+    Pareto front (or accuracy vs size), base vs new accuracy, Optuna parameter importances, parallel
+    coordinates, slice plots, learning curves, per-layer rank allocation of the top trials, per-family
+    summaries, and a drill-down per top trial (config, curves, allocation, MLflow run link). Reads the sweep's
+    files, not MLflow run by run, so it stays fast for thousands of trials. Logged to the sweep's parent
+    MLflow run under report/. With --watch it is rebuilt as trials report until the sweep ends.
     """
     from ranksearch.report.html import build_report, log_to_parent
 
     folder = _sweep(sweep, storage)
     t0 = time.perf_counter()
-    if quiet or as_json:
-        result = build_report(folder, out_file, top)
+    options = {"mlflow_url": mlflow_url}
+    if watch:
+        result = _watch(folder, out_file, top, every, options, quiet or as_json)
+    elif quiet or as_json:
+        result = build_report(folder, out_file, top, **options)
     else:
         with err.status("report") as status:
-            result = build_report(folder, out_file, top, progress=lambda msg: status.update(f"report: {msg}"))
+            result = build_report(folder, out_file, top, progress=lambda msg: status.update(f"report: {msg}"),
+                                  **options)  # fmt: skip
     logged = None
     if mlflow:
         try:
@@ -95,8 +114,34 @@ def report(
     out.print(str(result.path), highlight=False, soft_wrap=True)
 
 
+def _watch(folder: Path, out_file: Path | None, top: int, every: float, options: dict, silent: bool) -> Any:
+    """``report --watch``: rebuild whenever the sweep's files change, until the sweep is no longer running."""
+    from ranksearch.report.html import watch_report
+
+    def built(result: Any, final: bool) -> None:
+        if silent:
+            return
+        when = time.strftime("%H:%M:%S")
+        if final:
+            err.print(f"{when} sweep no longer running: final report written", highlight=False)
+        else:
+            err.print(f"{when} report rebuilt ({result.trials} trials): {result.path}  (reloads every {every:.0f} s; "
+                      "Ctrl-C stops watching)", highlight=False, soft_wrap=True)  # fmt: skip
+
+    try:
+        return watch_report(folder, out_file, top, every, on_build=built, **options)
+    except KeyboardInterrupt:
+        from ranksearch.report.html import REPORT_FILE, Report
+
+        path = Path(out_file) if out_file else folder / REPORT_FILE
+        if not silent:
+            err.print("stopped watching", highlight=False)
+        return Report(path, path.stat().st_size if path.is_file() else 0)
+
+
 REPORT_EPILOG = (
     "Examples:\n\n  ranksearch report ranksearch-runs/sweeps/quickstart\n\n"
+    "  ranksearch report quickstart --watch        # while the sweep runs; the page reloads itself\n\n"
     "  ranksearch report quickstart --out /tmp/quickstart.html --no-mlflow\n\n"
     "  ranksearch report quickstart --json    # path, size, timings"
 )

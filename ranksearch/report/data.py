@@ -24,8 +24,10 @@ import pandas as pd
 from ranksearch.errors import RanksearchError
 
 DONE = ("completed", "pruned", "failed", "error")
-# history columns worth keeping besides the objectives (the report's base-vs-new and curves)
-_CURVE_KEYS = ("val/base", "val/new", "val/hm", "val/acc", "eval_step", "step")
+# history columns worth keeping besides the objectives (the report's base-vs-new, curves, and the optimisation
+# history's compute axis: Tune's time_total_s/timestamp)
+_CURVE_KEYS = ("val/base", "val/new", "val/hm", "val/acc", "eval_step", "step", "train/loss")
+_CURVE_KEYS += ("time_total_s", "timestamp")
 
 
 @dataclass

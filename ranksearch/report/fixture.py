@@ -4,7 +4,9 @@ Every file goes through the sweep code's own writers so the format cannot drift:
 (sweep.json), ``sweep.results.write_parquet`` (trials.parquet, rows shaped as ``trial_rows`` makes them),
 ``tracking.allocation.allocation_table`` (allocation.parquet), ``dump_trial_config`` (config.yaml), an Optuna
 ``JournalStorage`` (optuna.journal) and, optionally, ``sweep.mlflow_sweep.create_parent_run`` (mlflow.db).
-Per-trial ``metrics.json`` follows ``ranksearch.trial._write_artifacts``: ``{"final": ..., "history": [...]}``.
+Per-trial ``metrics.json`` follows ``ranksearch.trial._write_artifacts``: ``{"final": ..., "history": [...]}``;
+``tune/<trial>/result.json`` holds every report of every trial (pruned ones too) with Tune's timing keys, as a
+real sweep's Tune folder does.
 Values are made up but shaped like a real sweep: base/new/HM learning curves, ASHA-pruned trials with short
 histories, a few failed and errored trials, and rank allocations that favour the upper vision layers.
 """
@@ -40,8 +42,7 @@ families:
     params:
       adapter.target_r: {{type: categorical, choices: [1, 2, 4], default: 2}}
 objective:
-  - {{metric: val/hm, mode: max}}
-  - {{metric: trainable_params, mode: min}}
+{objective}
 trials: {trials}
 concurrency: 2
 """
@@ -59,6 +60,7 @@ def write_fake_sweep(
     mlflow: bool = False,
     status: str = "finished",
     started: float | None = None,
+    objectives: int = 2,
 ) -> Path:
     """Write a finished (or ``status``) synthetic sweep of ``n_trials`` trials into ``folder``; returns it.
 
@@ -68,9 +70,11 @@ def write_fake_sweep(
         seed: numpy seed of the made-up values.
         evals: validation evaluations (reports) of a completed trial.
         journal: write optuna.journal with one Optuna trial per finished trial.
-        mlflow: create the parent run in ``sqlite:///<folder>/mlflow.db`` (slow: first use migrates tables).
+        mlflow: create the parent run and one child run per trial (tagged as the sweep tags them) in
+            ``sqlite:///<folder>/mlflow.db`` (slow: first use migrates tables).
         status: the manifest's status (``running`` for a sweep still in progress).
         started: the manifest's start time (default: now).
+        objectives: 2 (val/hm max, trainable_params min) or 1 (val/hm max only).
     """
     import time
 
@@ -85,14 +89,23 @@ def write_fake_sweep(
     folder = Path(folder).resolve()
     folder.mkdir(parents=True, exist_ok=True)
     name = folder.name
-    (folder / "space.yaml").write_text(SPACE_YAML.format(name=name, evals=evals, trials=n_trials))
+    objective = ["  - {metric: val/hm, mode: max}", "  - {metric: trainable_params, mode: min}"][:objectives]
+    text = SPACE_YAML.format(name=name, evals=evals, trials=n_trials, objective="\n".join(objective))
+    (folder / "space.yaml").write_text(text)
     space = load_space(folder / "space.yaml")
     rng = np.random.default_rng(seed)
     rows, finished = [], []
+    t_start = started if started is not None else time.time() - 60.0 * n_trials
+    slots = [t_start, t_start]  # concurrency 2: each trial starts when a slot frees up
+    clock = np.random.default_rng(seed + 1000)  # own stream: timings never change the made-up metrics
     for i in range(n_trials):
         trial_id = f"{seed:02x}{i:06x}"
         params = _sample(space, rng)
         history, final, status_i = _curves(params, rng, evals)
+        slot = int(np.argmin(slots))
+        slots[slot] = _write_tune_results(
+            folder / "tune" / trial_id, trial_id, params, history, final, slots[slot], clock
+        )
         row: dict[str, Any] = {
             "trial_id": trial_id, "status": status_i, "family": params["adapter.family"],
             "reports": len(history),
@@ -123,10 +136,44 @@ def write_fake_sweep(
         parent = create_parent_run(
             uri, name, name, {"sweep": name, "trials": n_trials}, (folder / "mlartifacts").as_uri()
         )
+        _child_runs(uri, parent, name, rows)
     manifest = Manifest(name, str(folder / "space.yaml"), uri, name, parent, status=status)
-    manifest.started = started if started is not None else time.time() - 60.0 * n_trials
+    manifest.started = t_start
     manifest.save(folder)
     return folder
+
+
+def _child_runs(uri: str, parent: str, sweep: str, rows: list[dict[str, Any]]) -> None:
+    """One child run per trial, tagged as ``sweep.mlflow_sweep`` tags them, ended with the trial's status."""
+    from mlflow.tracking import MlflowClient
+
+    from ranksearch.sweep.mlflow_sweep import SWEEP_TAG, TRIAL_TAG
+
+    client = MlflowClient(tracking_uri=uri)
+    experiment = client.get_run(parent).info.experiment_id
+    for row in rows:
+        tags = {"mlflow.parentRunId": parent, TRIAL_TAG: row["trial_id"], SWEEP_TAG: sweep,
+                "ranksearch.status": row["status"], "family": row["family"]}  # fmt: skip
+        run = client.create_run(experiment, run_name=f"{row['trial_id']}-{row['family']}", tags=tags)
+        done = row["status"] in ("completed", "pruned")
+        client.set_terminated(run.info.run_id, status="FINISHED" if done else "FAILED")
+
+
+def _write_tune_results(
+    folder: Path, trial_id: str, params: dict[str, Any], history: list[dict], final: dict[str, float],
+    start: float, rng: np.random.Generator,
+) -> float:  # fmt: skip
+    """Tune's ``result.json`` of one trial (one line per report, the last one final); returns its end time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lines, elapsed = [], 0.0
+    for i, entry in enumerate(history, 1):
+        elapsed += float(rng.uniform(15, 30))
+        rec = dict(final) if final and i == len(history) else dict(entry)
+        rec.update(training_iteration=i, time_total_s=elapsed, timestamp=int(start + elapsed), trial_id=trial_id,
+                   config=params, is_final=bool(final) and i == len(history))  # fmt: skip
+        lines.append(json.dumps(rec))
+    (folder / "result.json").write_text("\n".join(lines) + ("\n" if lines else ""))
+    return start + elapsed
 
 
 def _sample(space: Any, rng: np.random.Generator) -> dict[str, Any]:

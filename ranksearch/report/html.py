@@ -20,8 +20,8 @@ from typing import Any
 import pandas as pd
 
 from ranksearch.errors import RanksearchError
+from ranksearch.report import detail, importance
 from ranksearch.report import figures as F
-from ranksearch.report import importance
 from ranksearch.report.data import SweepData, load_sweep, open_sweep
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,19 @@ class Report:
     bytes: int
     seconds: dict[str, float] = field(default_factory=dict)
     sections: dict[str, int] = field(default_factory=dict)  # section id -> items shown (0: no data)
+    trials: int = 0  # rows of trials.parquet
 
 
-def build_report(folder: str | Path, out: Path | None = None, top: int = 10, progress: Any = None) -> Report:
+def build_report(
+    folder: str | Path,
+    out: Path | None = None,
+    top: int = 10,
+    progress: Any = None,
+    *,
+    refresh_s: float | None = None,
+    mlflow_url: str | None = None,
+    details: int = detail.TOP,
+) -> Report:
     """Load a sweep folder and write its dashboard (default ``<folder>/report.html``).
 
     Args:
@@ -55,6 +65,10 @@ def build_report(folder: str | Path, out: Path | None = None, top: int = 10, pro
         out: output file (default: in the sweep folder).
         top: trials shown in the learning curves (allocation heatmaps show ``min(top, 4)``).
         progress: optional callable(str) told each stage, for a progress display.
+        refresh_s: the page reloads itself every this many seconds while the sweep runs (``report --watch``).
+        mlflow_url: base address of the MLflow UI for run links (default: the tracking server, or where
+            ``ranksearch ui`` serves a sqlite store).
+        details: trials with a drill-down panel (the best ones).
     """
     import plotly.io as pio
     from plotly.offline import get_plotlyjs
@@ -76,26 +90,93 @@ def build_report(folder: str | Path, out: Path | None = None, top: int = 10, pro
     lap("load")
     say("figures")
     figs: dict[str, Any] = {}
-    sections = _sections(data, figs, top)
+    runs, parent = detail.links(data, mlflow_url)
+    trials = detail.trial_details(data, details, runs)
+    sections = _sections(data, figs, top, {t["id"] for t in trials})
+    _add_details(sections, trials)
     lap("figures")
     say("parameter importances (Optuna)")
-    imps = importance.collect(child)
-    _add_importance(data, sections, figs, imps)
+    imps, n_imp = importance.collect_with_count(child)
+    _add_importance(data, sections, figs, imps, n_imp)
     lap("importances")
     say("writing HTML")
-    body = _render(data, sections, figs, pio, get_plotlyjs())
+    live = refresh_s if refresh_s and data.manifest.status == "running" else None
+    body = _render(data, sections, figs, trials, parent, live, pio, get_plotlyjs())
     path = Path(out) if out else data.folder / REPORT_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".html.tmp")
     tmp.write_text(body, encoding="utf-8")
-    os.replace(tmp, path)
+    os.replace(tmp, path)  # atomic: a browser reloading during --watch never reads half a page
     lap("render")
-    return Report(path, path.stat().st_size, times, {s["id"]: s["items"] for s in sections})
+    return Report(path, path.stat().st_size, times, {s["id"]: s["items"] for s in sections}, len(data.trials))
 
 
-def _sections(data: SweepData, figs: dict[str, Any], top: int) -> list[dict]:
+def _signature(folder: Path) -> tuple:
+    """What changes when a sweep makes progress: the manifest, the trials table and Tune's per-trial results."""
+
+    def mtime(p: Path) -> float:
+        try:
+            return p.stat().st_mtime
+        except OSError:
+            return 0.0
+
+    results = [mtime(p) for p in folder.glob("tune/*/result.json")]
+    return (
+        mtime(folder / "sweep.json"),
+        mtime(folder / "trials.parquet"),
+        len(results),
+        max(results, default=0.0),
+    )
+
+
+def watch_report(
+    folder: str | Path,
+    out: Path | None = None,
+    top: int = 10,
+    every: float = 30.0,
+    on_build: Any = None,
+    *,
+    mlflow_url: str | None = None,
+    poll_s: float = 2.0,
+    max_s: float | None = None,
+) -> Report:
+    """Rebuild the report whenever the sweep's files change (at most every ``every`` seconds) until the sweep
+    is no longer running; the page, built with ``refresh_s=every``, reloads itself meanwhile.
+
+    Args:
+        on_build: called as ``on_build(report, final)`` after each build.
+        poll_s: how often to look at the sweep's files between rebuilds.
+        max_s: stop after this many seconds even if the sweep still runs (tests).
+
+    Returns:
+        The last ``Report`` (built after the sweep stopped running, unless stopped by ``max_s``).
+    """
+    from ranksearch.report.data import find_sweep
+    from ranksearch.sweep.folder import Manifest
+
+    folder = find_sweep(folder)
+    start = time.monotonic()
+    seen, last_build, report = None, -math.inf, None
+    while True:
+        running = Manifest.load(folder).status == "running"
+        sig = _signature(folder)
+        due = time.monotonic() - last_build >= every or not running
+        if sig != seen and due:
+            report = build_report(folder, out, top, refresh_s=every, mlflow_url=mlflow_url)
+            seen, last_build = sig, time.monotonic()
+            if on_build is not None:
+                on_build(report, not running)
+        if not running and report is not None and sig == seen:
+            return report
+        if max_s is not None and time.monotonic() - start > max_s:
+            return report if report is not None else build_report(folder, out, top, mlflow_url=mlflow_url)
+        time.sleep(poll_s)
+
+
+def _sections(data: SweepData, figs: dict[str, Any], top: int, linked: set[str]) -> list[dict]:
     """The page's sections in order; each names its figures (added to ``figs``) and/or an HTML table."""
     m = data.first.metric
+    multi = F.multi_objective(data)
     out: list[dict] = []
 
     def add(sid: str, title: str, note: str, items: int, figures: list[tuple[str, Any]] = (), **kw: Any):
@@ -106,29 +187,51 @@ def _sections(data: SweepData, figs: dict[str, Any], top: int) -> list[dict]:
                 names.append(name)
         out.append({"id": sid, "title": title, "note": note, "items": items, "figures": names, **kw})
 
-    board = _leaderboard(data)
+    board = _leaderboard(data, linked)
+    star = " * = on the Pareto front." if multi else ""
     add("leaderboard", "Leaderboard", f"Best report of {m} per trial (not its last); completed trials first. "
-        "Click a column to sort. * = Pareto-optimal.", board[1], table=board[0])  # fmt: skip
+        f"Click a column to sort, a trial to open its details.{star}", board[1], table=board[0])  # fmt: skip
+    hist = F.history(data)
+    add("history", "Optimisation history", f"{m} of every finished trial and the best so far (completed trials), "
+        "by trial number and by compute spent, pruned trials included.", _n(hist), [("fig-history", hist)],
+        empty="no completed trial yet", wide=True)  # fmt: skip
     ax = F.pareto_axes(data)
-    pareto = F.pareto(data)
-    add("pareto", "Pareto front", f"{ax[0][0]} ({ax[0][1]}) against {ax[1][0]} ({ax[1][1]}), completed trials.",
-        _n(pareto), [("fig-pareto", pareto)], empty="no completed trial with both metrics yet")  # fmt: skip
+    trade = F.tradeoff(data)
+    if multi:
+        title, note = (
+            "Pareto front",
+            f"{ax[0][0]} ({ax[0][1]}) against {ax[1][0]} ({ax[1][1]}), completed trials.",
+        )
+    else:
+        title, note = (
+            "Accuracy vs size",
+            f"{m} against trainable parameters, completed trials (what each point costs).",
+        )
+    add("tradeoff", title, note, _n(trade), [("fig-tradeoff", trade)],
+        empty="no completed trial with both metrics yet")  # fmt: skip
     bn = F.base_vs_new(data)
-    add("base-new", "Base vs new accuracy", "Validation accuracy on base and on new classes (base-to-new).",
-        _n(bn), [("fig-base-new", bn)], empty="this sweep does not report val/base and val/new")  # fmt: skip
+    add("base-new", "Base vs new accuracy", "Validation accuracy on base and on new classes (base-to-new); dotted: "
+        "equal harmonic mean.", _n(bn), [("fig-base-new", bn)],
+        empty="this sweep does not report val/base and val/new")  # fmt: skip
+    add("importance", "Parameter importance", "Optuna's importance evaluator on the sweep's study "
+        "(optuna.journal): how much of the first objective's variation each parameter explains.", 0, [],
+        empty="no importances yet: they need an Optuna journal and at least 3 completed trials")  # fmt: skip
     par = F.parallel(data)
-    add("importance", "Parameter importance and parallel coordinates",
-        "Optuna's importance evaluator on the sweep's study (optuna.journal); parallel coordinates over shared "
-        "parameters of completed trials.", _n(par), [("fig-parallel", par)], empty="too few finished trials")  # fmt: skip
+    add("parallel", "Parallel coordinates", "Every parameter of the completed trials, then the objectives; drag "
+        "along an axis to filter (n/a: the parameter belongs to another family).", _n(par),
+        [("fig-parallel", par)], empty="no completed trial yet", wide=True)  # fmt: skip
+    sl = F.slices(data)
+    add("slices", "Slice plots", f"{m} of each completed trial against each parameter (darker: later trials).",
+        _n(sl), [("fig-slices", sl)], empty="no completed trial yet", wide=True)  # fmt: skip
     curves = F.learning_curves(data, top)
     add("curves", "Learning curves", f"{m} at every validation report of the top {top} trials, over all trials' "
         "median and interquartile band.", _n(curves), [("fig-curves", curves)],
         empty="no per-report history found (tune/*/result.json or trials/*/metrics.json)")  # fmt: skip
     heat = F.top_allocations(data, min(top, 4))
-    where, used = F.rank_where(data)
+    where, bars, used = F.rank_where(data)
     add("allocation", "Rank allocation", "Final per-layer rank of the top trials, and where rank goes in good "
         f"trials (top 20 % of completed trials, {used} allocation tables).", len(heat) + (1 if where else 0),
-        [(f"fig-alloc-{tid}", fig) for tid, fig in heat] + [("fig-rank-where", where)],
+        [(f"fig-alloc-{tid}", fig) for tid, fig in heat] + [("fig-rank-where", where), ("fig-rank-modules", bars)],
         empty="no allocation tables (trials/*/allocation.parquet) for completed trials")  # fmt: skip
     fam_table, fam_fig = F.family_summary(data)
     add("families", "Per-family summary", f"Trials by state and {m} per adapter family.", len(fam_table),
@@ -136,15 +239,32 @@ def _sections(data: SweepData, figs: dict[str, Any], top: int) -> list[dict]:
     return out
 
 
-def _add_importance(data: SweepData, sections: list[dict], figs: dict[str, Any], imps: dict | None) -> None:
-    """Put the importance bars (computed last, in a child process) first in their section."""
-    fig = F.importances(imps, data.first.metric)
+def _add_details(sections: list[dict], trials: list[dict]) -> None:
+    sections.append({
+        "id": "trials", "title": "Trial details", "items": len(trials), "figures": [], "details": True,
+        "note": f"Parameters, metrics, learning curves, final rank allocation and the MLflow run of the best "
+                f"{len(trials)} trials. Pick one here or click it in the leaderboard.",
+        "empty": "no trial has reported yet",
+    })  # fmt: skip
+
+
+def _add_importance(
+    data: SweepData, sections: list[dict], figs: dict[str, Any], imps: dict | None, trials: int
+) -> None:
+    """Put the importance bars (computed last, in a child process) first in their section, with a caveat
+    when they rest on few trials."""
+    fig = F.importances(imps, data.first.metric, trials)
     if fig is None:
         return
-    figs["fig-importance"] = fig
+    figs["fig-importance"] = F.style(fig)
     section = next(s for s in sections if s["id"] == "importance")
     section["figures"].insert(0, "fig-importance")
     section["items"] += len(imps or {})
+    if trials < F.FEW_TRIALS:
+        section["caveat"] = (
+            f"Importances from only {trials} completed trials are a first impression: with this few points "
+            f"the ranking changes from run to run (about {F.FEW_TRIALS} or more make it stable)."
+        )
 
 
 def _n(fig: Any) -> int:
@@ -170,18 +290,13 @@ def _fmt(v: Any) -> tuple[str, str]:
     return str(v), str(v)
 
 
-def _leaderboard(data: SweepData) -> tuple[str, int]:
-    """The sortable leaderboard table (HTML) and its row count."""
+def _leaderboard(data: SweepData, linked: set[str] = frozenset()) -> tuple[str, int]:
+    """The sortable leaderboard table (HTML) and its row count; trials in ``linked`` open their details."""
     ranked = data.ranked().head(MAX_ROWS)
     if ranked.empty:
         return "", 0
     m = data.first.metric
-    front: set[str] = set()
-    cols = [o for o, _ in F.pareto_axes(data)]
-    done = ranked[ranked["status"] == "completed"].dropna(subset=[c for c in cols if c in ranked.columns])
-    if all(c in done.columns for c in cols) and len(done):
-        mask = F.pareto_mask(done[cols].to_numpy(float), [md == "max" for _, md in F.pareto_axes(data)])
-        front = set(done["trial_id"][mask])
+    front = F.front_ids(data, ranked)
     test = m.replace("val/", "test/", 1)
     metric_cols = [o.metric for o in data.objectives[1:]] + ["val/base", "val/new", test, "trainable_params"]
     metric_cols = [c for i, c in enumerate(metric_cols) if c in ranked.columns and c not in metric_cols[:i]]
@@ -203,9 +318,11 @@ def _leaderboard(data: SweepData) -> tuple[str, int]:
     ]
     out.append("</tr></thead><tbody>")
     for i, r in enumerate(ranked.to_dict("records"), 1):
+        # the family column says whose parameter it is: "adapter.r", not "lora:adapter.r"
         params = " ".join(
-            f"{k[6:]}={_fmt(v)[0]}" for k, v in r.items() if k.startswith("param:") and _fmt(v)[0] != ""
-        )
+            f"{k[6:].split(':', 1)[-1]}={_param_text(v)}" for k, v in r.items()
+            if k.startswith("param:") and _fmt(v)[0] != ""
+        )  # fmt: skip
         tid = str(r["trial_id"])
         cells = [(str(i), str(i)), (tid + (" *" if tid in front else ""), tid), _fmt(r.get("family")),
                  _fmt(r.get("status")), _fmt(r.get("rank_value")), _fmt(r.get("best_report")), _fmt(r.get(m)),
@@ -215,7 +332,10 @@ def _leaderboard(data: SweepData) -> tuple[str, int]:
             cls = "text" if j in text_cols else ""
             if j == 3:
                 cls += f" status-{html.escape(shown)}"
-            row.append(f"<td class='{cls}' data-v='{html.escape(key)}'>{html.escape(shown)}</td>")
+            text = html.escape(shown)
+            if j == 1 and tid in linked:
+                text = f"<a class='trial-link' href='#trial-{html.escape(tid)}'>{text}</a>"
+            row.append(f"<td class='{cls}' data-v='{html.escape(key)}'>{text}</td>")
         row.append(f"<td class='params' data-v='{html.escape(params)}'>{html.escape(params)}</td></tr>")
         out.append("".join(row))
     out.append("</tbody></table></div>")
@@ -225,6 +345,10 @@ def _leaderboard(data: SweepData) -> tuple[str, int]:
             f"<p class='note'>showing the best {shown} of {total} trials; all are in trials.parquet</p>"
         )
     return "".join(out), shown
+
+
+def _param_text(v: Any) -> str:
+    return F.fmt_number(v) if isinstance(v, float) else str(v)
 
 
 def _simple_table(df: pd.DataFrame) -> str:
@@ -247,7 +371,16 @@ def _simple_table(df: pd.DataFrame) -> str:
     return "".join(out)
 
 
-def _render(data: SweepData, sections: list[dict], figs: dict[str, Any], pio: Any, plotly_js: str) -> str:
+def _script_json(text: str) -> str:
+    """JSON text made safe inside a <script> element: every "<" (only ever inside a JSON string) becomes its
+    escape, so no value (a config, an error message) can close the element or open a comment."""
+    return text.replace("<", "\\u003c")
+
+
+def _render(
+    data: SweepData, sections: list[dict], figs: dict[str, Any], trials: list[dict], parent: dict | None,
+    refresh_s: float | None, pio: Any, plotly_js: str,
+) -> str:  # fmt: skip
     from jinja2 import Environment, FileSystemLoader, TemplateNotFound, select_autoescape
     from markupsafe import Markup
 
@@ -259,9 +392,13 @@ def _render(data: SweepData, sections: list[dict], figs: dict[str, Any], pio: An
         raise RanksearchError(
             f"report template {root / TEMPLATE} not found (set $RANKSEARCH_DASHBOARDS to the dashboards/ folder)"
         ) from None
-    # one JSON object of all figures; "</" escaped so no figure text can close the <script> element
+    # one JSON object of all figures (drawn on load), one of the trial details (drawn when a trial is opened)
     parts = [f"{json.dumps(k)}: {pio.to_json(f, validate=False)}" for k, f in figs.items()]
-    figures_json = ("{" + ", ".join(parts) + "}").replace("</", "<\\/")
+    figures_json = _script_json("{" + ", ".join(parts) + "}")
+    records = []
+    for t in trials:
+        records.append(json.dumps(t, default=str, allow_nan=False))  # figure dicts of plain values
+    trials_json = _script_json("[" + ", ".join(records) + "]")
     t = data.trials
     counts = t["status"].value_counts().to_dict() if len(t) else {}
     best = data.ranked()
@@ -276,14 +413,14 @@ def _render(data: SweepData, sections: list[dict], figs: dict[str, Any], pio: An
     sweep = {
         "name": data.manifest.name, "status": data.manifest.status, "trials": len(t), "folder": str(data.folder),
         "objectives": ", ".join(f"{o.metric} ({o.mode})" for o in data.objectives),
-        "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S"), "parent": parent, "refresh_s": refresh_s,
     }  # fmt: skip
     for s in sections:
         if s.get("table"):
             s["table"] = Markup(s["table"])
     return template.render(
         sweep=sweep, summary=summary, sections=sections, plotly_js=Markup(plotly_js),
-        figures_json=Markup(figures_json),
+        figures_json=Markup(figures_json), trials_json=Markup(trials_json),
     )  # fmt: skip
 
 

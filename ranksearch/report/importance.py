@@ -18,8 +18,13 @@ from typing import Any
 TIMEOUT_S = 120.0
 
 
-def importances(journal: Path, study_name: str, objective: int, mode: str) -> dict[str, float] | None:
-    """Importances of every parameter for objective ``objective`` (None: fewer than 3 completed trials)."""
+def importances(
+    journal: Path, study_name: str, objective: int, mode: str
+) -> tuple[dict[str, float] | None, int]:
+    """(importance of every parameter for objective ``objective``, completed trials they come from).
+
+    The importances are None below 3 completed trials; few trials make them rough, which the report says.
+    """
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -29,9 +34,10 @@ def importances(journal: Path, study_name: str, objective: int, mode: str) -> di
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
-        return None
-    if len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))) < 3:
-        return None
+        return None, 0
+    n = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    if n < 3:
+        return None, n
     # Optuna's default evaluator measures what it takes to get LOW target values: negate maximised objectives
     sign = -1.0 if mode == "max" else 1.0
     with warnings.catch_warnings():
@@ -39,9 +45,9 @@ def importances(journal: Path, study_name: str, objective: int, mode: str) -> di
         try:
             from optuna.importance import get_param_importances
 
-            return get_param_importances(study, target=lambda t: sign * t.values[objective])
+            return get_param_importances(study, target=lambda t: sign * t.values[objective]), n
         except (RuntimeError, ValueError, ZeroDivisionError):
-            return None
+            return None, n
 
 
 def start(data: Any, objective: int = 0) -> subprocess.Popen | None:
@@ -56,26 +62,33 @@ def start(data: Any, objective: int = 0) -> subprocess.Popen | None:
 
 
 def collect(proc: subprocess.Popen | None) -> dict[str, float] | None:
-    """The child's answer (None if it failed: importances are a nicety, never a reason to fail the report)."""
+    """The child's importances (None if it failed: importances are a nicety, never a reason to fail the report)."""
+    return collect_with_count(proc)[0]
+
+
+def collect_with_count(proc: subprocess.Popen | None) -> tuple[dict[str, float] | None, int]:
+    """(importances or None, completed trials they come from) from the child process."""
     if proc is None:
-        return None
+        return None, 0
     try:
         stdout, _ = proc.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
-        return None
+        return None, 0
     if proc.returncode != 0:
-        return None
+        return None, 0
     try:
-        return json.loads(stdout.strip().splitlines()[-1]) or None
-    except (json.JSONDecodeError, IndexError):
-        return None
+        answer = json.loads(stdout.strip().splitlines()[-1])
+        return (answer["values"] or None), int(answer["trials"])
+    except (json.JSONDecodeError, IndexError, KeyError, TypeError, ValueError):
+        return None, 0
 
 
 def main(argv: list[str]) -> int:
     journal, study, objective, mode = argv
-    print(json.dumps(importances(Path(journal), study, int(objective), mode)))
+    values, n = importances(Path(journal), study, int(objective), mode)
+    print(json.dumps({"values": values, "trials": n}))
     return 0
 
 
