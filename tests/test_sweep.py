@@ -147,6 +147,34 @@ def test_mlflow_has_one_parent_and_a_child_per_trial(synthetic_sweep):
     assert len(table) == 8 and {r["trial_id"] for r in table} == set(rows)
 
 
+def test_mlflow_records_the_sweep_the_mlflow_way(synthetic_sweep):
+    """A model-training experiment; pruned trials KILLED and filterable; no bookkeeping metrics; no "None"
+    params; MLflow's own context tags; Optuna's objectives named for optuna-dashboard."""
+    _, space, result = synthetic_sweep
+    client, parents, children = children_and_parents(result.tracking_uri, result.experiment)
+    exp = client.get_experiment_by_name(result.experiment)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    rows = {r["trial_id"]: r for r in result.rows}
+    pruned = {t for t, r in rows.items() if r["status"] == "pruned"}
+    assert pruned
+    want = {"completed": "FINISHED", "pruned": "KILLED", "error": "FAILED", "failed": "FAILED"}
+    for c in children:
+        assert c.info.status == want[rows[c.data.tags["ranksearch.trial_id"]]["status"]]
+    found = client.search_runs([exp.experiment_id], filter_string="tags.`ranksearch.status` = 'pruned'")
+    assert {r.data.tags["ranksearch.trial_id"] for r in found} == pruned
+    killed = client.search_runs([exp.experiment_id], filter_string="attributes.status = 'KILLED'")
+    assert {r.data.tags["ranksearch.trial_id"] for r in killed} == pruned
+    for run in [*parents, *children]:
+        assert not {"step", "eval_step", "replicate", "replicates", "total_steps"} & set(run.data.metrics)
+        assert "None" not in run.data.params.values(), run.data.params
+        assert run.data.tags["mlflow.source.name"] == str(space.resolve())
+        assert run.data.tags["mlflow.source.type"] == "LOCAL" and run.data.tags["mlflow.user"]
+        assert "version.ray" in run.data.tags and "git.sha" not in run.data.tags
+    assert "val/hm" in next(c for c in children if c.info.status == "FINISHED").data.metrics
+    assert "ranksearch report" in parents[0].data.tags["mlflow.note.content"]
+    assert load_study(result.folder).metric_names == ["val/hm"]
+
+
 def test_existing_folder_needs_resume(synthetic_sweep):
     from ranksearch.sweep.tuner import run_sweep
 

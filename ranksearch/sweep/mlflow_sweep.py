@@ -31,30 +31,30 @@ log = logging.getLogger(__name__)
 TRIAL_TAG, SWEEP_TAG = "ranksearch.trial_id", "ranksearch.sweep"
 
 
-def experiment_id(client: Any, name: str, artifact_location: str | None) -> str:
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
-
-
 def create_parent_run(
     uri: str, experiment: str, sweep: str, params: dict[str, Any], artifact_location: str | None
 ) -> str:
-    """The sweep's parent run (called once per sweep; its id is kept in sweep.json)."""
+    """The sweep's parent run (called once per sweep; its id is kept in sweep.json), in a model-training
+    experiment, with MLflow's context tags (source: the space file) and a description for the UI."""
     from mlflow.entities import Param
     from mlflow.tracking import MlflowClient
 
-    from ranksearch.tracking.mlflow_log import reproducibility_tags
+    from ranksearch.tracking.mlflow_log import experiment_id, param_values, reproducibility_tags
 
     client = MlflowClient(tracking_uri=uri)
     exp = experiment_id(client, experiment, artifact_location)
+    note = (
+        f"ranksearch sweep **{sweep}** over `{params.get('space_file', '?')}`: {params.get('trials', '?')} trials; "
+        f"objectives {params.get('objectives', '?')}. Child runs are the trials (`tags.ranksearch.status` = "
+        f"completed / pruned / failed / error). Dashboard: `ranksearch report {sweep}`."
+    )
     run = client.create_run(
         exp,
         run_name=f"sweep-{sweep}",
-        tags={SWEEP_TAG: sweep, "ranksearch.kind": "sweep", **reproducibility_tags()},
-    )
-    items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        tags={SWEEP_TAG: sweep, "ranksearch.kind": "sweep", "mlflow.note.content": note,
+              **reproducibility_tags(source=params.get("space_file"))},
+    )  # fmt: skip
+    items = [Param(k, v) for k, v in param_values(params).items()]
     for i in range(0, len(items), 100):
         client.log_batch(run.info.run_id, params=items[i : i + 100])
     return run.info.run_id
@@ -68,11 +68,12 @@ class MlflowSweepCallback(Callback):
         self.folder = folder
         self._journal: Any = None
         self._cleaned = False
+        self._context: dict[str, str] | None = None  # MLflow context tags of every child run
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles callbacks into tuner.pkl: no open file or client, and a restored driver starts fresh
         state = self.__dict__.copy()
-        state.update(_journal=None, _cleaned=False)
+        state.update(_journal=None, _cleaned=False, _context=None)
         return state
 
     # ----------------------------------------------------------------------------------------------- runs
@@ -99,13 +100,15 @@ class MlflowSweepCallback(Callback):
 
     def _child_spec(self, trial: Any) -> dict[str, Any]:
         from ranksearch.sweep.folder import safe_name
-        from ranksearch.tracking.mlflow_log import flatten
+        from ranksearch.tracking.mlflow_log import flatten, param_values, reproducibility_tags
 
         params = dict(trial.config)
         family = str(params.get("adapter.family", self.space.default_family))
+        if getattr(self, "_context", None) is None:  # the same for every trial: computed once (runs git)
+            self._context = reproducibility_tags(source=self.space.source)
         tags = {
-            "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id, SWEEP_TAG: self.sweep,
-            "family": family, "ranksearch.kind": "trial",
+            **self._context, "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id,
+            SWEEP_TAG: self.sweep, "family": family, "ranksearch.kind": "trial",
         }  # fmt: skip
         items = {f"search/{k}": v for k, v in params.items()}
         try:
@@ -115,7 +118,7 @@ class MlflowSweepCallback(Callback):
         return {
             "run_name": safe_name(f"{trial.trial_id}-{family}"),
             "tags": tags,
-            "params": {k: str(v)[:6000] for k, v in items.items()},
+            "params": param_values(items),
         }
 
     # ------------------------------------------------------------------------------------------ callbacks
@@ -140,13 +143,12 @@ class MlflowSweepCallback(Callback):
         self._send("tags", trial.trial_id, tags={"ranksearch.retries": str(trial.num_failures)})
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        from ranksearch.tracking.mlflow_log import metric_values
+
         step = int(result.get("training_iteration", 0))
         ts = int(time.time() * 1000)
-        items = [
-            [k, float(v), ts, step]
-            for k, v in result.items()
-            if k not in TUNE_KEYS and _finite(v) and not k.startswith("config/")
-        ]
+        reported = {k: v for k, v in result.items() if k not in TUNE_KEYS and not k.startswith("config/")}
+        items = [[k, v, ts, step] for k, v in metric_values(reported).items()]
         if "time_total_s" in result and _finite(result["time_total_s"]):
             items.append(["time_total_s", float(result["time_total_s"]), ts, step])
         # keyed by (trial, key, step): a tail re-run after --resume or a node loss is not logged twice
@@ -157,7 +159,9 @@ class MlflowSweepCallback(Callback):
 
         status = trial_status(trial, "TERMINATED")
         reason = str((trial.last_result or {}).get("error") or "") if status == "failed" else None
-        self._finish(trial, status, "FINISHED" if status != "failed" else "FAILED", reason)
+        # pruned: KILLED (stopped by the scheduler), so the runs table tells them from finished trials
+        mlflow_status = {"completed": "FINISHED", "pruned": "KILLED"}.get(status, "FAILED")
+        self._finish(trial, status, mlflow_status, reason)
         self.write_table(trials, {trial.trial_id: "TERMINATED"})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

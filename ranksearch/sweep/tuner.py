@@ -254,6 +254,7 @@ def _new_tuner(
         study_name=manifest.study_name, storage=JournalStorage(JournalFileBackend(str(folder / JOURNAL))),
         tune_dir=str(folder / TUNE_DIR),
     )  # fmt: skip
+    name_objectives(searcher._ot_study, space)
     if warm_start is not None:
         n = add_warm_start(searcher._ot_study, space, Path(warm_start))
         log.info("warm start: %d completed trials from %s", n, warm_start)
@@ -295,6 +296,15 @@ def _use_callbacks(tuner: Any, callbacks: list) -> None:
             "Ray Tune's restored Tuner no longer exposes its run config; update ranksearch.sweep.tuner"
         )
     run_config.callbacks = callbacks
+
+
+def name_objectives(study: Any, space: SearchSpace) -> None:
+    """Name the study's objectives after the metrics, so optuna-dashboard says "val/hm", not "Objective 0"."""
+    import warnings
+
+    with warnings.catch_warnings():  # set_metric_names is marked experimental in Optuna 5
+        warnings.simplefilter("ignore")
+        study.set_metric_names([o.metric for o in space.spec.objectives])
 
 
 def trial_dirname(trial: Any) -> str:
