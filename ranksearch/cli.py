@@ -174,11 +174,17 @@ def trial(
             run_name = config.tracking.run_name or f"trial-{config.adapter.family}"
             tracker = MlflowTracker(
                 tracking_uri or config.tracking.uri, config.tracking.experiment,
-                run_name=f"{run_name}-seed{seed}" if seeds else run_name,
+                run_name=f"{run_name}-seed{seed}" if seeds else run_name, source=config_file,
             )  # fmt: skip
             trackers.append(tracker)
         seed_dir = folder / f"seed-{seed}" if seeds else folder
         result = run_trial(run_config, output_dir=seed_dir, tracker=tracker, progress=not (quiet or as_json))
+        if tracker is not None and tracker.run_id:  # `ranksearch export` links its model to this run
+            from ranksearch.tracking.mlflow_model import TRIAL_RUN_FILE
+
+            (seed_dir / TRIAL_RUN_FILE).write_text(
+                json.dumps({"tracking_uri": tracker.uri, "run_id": tracker.run_id})
+            )
         if result.status != "completed":
             raise RanksearchError(f"trial failed (seed {seed}): {result.error} (outputs in {seed_dir})")
         results.append(result.metrics)
@@ -302,6 +308,16 @@ def export(
         str | None,
         typer.Option(help="with a run id: the MLflow store (default: local sweeps, $MLFLOW_TRACKING_URI)"),
     ] = None,
+    mlflow: Annotated[
+        bool,
+        typer.Option("--mlflow/--no-mlflow", help="log the export as an MLflow model of the trial's run"),
+    ] = True,
+    register: Annotated[
+        str | None, typer.Option(help="also register it in the MLflow model registry under this name")
+    ] = None,
+    alias: Annotated[
+        str, typer.Option(help="with --register: the alias pointed at the new version")
+    ] = "champion",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the export folder")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the export manifest as JSON")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="show the full traceback on errors")] = False,
@@ -316,7 +332,7 @@ def export(
     import tempfile
 
     _configure_logging(False)
-    from ranksearch.export import export_trial
+    from ranksearch.export import export_trial, log_export, trial_run
     from ranksearch.report.data import find_sweep
     from ranksearch.report.locate import trial_source
 
@@ -330,7 +346,13 @@ def export(
     with tempfile.TemporaryDirectory(prefix="rs-export-") as scratch:
         trial_dir, what = trial_source(source, trial_id, tracking_uri, Path(scratch))
         manifest = export_trial(trial_dir, out_dir)
+        run = trial_run(source, trial_dir, tracking_uri) if (mlflow or register) else None
     manifest["exported"] = what
+    if register and run is None:
+        raise RanksearchError(f"--register needs the trial's MLflow run, and none is known for {what}")
+    if run is not None:
+        manifest["mlflow"] = log_export(out_dir, run, register, alias)
+        (out_dir / "export.json").write_text(json.dumps(manifest, indent=2))
     if as_json:
         out.print_json(json.dumps(manifest))
         return
@@ -343,6 +365,17 @@ def export(
         highlight=False, soft_wrap=True,
     )  # fmt: skip
     out.print(f"  load with: {manifest['load_with']}", highlight=False, soft_wrap=True)
+    logged = manifest.get("mlflow")
+    if logged:
+        reg = logged.get("registered")
+        where = (
+            f"registered as {reg['name']} version {reg['version']}: {reg['uri']}"
+            if reg
+            else logged["model_uri"]
+        )
+        out.print(f"  MLflow model of run {logged['run_id']}: {where}", highlight=False, soft_wrap=True)
+        out.print(f"  load with MLflow: mlflow.pyfunc.load_model({(reg or {}).get('uri', logged['model_uri'])!r})",
+                  highlight=False, soft_wrap=True)  # fmt: skip
 
 
 @app.command(epilog="Example:\n\n  ranksearch families")

@@ -100,3 +100,74 @@ def rebuild_base(config):
 
     torch.manual_seed(config.seed)
     return build_model(config.model.name, config.model.pretrained)
+
+
+# ------------------------------------------------------------------------------------------------- MLflow
+def trial_run(source: str, trial_dir: Path, tracking_uri: str | None = None) -> tuple[str, str] | None:
+    """(tracking URI, run id) of the MLflow run the exported trial belongs to, or None when none is known.
+
+    A sweep trial's child run (found by its ``ranksearch.trial_id`` tag), the run id the export was pointed at
+    (a sweep's parent run: its best trial's run), or the run ``ranksearch trial`` recorded in the folder.
+    """
+    from ranksearch.report.locate import RUN_ID, _candidate_uris, _holds_run
+    from ranksearch.tracking.mlflow_model import trial_run_of
+
+    recorded = trial_run_of(trial_dir)
+    if recorded is not None:
+        return recorded
+    if RUN_ID.match(source):
+        uri = next((u for u in _candidate_uris(tracking_uri) if _holds_run(u, source)), None)
+        if uri is None:
+            return None
+        from mlflow.tracking import MlflowClient
+
+        tags = MlflowClient(tracking_uri=uri).get_run(source).data.tags
+        if tags.get("ranksearch.kind") == "sweep":  # a sweep's parent run: its best trial's run
+            return uri, tags.get("best.run_id") or source
+        return uri, source
+    trial_dir = Path(trial_dir).resolve()
+    sweep = next((p for p in trial_dir.parents if (p / "sweep.json").is_file()), None)
+    if sweep is None or "trials" not in trial_dir.relative_to(sweep).parts[:1]:
+        return None
+    from ranksearch.report.data import open_sweep
+    from ranksearch.report.detail import run_ids
+
+    data = open_sweep(sweep)
+    run = run_ids(data)[0].get(trial_dir.relative_to(sweep).parts[1])
+    return (data.manifest.tracking_uri, run) if run else None
+
+
+def log_export(
+    export_dir: Path, run: tuple[str, str], register: str | None = None, alias: str = "champion"
+) -> dict:
+    """Log an export folder as a ``LoggedModel`` of the trial run ``run`` (reusing one an earlier export of
+    that run logged) and, with ``register``, register it under that name with ``alias``.
+
+    Returns:
+        {"run_id", "model_id", "model_uri", "tracking_uri"} and, when registered, "registered" (name, version,
+        alias, uri).
+    """
+    from mlflow.tracking import MlflowClient
+
+    from ranksearch.config import load_trial_config
+    from ranksearch.tracking.mlflow_model import log_exported_model, logged_model_of
+    from ranksearch.tracking.mlflow_model import register as do_register
+
+    uri, run_id = run
+    model = logged_model_of(uri, run_id)
+    if model is None:
+        config = load_trial_config(Path(export_dir) / "config.yaml")
+        metrics = MlflowClient(tracking_uri=uri).get_run(run_id).data.metrics
+        model = log_exported_model(Path(export_dir), uri, run_id, config, metrics)
+    out = {
+        "run_id": run_id,
+        "model_id": model.model_id,
+        "model_uri": f"models:/{model.model_id}",
+        "tracking_uri": uri,
+    }
+    if register:
+        tags = {k: v for k, v in (model.tags or {}).items() if k.startswith("ranksearch.")}
+        version = do_register(uri, model.model_id, register, alias, tags)
+        out["registered"] = {"name": register, "version": int(version.version), "alias": alias,
+                             "uri": f"models:/{register}@{alias}"}  # fmt: skip
+    return out

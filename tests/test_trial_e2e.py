@@ -60,6 +60,10 @@ def test_trial_cli_logs_a_complete_mlflow_run(trial_file, tmp_path, capsys):
     )
     for key in ("val/hm", "test/base", "test/new", "test/hm", "zs/test/hm", "trainable_params"):
         assert key in run.data.metrics, key
+    assert not {"step", "total_steps"} & set(run.data.metrics)  # bookkeeping, not measurements
+    assert "None" not in run.data.params.values()
+    assert run.data.tags["mlflow.source.name"] == str(trial_file.resolve())
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     assert run.data.metrics["trainable_params"] == 5 * 3 * 4 * 128
     losses = client.get_metric_history(run.info.run_id, "train/loss")
     assert [m.step for m in losses] == [2, 4, 6, 8, 10, 12]

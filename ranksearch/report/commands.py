@@ -290,6 +290,13 @@ def best(
         Path | None, typer.Option("--out", "-o", help="write the YAML here (default: print)")
     ] = None,
     trial: Annotated[str | None, typer.Option(help="this trial instead of the best one")] = None,
+    register: Annotated[
+        str | None,
+        typer.Option(help="put the trial's merged model in the MLflow model registry under this name"),
+    ] = None,
+    alias: Annotated[
+        str, typer.Option(help="with --register: the alias pointed at the new version")
+    ] = "champion",
     storage: Storage = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
@@ -324,18 +331,53 @@ def best(
     text = header + dump_trial_config(config)
     if out_file:
         out_file.write_text(text)
+    registered = _register(data, row, register, alias, quiet or as_json) if register else None
     if as_json:
         _print_json({"trial_id": row["trial_id"], "metrics": metrics, "params": params,
-                     "config": config.model_dump(mode="json"), "path": str(out_file) if out_file else None})  # fmt: skip
+                     "config": config.model_dump(mode="json"), "path": str(out_file) if out_file else None,
+                     "registered": registered})  # fmt: skip
+    elif registered:
+        reg = registered["registered"]
+        out.print(reg["uri"] if quiet else f"registered trial {row['trial_id']} as {reg['name']} version "
+                  f"{reg['version']} (alias {reg['alias']}): {reg['uri']}\n  load with MLflow: "
+                  f"mlflow.pyfunc.load_model({reg['uri']!r})", highlight=False, soft_wrap=True)  # fmt: skip
     elif out_file:
         out.print(str(out_file) if quiet else f"wrote {out_file} (trial {row['trial_id']})", highlight=False)
     else:
         typer.echo(text if not quiet else dump_trial_config(config), nl=False)
 
 
+def _register(data: Any, row: dict[str, Any], name: str, alias: str, silent: bool) -> dict[str, Any]:
+    """Export the trial into SWEEP/exports/<trial> (once), log it as its run's MLflow model, register it."""
+    from ranksearch.export import export_trial, log_export
+    from ranksearch.report.data import trial_folder
+    from ranksearch.report.detail import run_ids
+
+    tid = str(row["trial_id"])
+    if row.get("status") != "completed":
+        raise RanksearchError(
+            f"trial {tid} did not complete ({row.get('status')}): it has no model to register"
+        )
+    source = trial_folder(data.folder, tid)
+    if source is None:
+        raise RanksearchError(f"trial {tid} has no adapter.safetensors under {data.folder / 'trials' / tid}")
+    run = run_ids(data)[0].get(tid)
+    if run is None:
+        raise RanksearchError(
+            f"trial {tid} has no MLflow run in {data.manifest.tracking_uri}: nothing to link to"
+        )
+    target = data.folder / "exports" / tid
+    if not (target / "export.json").is_file():
+        if not silent:
+            err.print(f"exporting trial {tid} to {target}", highlight=False)
+        export_trial(source, target)
+    return log_export(target, (data.manifest.tracking_uri, run), name, alias)
+
+
 BEST_EPILOG = (
     "Examples:\n\n  ranksearch best quickstart > best.yaml && ranksearch trial best.yaml\n\n"
-    "  ranksearch best quickstart --trial 3f2a1b0c --out trial.yaml"
+    "  ranksearch best quickstart --trial 3f2a1b0c --out trial.yaml\n\n"
+    "  ranksearch best quickstart --register quickstart-clip   # the champion in the MLflow model registry"
 )
 
 

@@ -144,7 +144,11 @@ def write_fake_sweep(
 
 
 def _child_runs(uri: str, parent: str, sweep: str, rows: list[dict[str, Any]]) -> None:
-    """One child run per trial, tagged as ``sweep.mlflow_sweep`` tags them, ended with the trial's status."""
+    """One child run per trial, tagged as ``sweep.mlflow_sweep`` tags them, with its last metrics, ended as the
+    sweep ends it (pruned: KILLED)."""
+    import time
+
+    from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
     from ranksearch.sweep.mlflow_sweep import SWEEP_TAG, TRIAL_TAG
@@ -155,8 +159,13 @@ def _child_runs(uri: str, parent: str, sweep: str, rows: list[dict[str, Any]]) -
         tags = {"mlflow.parentRunId": parent, TRIAL_TAG: row["trial_id"], SWEEP_TAG: sweep,
                 "ranksearch.status": row["status"], "family": row["family"]}  # fmt: skip
         run = client.create_run(experiment, run_name=f"{row['trial_id']}-{row['family']}", tags=tags)
-        done = row["status"] in ("completed", "pruned")
-        client.set_terminated(run.info.run_id, status="FINISHED" if done else "FAILED")
+        ts = int(1000 * time.time())
+        metrics = [Metric(k, float(v), ts, int(row["reports"])) for k, v in row.items()
+                   if k.startswith(("val/", "test/")) and isinstance(v, float) and math.isfinite(v)]  # fmt: skip
+        if metrics:
+            client.log_batch(run.info.run_id, metrics=metrics)
+        status = {"completed": "FINISHED", "pruned": "KILLED"}.get(row["status"], "FAILED")
+        client.set_terminated(run.info.run_id, status=status)
 
 
 def _write_tune_results(
@@ -264,7 +273,10 @@ def _write_journal(path: Path, space: Any, finished: list[tuple[dict, str, dict]
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = JournalStorage(JournalFileBackend(str(path)))
+    from ranksearch.sweep.tuner import name_objectives
+
     study = optuna.create_study(storage=storage, study_name="ranksearch", directions=directions(space))
+    name_objectives(study, space)
     objectives = [o.metric for o in space.spec.objectives]
     trials = []
     for params, status, final in finished:
