@@ -222,16 +222,22 @@ def validate(
     set_: Annotated[list[str], typer.Option("--set", help="override a field: section.field=value")] = [],  # noqa: B006
 ) -> None:
     """Check configs without running anything; print every problem with its field path (exit 2 if any)."""
+    from rich.markup import escape
+
     failed = 0
     for path in files:
         try:
             config = load_config_file(path, set_, None)
         except ConfigError as e:
             failed += 1
-            console.print(f"[red]✗ {path}[/red]\n{e}", highlight=False)
+            console.print(
+                f"[red]✗[/red] {escape(printable(str(path)))}: {escape(printable(e.describe(with_source=False)))}",
+                highlight=False,
+                soft_wrap=True,
+            )
             continue
         out.print(
-            f"[green]✓ {path}[/green]: {config.adapter.family} on {config.placement.towers} "
+            f"[green]✓ {escape(printable(str(path)))}[/green]: {config.adapter.family} on {config.placement.towers} "
             f"{config.placement.layers} {','.join(config.placement.matrices)}, task {config.data.task}"
         )
     if failed:
@@ -406,32 +412,106 @@ app.command()(sweep)  # its docstring carries the examples
 app.command(epilog="Examples:\n\n  ranksearch schema --out ranksearch-space.schema.json")(schema)
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from ranksearch import __version__
+
+        out.print(f"ranksearch {__version__}", highlight=False)
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="print the ranksearch version and exit", is_eager=True, callback=_print_version
+        ),
+    ] = False,
+) -> None:
+    pass
+
+
+def printable(text: str) -> str:
+    """``text`` safe for any terminal: escapes lone surrogates (undecodable bytes in argv or file names)."""
+    return str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _error(message: str) -> None:
+    """One error for the user on stderr, never read as rich markup (``params[train.lr]`` stays as written)."""
+    from rich.markup import escape
+
+    console.print(f"[red]error:[/red] {escape(printable(message))}", highlight=False, soft_wrap=True)
+
+
+def _usage_message(e: Exception) -> str:
+    """One line for a usage error: what is wrong, and where the command's help is."""
+    from typer._click.exceptions import NoSuchOption
+
+    ctx = getattr(e, "ctx", None)
+    command = ctx.command_path if ctx is not None else "ranksearch"
+    if isinstance(e, NoSuchOption):
+        message = f"no such option {e.option_name} for '{command}'"
+        if e.possibilities:
+            message += f" (did you mean {' or '.join(sorted(e.possibilities))}?)"
+    else:
+        message = e.format_message().strip()
+    if not message.endswith((".", "?", ")")):
+        message += "."
+    return f"{message} See '{command} --help'."
+
+
 def main(argv: list[str] | None = None) -> Any:
-    """Entry point: run the app, turning ranksearch errors into one message and an exit status."""
-    debug = (
-        "--debug" in (argv if argv is not None else sys.argv[1:]) or os.environ.get("RANKSEARCH_DEBUG") == "1"
-    )
+    """Entry point: run the app with one error path.
+
+    Usage and input errors (a bad argument, option or config field) print one line naming it and exit 2; a
+    failure while working prints one line and exits 1 (``RanksearchError`` subclasses choose); an unexpected
+    exception is reported as an internal error (exit 1). Tracebacks only with ``--debug`` or
+    ``RANKSEARCH_DEBUG=1``.
+    """
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError, UsageError
+    from typer.exceptions import Abort
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("RANKSEARCH_DEBUG") == "1"
     try:
-        rc = app(args=argv, standalone_mode=False)
+        rc = app(args=args, prog_name="ranksearch", standalone_mode=False)
+    except NoArgsIsHelpError as e:  # bare `ranksearch`: the help is the answer
+        e.show()
+        sys.exit(2)
+    except UsageError as e:
+        if debug:
+            raise
+        _error(_usage_message(e))
+        sys.exit(2)
+    except ClickException as e:
+        if debug:
+            raise
+        _error(e.format_message())
+        sys.exit(e.exit_code)
     except RanksearchError as e:
         if debug:
             raise
-        console.print(f"[red]error:[/red] {e}", highlight=False)
+        _error(str(e))
         sys.exit(e.exit_code)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Abort):
         console.print("interrupted")
         sys.exit(130)
     except typer.Exit as e:
         sys.exit(e.exit_code)
-    except Exception as e:  # click usage errors and friends
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(1)
-        raise
+    except OSError as e:  # the machine, not ranksearch: disk full, permission denied, a vanished file
+        if debug:
+            raise
+        where = f": {e.filename}" if getattr(e, "filename", None) else ""
+        _error(f"{e.strerror or e}{where}")
+        sys.exit(1)
+    except Exception as e:
+        if debug:
+            raise
+        _error(
+            f"internal error ({type(e).__name__}: {e}); rerun with --debug for the traceback and report it"
+        )
+        sys.exit(1)
     if isinstance(rc, int) and rc != 0:  # click returns (not raises) Exit codes when standalone_mode=False
         sys.exit(rc)
     return None

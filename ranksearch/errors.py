@@ -14,16 +14,30 @@ class RanksearchError(Exception):
 
 
 class ConfigError(RanksearchError):
-    """A trial config or search space is invalid. ``problems`` lists (field path, message) pairs."""
+    """A trial config or search space is invalid. ``problems`` lists (field path, message) pairs.
+
+    One problem reads as one line (``train.lr: must be > 0 (in my.yaml)``); several as a header and one line
+    each. The path ``<file>`` means the file itself (unreadable, not YAML, ...).
+    """
 
     exit_code = 2
 
     def __init__(self, problems: list[tuple[str, str]], source: str | None = None):
         self.problems = problems
         self.source = source
+        super().__init__(self.describe())
+
+    def describe(self, with_source: bool = True) -> str:
+        """The message, naming the source file unless ``with_source`` is False (the caller names it)."""
+        source = self.source if with_source else None
+        if len(self.problems) == 1:
+            path, msg = self.problems[0]
+            if path == "<file>":
+                return f"{source}: {msg}" if source else msg
+            return f"{path}: {msg}" + (f" (in {source})" if source else "")
         where = f" in {source}" if source else ""
-        lines = [f"{len(problems)} problem(s){where}:"] + [f"  {path}: {msg}" for path, msg in problems]
-        super().__init__("\n".join(lines))
+        lines = [f"{len(self.problems)} problem(s){where}:"] + [f"  {p}: {m}" for p, m in self.problems]
+        return "\n".join(lines)
 
 
 class ModelLoadError(RanksearchError):

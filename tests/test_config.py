@@ -40,7 +40,7 @@ def test_defaults_are_clip_lora():
 
 
 def test_yaml_round_trip(tmp_path):
-    c = validate_trial_config({"adapter": {"family": "lora", "r": 8}, "placement": {"layers": [0, 2]}})
+    c = validate_trial_config({"adapter": {"family": "lora", "r": 8}, "placement": {"layers": [0, 1]}})
     path = tmp_path / "c.yaml"
     path.write_text(dump_trial_config(c))
     assert load_trial_config(path) == c

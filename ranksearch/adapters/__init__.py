@@ -6,22 +6,20 @@ stay free of torch, so commands that only read configs start fast.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-_EXPORTS = {
-    "AdapterFamily": "base",
-    "AdapterLayer": "base",
-    "Site": "base",
-    "all_families": "registry",
-    "family_names": "registry",
-    "get_family": "registry",
-    "register_family": "registry",
-}
-__all__ = sorted(_EXPORTS)
+_BASE = ("AdapterFamily", "AdapterLayer", "Site")
+_REGISTRY = ("all_families", "family_names", "get_family", "register_family")
+__all__ = sorted(_BASE + _REGISTRY)
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'ranksearch.adapters' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"ranksearch.adapters.{_EXPORTS[name]}"), name)
+    if name in _BASE:
+        from ranksearch.adapters import base
+
+        return getattr(base, name)
+    if name in _REGISTRY:
+        from ranksearch.adapters import registry
+
+        return getattr(registry, name)
+    raise AttributeError(f"module 'ranksearch.adapters' has no attribute {name!r}")

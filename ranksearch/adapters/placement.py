@@ -8,8 +8,10 @@ exactly CLIP-LoRA's index tables (bottom = 0-3, mid = 4-7, up = 8-11, half-up = 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
-from ranksearch.adapters.base import Site
+if TYPE_CHECKING:  # torch-free at import: ``ranksearch validate`` checks layer selections with layer_indices
+    from ranksearch.adapters.base import Site
 
 ATTENTION_MATRICES = ("q", "k", "v", "o")
 MLP_MATRICES = ("fc", "proj")
@@ -56,6 +58,8 @@ def resolve_sites(
         matrices: subset of q, k, v, o, fc, proj.
         depths: number of blocks per available tower, from ``tower_blocks``.
     """
+    from ranksearch.adapters.base import Site
+
     wanted = ["vision", "text"] if towers == "both" else [towers]
     sites = []
     for tower in wanted:

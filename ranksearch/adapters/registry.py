@@ -8,13 +8,11 @@ config layer can name families without importing torch (their config sections li
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ranksearch.adapters.base import AdapterFamily
 
-BUILTIN = ("adalora", "codyra", "dra", "lora", "rlrr")  # modules of ranksearch.adapters, one family each
 _FAMILIES: dict[str, type[AdapterFamily]] = {}
 
 
@@ -37,8 +35,7 @@ def register_family(cls: type[AdapterFamily]) -> type[AdapterFamily]:
 
 
 def _load_builtins() -> None:
-    for module in BUILTIN:
-        importlib.import_module(f"ranksearch.adapters.{module}")  # registers on import (once)
+    from ranksearch.adapters import adalora, codyra, dra, lora, rlrr  # noqa: F401  (each registers on import)
 
 
 def get_family(name: str) -> type[AdapterFamily]:

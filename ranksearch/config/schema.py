@@ -13,11 +13,14 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from ranksearch.adapters.configs import family_configs
-from ranksearch.config.base import Section
+from ranksearch.config.base import Name, Section, Seed, cross_field
 
 LAYER_POSITIONS = ("all", "bottom", "mid", "up", "half-up", "half-bottom", "top1", "top2", "top3")
 MATRICES = ("q", "k", "v", "o", "fc", "proj")
-_RANGE = re.compile(r"^(\d+)-(\d+)$")
+MAX_LAYER = 1023  # the deepest open_clip tower has 56 blocks
+MAX_STEPS = 10_000_000  # optimizer steps of one trial (CLIP-LoRA's longest runs take 8,000)
+_RANGE = re.compile(r"^(\d{1,4})-(\d{1,4})$")
+_DEVICE = re.compile(r"^(?:auto|cpu|mps|cuda(?::\d{1,3})?)$")
 
 
 class ModelConfig(Section):
@@ -36,7 +39,7 @@ class ModelConfig(Section):
     precision: Literal["fp32", "amp"] = Field(
         "fp32", description="amp: fp16 autocast + GradScaler on CUDA, bf16 autocast on CPU"
     )
-    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', ...")
+    device: str = Field("auto", description="'auto' (cuda if available), 'cpu', 'cuda', 'cuda:1', 'mps'")
     compile: bool = Field(False, description="wrap the model in torch.compile")
     threads: int | Literal["auto"] = Field(
         "auto",
@@ -49,6 +52,24 @@ class ModelConfig(Section):
     def _positive_threads(cls, v: int | str) -> int | str:
         if v != "auto" and v < 1:
             raise ValueError(f"threads must be 'auto' or at least 1, got {v}")
+        return v
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, v: str) -> str:
+        from ranksearch.config.load import suggest
+        from ranksearch.config.models import known_models
+
+        known = known_models()
+        if known and v not in known:
+            raise ValueError(f"unknown open_clip model {v!r}{suggest(v, known)}; see open_clip.list_models()")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        if not _DEVICE.match(v):
+            raise ValueError(f"{v!r} is not a device: 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
         return v
 
 
@@ -69,16 +90,17 @@ class DataConfig(Section):
     )
     sequence: list[str] = Field(
         default_factory=list,
+        max_length=64,
         description="continual: the task sequence; shapeworld domains (e.g. [clutter, lowcontrast, bright]) for "
         "task shapeworld, else task names (each with this section's other settings)",
     )
     shots: int = Field(16, ge=1, le=10_000, description="training images per class")
     val_shots: int | None = Field(
-        None, ge=1, description="validation images per class; default min(shots, 4)"
+        None, ge=1, le=10_000, description="validation images per class; default min(shots, 4)"
     )
-    split_seed: int = Field(1, description="seed of the few-shot sample; every trial of a sweep shares it")
+    split_seed: Seed = Field(1, description="seed of the few-shot sample; every trial of a sweep shares it")
     domain: str = Field("clutter", description="shapeworld rendering domain of the downstream task")
-    test_per_class: int = Field(40, ge=1, description="shapeworld: test images per class")
+    test_per_class: int = Field(40, ge=1, le=10_000, description="shapeworld: test images per class")
     template: str | None = Field(
         None,
         description="prompt template with one '{}', or 'generic' ('a photo of a {}.', CLIP-LoRA) or 'coop' "
@@ -91,15 +113,29 @@ class DataConfig(Section):
     )
     eval_tasks: list[str] = Field(
         default_factory=list,
+        max_length=64,
         description="extra test-only evaluation sets (e.g. imagenet_sketch, imagenetv2, imagenet_a, imagenet_r, "
         "or another CoOp dataset for cross-dataset transfer), read from data.root into Task.extra_tests",
     )
     max_test_per_class: int | None = Field(
         None,
         ge=1,
+        le=1_000_000,
         description="real datasets (fashion-mnist, CoOp, imagefolder, eval_tasks): cap the test split at this many "
         "images per class (seeded) for speed; null = the full test split",
     )
+
+    @field_validator("template")
+    @classmethod
+    def _check_template(cls, v: str | None) -> str | None:
+        if v is None or v in ("generic", "coop"):
+            return v
+        if v.count("{}") != 1 or v.count("{") != 1 or v.count("}") != 1:
+            raise ValueError(
+                f"{v!r}: a template holds exactly one '{{}}' (where the class name goes) and no other brace, "
+                "e.g. 'a photo of a {}.'; or use 'generic' or 'coop'"
+            )
+        return v
 
     @model_validator(mode="after")
     def _check_sequence(self) -> DataConfig:
@@ -132,8 +168,10 @@ class PlacementConfig(Section):
                 raise ValueError(
                     f"{v!r} is not one of {', '.join(LAYER_POSITIONS)} or a range 'A-B' with A <= B"
                 )
-        elif not v or any(i < 0 for i in v):
-            raise ValueError("a layer list must be non-empty and hold non-negative indices")
+        elif not v or any(i < 0 or i > MAX_LAYER for i in v):
+            raise ValueError(f"a layer list must be non-empty and hold indices in [0, {MAX_LAYER}]")
+        elif len(set(v)) != len(v):
+            raise ValueError(f"duplicate layer indices in {v}")
         return v
 
     @field_validator("matrices")
@@ -150,15 +188,19 @@ class TrainConfig(Section):
     """Optimisation (CLIP-LoRA defaults: AdamW, cosine, iterations = multiplier × shots)."""
 
     lr: float = Field(2e-4, gt=0, le=1.0)
-    weight_decay: float = Field(1e-2, ge=0)
+    weight_decay: float = Field(1e-2, ge=0, le=10.0, description="AdamW's decoupled weight decay")
     betas: tuple[float, float] = (0.9, 0.999)
     batch_size: int = Field(32, ge=1, le=65_536)
-    iterations_per_shot: int = Field(500, ge=1, description="total steps = this × shots (CLIP-LoRA)")
-    iterations: int | None = Field(
-        None, ge=1, description="explicit total steps; overrides iterations_per_shot"
+    iterations_per_shot: int = Field(
+        500, ge=1, le=MAX_STEPS, description="total steps = this × shots (CLIP-LoRA)"
     )
-    warmup_steps: int = Field(0, ge=0)
-    eta_min: float = Field(1e-6, ge=0, description="cosine schedule floor")
+    iterations: int | None = Field(
+        None, ge=1, le=MAX_STEPS, description="explicit total steps; overrides iterations_per_shot"
+    )
+    warmup_steps: int = Field(
+        0, ge=0, le=MAX_STEPS, description="linear warm-up steps (fewer than the total)"
+    )
+    eta_min: float = Field(1e-6, ge=0, le=1.0, description="cosine schedule floor (at most lr)")
     logit_scale: float | None = Field(
         None, gt=0, description="fixed logit scale; null = the model's own (frozen)"
     )
@@ -190,6 +232,19 @@ class TrainConfig(Section):
             raise ValueError(f"betas must lie in [0, 1), got {v}")
         return v
 
+    @field_validator("crop_scale")
+    @classmethod
+    def _check_crop_scale(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
+        if v is not None and not 0 < v[0] <= v[1] <= 1:
+            raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check_schedule(self) -> TrainConfig:
+        if self.eta_min > self.lr:
+            raise cross_field([("eta_min", f"the cosine floor {self.eta_min} is above lr {self.lr}")])
+        return self
+
     def total_steps(self, shots: int) -> int:
         return self.iterations if self.iterations is not None else self.iterations_per_shot * shots
 
@@ -198,9 +253,12 @@ class EvalConfig(Section):
     """When and how to evaluate. Selection uses the validation split only; the test split is for the report."""
 
     evals: int = Field(
-        4, ge=1, description="evaluations on the validation split during training (last at the end)"
+        4,
+        ge=1,
+        le=100_000,
+        description="evaluations on the validation split during training (last at the end); at most one per step",
     )
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, le=65_536)
     zero_shot: bool = Field(True, description="also evaluate the unadapted model (before training)")
 
 
@@ -212,10 +270,19 @@ class TrackingConfig(Section):
         None,
         description="tracking URI; default $MLFLOW_TRACKING_URI or sqlite:///./ranksearch-runs/mlflow.db",
     )
-    experiment: str = "ranksearch"
-    run_name: str | None = None
-    log_every: int = Field(10, ge=1, description="log training metrics every N steps (batched)")
-    allocation_every: int = Field(10, ge=1, description="record the per-layer rank allocation every N steps")
+    experiment: Name = Field("ranksearch", description="MLflow experiment (no '/')")
+    run_name: Name | None = Field(None, description="MLflow run name (no '/'); default trial-<family>")
+    log_every: int = Field(10, ge=1, le=MAX_STEPS, description="log training metrics every N steps (batched)")
+    allocation_every: int = Field(
+        10, ge=1, le=MAX_STEPS, description="record the per-layer rank allocation every N steps"
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _check_uri(cls, v: str | None) -> str | None:
+        if v is not None and (not v.strip() or v != v.strip()):
+            raise ValueError(f"{v!r} is not a tracking URI (e.g. sqlite:///path/mlflow.db, http://host:5000)")
+        return v
 
 
 def _adapter_union() -> Any:
@@ -238,7 +305,7 @@ def _default_adapter() -> Any:
 class TrialConfig(Section):
     """Everything one trial needs. Load it with ``ranksearch.config.load_trial_config``."""
 
-    seed: int = Field(1, description="seed of initialisation, data order and augmentation")
+    seed: Seed = Field(1, description="seed of initialisation, data order and augmentation")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     adapter: AdapterConfig = Field(default_factory=_default_adapter)  # type: ignore[valid-type]
@@ -258,3 +325,49 @@ class TrialConfig(Section):
         ):
             data = {**data, "adapter": {"family": DEFAULT_FAMILY, **data["adapter"]}}
         return data
+
+    @model_validator(mode="after")
+    def _check_across_sections(self) -> TrialConfig:
+        """Relations between sections: the schedule fits the step budget, the layers exist in the model."""
+        problems: list[tuple[str, str]] = []
+        total = self.train.total_steps(self.data.shots)
+        steps_field = "train.iterations" if self.train.iterations is not None else "train.iterations_per_shot"
+        if total > MAX_STEPS:
+            problems.append((steps_field, f"{total:,} training steps; at most {MAX_STEPS:,}"))
+        elif self.eval.evals > total:
+            problems.append(("eval.evals", f"{self.eval.evals} evaluations but only {total} training steps"))
+        if self.train.warmup_steps >= total > 0 and self.train.warmup_steps > 0:
+            problems.append(
+                ("train.warmup_steps", f"{self.train.warmup_steps} warm-up steps of {total} training steps")
+            )
+        problems += self._layer_problems()
+        if problems:
+            raise cross_field(problems)
+        return self
+
+    def _layer_problems(self) -> list[tuple[str, str]]:
+        """``placement.layers`` against the model's tower depths, when its architecture file says them."""
+        from ranksearch.adapters.placement import layer_indices
+        from ranksearch.config.models import tower_depths
+
+        pretrained = self.model.pretrained or ""
+        depths = None if pretrained.startswith("local-dir:") else tower_depths(self.model.name)
+        if not depths:
+            return []
+        towers = ["vision", "text"] if self.placement.towers == "both" else [self.placement.towers]
+        misfits = []
+        for tower in towers:
+            if tower not in depths:
+                continue  # not an open_clip transformer tower: checked when the model is built
+            try:
+                layer_indices(self.placement.layers, depths[tower])
+            except ValueError:
+                misfits.append(f"{tower}: {depths[tower]} blocks, 0-{depths[tower] - 1}")
+        if not misfits:
+            return []
+        return [
+            (
+                "placement.layers",
+                f"{self.placement.layers!r} does not fit {self.model.name} ({'; '.join(misfits)})",
+            )
+        ]

@@ -155,7 +155,7 @@ def ui(
     host: Annotated[
         str, typer.Option(help="address to bind; anything but loopback exposes the UI")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="port (0: pick a free one)")] = 5000,
+    port: Annotated[int, typer.Option(min=0, max=65535, help="port (0: pick a free one)")] = 5000,
     tracking_uri: Annotated[
         str | None, typer.Option(help="backend store to serve instead of the sweep's")
     ] = None,

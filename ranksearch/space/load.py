@@ -8,7 +8,6 @@ values and family parameters do not clash, and that each family's defaults produ
 from __future__ import annotations
 
 import re
-import typing
 from pathlib import Path
 from typing import Any
 
@@ -42,22 +41,29 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     Raises:
         ConfigError: listing every problem with its field path.
     """
-    import yaml
-
-    from ranksearch.config.load import apply_overrides, load_yaml
+    from ranksearch.config.load import apply_overrides, blame_overrides, dump_yaml, parse_yaml, read_text_file
 
     p = Path(path)
-    data = load_yaml(p)
-    text = p.read_text(encoding="utf-8")
+    text = read_text_file(p)
+    data = parse_yaml(text, source=str(p))
     if overrides:
-        data = {**data, "base": apply_overrides(data.get("base") or {}, overrides)}
+        base = data.get("base") if isinstance(data.get("base"), dict) else {}
+        data = {**data, "base": apply_overrides(base, overrides)}
         # the recorded copy must hold the overrides too, so a resumed sweep runs the same space
-        text = f"# {p.name} with --set {' '.join(overrides)}\n" + yaml.safe_dump(data, sort_keys=False)
-    return validate_space(data, source=str(p), text=text)
+        text = f"# {p.name} with --set {' '.join(overrides)}\n" + dump_yaml(data)
+    try:
+        return validate_space(data, source=str(p), text=text)
+    except ConfigError as e:
+        raise blame_overrides(e, overrides) from None
 
 
 def validate_space(data: dict[str, Any], source: str | None = None, text: str | None = None) -> SearchSpace:
     """Validate a search-space mapping; raise ``ConfigError`` with all problems."""
+    if not isinstance(data, dict):
+        raise ConfigError([("<root>", f"expected a mapping, got {type(data).__name__}")], source)
+    problems = _value_checks(data)
+    if problems:  # a key that is not text would break every path-based check below
+        raise ConfigError(problems, source)
     problems = _raw_checks(data)
     spec = None
     try:
@@ -75,9 +81,37 @@ def validate_space(data: dict[str, Any], source: str | None = None, text: str | 
 
 
 # --------------------------------------------------------------------------------------------- raw checks
+def _value_checks(data: Any, path: str = "", depth: int = 0) -> list[tuple[str, str]]:
+    """Every mapping key is text (a YAML file cannot say otherwise; a dict from Python can), every number finite.
+
+    No field of a trial config or a space takes inf or nan, so one is refused wherever it is, even in ``base``
+    values that a parameter overrides.
+    """
+    import math
+
+    from ranksearch.config.load import MAX_DEPTH
+
+    if depth > MAX_DEPTH:
+        return [(path or "<root>", f"nested more than {MAX_DEPTH} levels deep")]
+    if isinstance(data, float) and not math.isfinite(data):
+        return [(path or "<root>", f"{data} is not a finite number")]
+    problems: list[tuple[str, str]] = []
+    items = data.items() if isinstance(data, dict) else enumerate(data) if isinstance(data, list) else []
+    for key, value in items:
+        where = f"{path}.{key}" if path else str(key)
+        if isinstance(data, dict) and not isinstance(key, str):
+            problems.append(
+                (where, f"the key {key!r} is a {type(key).__name__}; keys are text (quote it in YAML)")
+            )
+            continue
+        problems += _value_checks(value, where, depth + 1)
+    return problems
+
+
 def _raw_checks(data: dict[str, Any]) -> list[tuple[str, str]]:
     """Family and path checks on the raw mapping, so they are reported together with structural errors."""
     from ranksearch.adapters.configs import family_names
+    from ranksearch.config.load import suggest
 
     known = family_names()
     problems: list[tuple[str, str]] = []
@@ -94,9 +128,12 @@ def _raw_checks(data: dict[str, Any]) -> list[tuple[str, str]]:
             problems.append((f"params[{FAMILY_PATH}]", "the family parameter must be categorical"))
         chosen = [c for c in (choices or []) if isinstance(c, str)]
         for c in choices or []:
-            if c not in known:
+            if not isinstance(c, str) or c not in known:
                 problems.append(
-                    (f"params[{FAMILY_PATH}].choices", f"unknown family {c!r}; known: {', '.join(known)}")
+                    (
+                        f"params[{FAMILY_PATH}].choices",
+                        f"unknown family {c!r}; known: {', '.join(known)}{suggest(str(c), known)}",
+                    )
                 )
         if "family" in base_adapter:
             problems.append(
@@ -113,11 +150,21 @@ def _raw_checks(data: dict[str, Any]) -> list[tuple[str, str]]:
     else:
         fixed = base_adapter.get("family") or (next(iter(families)) if len(families) == 1 else "lora")
         chosen = [fixed]
-        if fixed not in known:
-            problems.append(("base.adapter.family", f"unknown family {fixed!r}; known: {', '.join(known)}"))
+        if not isinstance(fixed, str) or fixed not in known:
+            problems.append(
+                (
+                    "base.adapter.family",
+                    f"unknown family {fixed!r}; known: {', '.join(known)}{suggest(str(fixed), known)}",
+                )
+            )
     for name, sub in families.items():
         if name not in known:
-            problems.append((f"families.{name}", f"unknown family {name!r}; known: {', '.join(known)}"))
+            problems.append(
+                (
+                    f"families.{name}",
+                    f"unknown family {name!r}; known: {', '.join(known)}{suggest(name, known)}",
+                )
+            )
         elif name not in chosen:
             problems.append((f"families.{name}", f"never used: the trials' families are {chosen}"))
         sub_params = (
@@ -152,6 +199,7 @@ def _raw_checks(data: dict[str, Any]) -> list[tuple[str, str]]:
 def path_problem(path: str, family: str) -> str | None:
     """Why ``path`` is not a settable field of ``TrialConfig`` when the adapter is ``family`` (None if it is)."""
     from ranksearch.adapters.configs import family_configs
+    from ranksearch.config.load import model_in, suggest
     from ranksearch.config.schema import TrialConfig
 
     cls: type[BaseModel] | None = TrialConfig
@@ -161,24 +209,14 @@ def path_problem(path: str, family: str) -> str | None:
         if cls is None:
             return f"{where} is a value, not a section"
         if part not in cls.model_fields:
-            return f"{where} has no field {part!r}; known: {', '.join(cls.model_fields)}"
+            known = list(cls.model_fields)
+            return f"{where} has no field {part!r}{suggest(part, known)}; known: {', '.join(known)}"
         if i == 0 and part == "adapter":
             cls = family_configs()[family]
         else:
-            cls = _model_in(cls.model_fields[part].annotation)
+            cls = model_in(cls.model_fields[part].annotation)
     if path == "adapter":
         return "set adapter fields one by one (adapter.r, ...)"
-    return None
-
-
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    """The pydantic model inside an annotation such as ``BudgetConfig | None`` (None for plain values)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in typing.get_args(annotation):
-        found = _model_in(arg)
-        if found is not None:
-            return found
     return None
 
 
@@ -204,8 +242,8 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
             parts.append(str(item))
             i += 1
         path = ".".join(parts) or "<root>"
-        msg = e["msg"]
-        if e["type"] not in ("missing", "extra_forbidden") and "input" in e:
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] not in ("missing", "extra_forbidden", "value_error") and "input" in e:
             shown = repr(e["input"])
             msg += f" (got {shown[:80] + '...' if len(shown) > 80 else shown})"
         if e["type"] == "extra_forbidden":
@@ -259,16 +297,33 @@ def _bound_checks(space: SearchSpace) -> list[tuple[str, str]]:
                 except ConfigError:
                     continue  # outside the parameter's own domain: reported by the structural checks
                 except ValidationError as e:
+                    # the defaults are valid (checked first), so every problem here comes from this value
                     for path, msg in problems_from_validation(e):
                         if path == a.path or path.startswith(a.path + "."):
                             problems.append((where, f"{label} {value!r} is not a valid {a.path}: {msg}"))
+                        else:
+                            problems.append((where, f"{label} {value!r} makes {path} invalid: {msg}"))
     return problems
 
 
 def _sampler_checks(space: SearchSpace) -> list[tuple[str, str]]:
-    """Sampler/objective combinations Optuna cannot do, and sampler options it does not accept."""
+    """Sampler options by sampler type (names, types, ranges), then what Optuna itself refuses."""
     from ranksearch.space.optuna_space import build_sampler
+    from ranksearch.space.spec import SAMPLER_OPTIONS
 
+    sampler = space.spec.sampler
+    try:
+        options = SAMPLER_OPTIONS[sampler.type].model_validate(sampler.options)
+    except ValidationError as e:
+        problems = []
+        for path, msg in _problems(e):
+            if msg == "unknown key":
+                known = ", ".join(SAMPLER_OPTIONS[sampler.type].model_fields) or "none"
+                msg = f"not an option of the {sampler.type} sampler (its options: {known})"
+            problems.append((f"sampler.options.{path}", msg))
+        return problems
+    if sampler.type == "tpe" and options.multivariate is False and options.group is not False:
+        return [("sampler.options.group", "group needs multivariate: set group: false too")]
     try:
         build_sampler(space)
     except ConfigError as e:

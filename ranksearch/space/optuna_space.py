@@ -13,7 +13,9 @@ from typing import Any
 
 from ranksearch.errors import ConfigError
 from ranksearch.space.space import FAMILY_PATH, SearchSpace
-from ranksearch.space.spec import CategoricalParam, FloatParam, IntParam, Param
+from ranksearch.space.spec import CategoricalParam, FloatParam, IntParam, Param, grid_size
+
+MAX_GRID_POINTS = 100_000  # every point is one trial: far beyond any sweep
 
 
 class DefineByRun:
@@ -78,6 +80,21 @@ def _grid(space: SearchSpace) -> dict[str, list[Any]]:
     problems = []
     params = [(FAMILY_PATH, space.family_param)] if space.family_param is not None else []
     params += [(a.name, a.spec) for a in space.active_params(space.default_family)]
+    points = 1
+    for name, p in params:
+        n = (
+            len(p.choices)
+            if isinstance(p, CategoricalParam)
+            else grid_size(p)
+            if p.step or isinstance(p, IntParam)
+            else 0
+        )
+        points *= max(n, 1)
+        if n > MAX_GRID_POINTS or points > MAX_GRID_POINTS:
+            raise ConfigError(
+                [(f"params[{name}]", f"the grid has more than {MAX_GRID_POINTS:,} points; use a coarser step or "
+                  "another sampler")]
+            )  # fmt: skip
     for name, p in params:
         if isinstance(p, CategoricalParam):
             grid[name] = p.encoded()
@@ -135,5 +152,5 @@ def build_sampler(space: SearchSpace) -> Any:
         if s.type == "qmc":
             return samplers.QMCSampler(seed=s.seed, **kw)
         return samplers.GridSampler(_grid(space), seed=s.seed, **kw)
-    except TypeError as e:
+    except (TypeError, ValueError) as e:  # what the option models above do not know about
         raise ConfigError([("sampler.options", f"not accepted by the {s.type} sampler: {e}")]) from None

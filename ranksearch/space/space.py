@@ -162,10 +162,13 @@ class SearchSpace:
         Raises:
             ConfigError: bad parameter names/values or an invalid resulting config, with field paths.
         """
-        from ranksearch.config.load import apply_overrides, validate_trial_config
+        from ranksearch.config.load import apply_overrides, blame_overrides, validate_trial_config
 
         data = apply_overrides(self.config_dict(params, seed), overrides)
-        return validate_trial_config(data, source=self.source)
+        try:
+            return validate_trial_config(data, source=self.source)
+        except ConfigError as e:
+            raise blame_overrides(e, overrides) from None
 
 
 def deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:

@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import math
 import re
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ranksearch.config.base import MAX_SEED, Seed, check_name
+
+MAX_INT = 2**53  # integer bounds stay exact as floats (Optuna, JSON, parquet)
+MAX_CHOICES = 10_000
 _FLOATISH = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -26,7 +31,7 @@ def _numberize(value: Any) -> Any:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class FloatParam(_Model):
@@ -36,7 +41,9 @@ class FloatParam(_Model):
     low: float = Field(description="lower bound (inclusive)")
     high: float = Field(description="upper bound (inclusive)")
     log: bool = Field(False, description="sample log-uniformly (needs low > 0)")
-    step: float | None = Field(None, gt=0, description="discretisation step (not with log)")
+    step: float | None = Field(
+        None, gt=0, description="discretisation step (not with log); high - low must be a multiple of it"
+    )
     default: float | None = Field(
         None, description="value for debug mode (`ranksearch trial`); default: midpoint (geometric if log)"
     )
@@ -66,10 +73,10 @@ class IntParam(_Model):
     """An integer in [low, high] (both inclusive), optionally log-uniform or on a grid of ``step``."""
 
     type: Literal["int"] = "int"
-    low: int = Field(description="lower bound (inclusive)")
-    high: int = Field(description="upper bound (inclusive)")
+    low: int = Field(ge=-MAX_INT, le=MAX_INT, description="lower bound (inclusive)")
+    high: int = Field(ge=-MAX_INT, le=MAX_INT, description="upper bound (inclusive)")
     log: bool = Field(False, description="sample log-uniformly (needs low >= 1)")
-    step: int = Field(1, ge=1, description="grid step (must be 1 with log)")
+    step: int = Field(1, ge=1, le=MAX_INT, description="grid step (must be 1 with log); divides high - low")
     default: int | None = Field(None, description="value for debug mode; default: midpoint on the grid")
 
     @model_validator(mode="after")
@@ -96,7 +103,9 @@ class CategoricalParam(_Model):
     """One of ``choices``. A choice may be a list (e.g. matrices ``[q, k, v]``); Optuna sees it as "q,k,v"."""
 
     type: Literal["categorical"] = "categorical"
-    choices: list[Choice] = Field(min_length=1, description="the options; lists are allowed as options")
+    choices: list[Choice] = Field(
+        min_length=1, max_length=MAX_CHOICES, description="the options; lists are allowed as options"
+    )
     default: Choice = Field(None, description="value for debug mode; default: the first choice")
 
     @field_validator("choices", mode="before")
@@ -117,6 +126,9 @@ class CategoricalParam(_Model):
         for c in self.choices:
             if isinstance(c, dict) or (isinstance(c, list) and any(isinstance(x, list | dict) for x in c)):
                 raise ValueError(f"a choice must be a scalar or a flat list, got {c!r}")
+            for x in c if isinstance(c, list) else [c]:
+                if isinstance(x, float) and not math.isfinite(x):
+                    raise ValueError(f"choice {c!r}: numbers must be finite")
             key = encode_choice(c)
             if key in seen:
                 raise ValueError(f"choices {seen[key]!r} and {c!r} collide (both encode as {key!r})")
@@ -161,6 +173,21 @@ def _check_range(low: float, high: float, log: bool, step: float | None) -> None
         raise ValueError(f"log scale needs low > 0, got {low}")
     if log and step is not None:
         raise ValueError("step and log cannot be combined (Optuna)")
+    if step is not None:
+        if step > high - low and high > low:
+            raise ValueError(f"step {step} is larger than the range [{low}, {high}]")
+        # exact decimal arithmetic: 0.1 divides 1.0 although 1.0 % 0.1 != 0 in binary floating point
+        span, unit = Decimal(str(high)) - Decimal(str(low)), Decimal(str(step))
+        if span % unit != 0:
+            raise ValueError(
+                f"high - low = {span} is not a multiple of step {step} (Optuna would silently lower high)"
+            )
+
+
+def grid_size(p: FloatParam | IntParam) -> int:
+    """Number of values of a stepped (or integer) parameter: what a grid over it enumerates."""
+    step = p.step or 1
+    return int((Decimal(str(p.high)) - Decimal(str(p.low))) / Decimal(str(step))) + 1
 
 
 Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
@@ -187,7 +214,7 @@ class FamilySpace(_Model):
 class Objective(_Model):
     """A metric to optimise. Select on the validation split (``val/...``), never on test."""
 
-    metric: str = Field(description="metric name, e.g. val/hm, val/acc, trainable_params")
+    metric: str = Field(description="metric name, e.g. val/hm, val/acc, trainable_params", max_length=250)
     mode: Literal["max", "min"] = "max"
 
     @field_validator("metric")
@@ -195,24 +222,116 @@ class Objective(_Model):
     def _not_test(cls, v: str) -> str:
         if not v.strip():
             raise ValueError("metric must not be empty")
-        if v.startswith(("test/", "zs/test/")):
+        if v != v.strip() or any(ch.isspace() for ch in v):
+            raise ValueError(f"{v!r}: metric names hold no whitespace")
+        if is_test_metric(v):
             raise ValueError(
-                f"{v!r}: select on the validation split (val/...), the test split is for the report"
+                f"{v!r} is measured on the test split: select on the validation split (val/...); the test "
+                "split is for the report"
             )
         return v
 
 
+def is_test_metric(name: str) -> bool:
+    """Whether a metric is computed on a test split, under any of its names.
+
+    ``test/...``, the zero-shot copy ``zs/test/...``, the continual metrics ``cl/...`` (transfer, average, last
+    and the accuracy matrix are all test-split accuracies), and any spelling that normalises to one of them
+    (``./test/acc``, ``val/../test/acc``, ``TEST/acc``).
+    """
+    parts: list[str] = []
+    for part in name.lower().replace("\\", "/").split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(part)
+    if parts[:1] == ["zs"]:
+        parts = parts[1:]
+    return bool(parts) and (parts[0] in ("test", "cl") or "test" in parts)
+
+
 SamplerType = Literal["tpe", "gp", "cmaes", "nsga2", "random", "grid", "qmc"]
+
+
+class _Options(BaseModel):
+    """Keyword arguments of one Optuna sampler: exact types (no "yes" for true), ranges, unknown keys refused."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+_Startup = Field(None, ge=0, le=100_000, description="trials sampled at random before the model is used")
+
+
+class TpeOptions(_Options):
+    n_startup_trials: int | None = _Startup
+    n_ei_candidates: int | None = Field(None, ge=1, le=10_000)
+    multivariate: bool | None = Field(None, description="ranksearch default: true")
+    group: bool | None = Field(None, description="ranksearch default: true (needs multivariate)")
+    constant_liar: bool | None = Field(None, description="ranksearch default: true")
+    consider_endpoints: bool | None = None
+    consider_magic_clip: bool | None = None
+    prior_weight: float | None = Field(None, gt=0, le=1e6)
+    warn_independent_sampling: bool | None = None
+
+
+class GpOptions(_Options):
+    n_startup_trials: int | None = _Startup
+    deterministic_objective: bool | None = None
+    warn_independent_sampling: bool | None = None
+
+
+class CmaesOptions(_Options):
+    n_startup_trials: int | None = _Startup
+    sigma0: float | None = Field(None, gt=0, le=1e6)
+    popsize: int | None = Field(None, ge=2, le=100_000)
+    use_separable_cma: bool | None = None
+    with_margin: bool | None = None
+    lr_adapt: bool | None = None
+    consider_pruned_trials: bool | None = None
+    warn_independent_sampling: bool | None = None
+
+
+class Nsga2Options(_Options):
+    population_size: int | None = Field(None, ge=2, le=100_000, description="at least 2 (Optuna)")
+    mutation_prob: float | None = Field(None, ge=0, le=1)
+    crossover_prob: float | None = Field(None, ge=0, le=1)
+    swapping_prob: float | None = Field(None, ge=0, le=1)
+
+
+class QmcOptions(_Options):
+    qmc_type: Literal["sobol", "halton"] | None = None
+    scramble: bool | None = None
+    warn_asynchronous_seeding: bool | None = None
+    warn_independent_sampling: bool | None = None
+
+
+class NoOptions(_Options):
+    """random and grid take no options (only ``sampler.seed``)."""
+
+
+SAMPLER_OPTIONS: dict[str, type[_Options]] = {
+    "tpe": TpeOptions,
+    "gp": GpOptions,
+    "cmaes": CmaesOptions,
+    "nsga2": Nsga2Options,
+    "random": NoOptions,
+    "grid": NoOptions,
+    "qmc": QmcOptions,
+}
 
 
 class SamplerSpec(_Model):
     """Optuna sampler. tpe is built with multivariate=True, group=True (conditional spaces), constant_liar=True."""
 
     type: SamplerType = "tpe"
-    seed: int | None = Field(0, description="sampler seed (null: random)")
+    seed: Seed | None = Field(0, description=f"sampler seed in [0, {MAX_SEED}] (null: random)")
     options: dict[str, Any] = Field(
         default_factory=dict,
-        description="extra keyword arguments of the Optuna sampler (e.g. n_startup_trials)",
+        description="extra keyword arguments of the Optuna sampler, checked per sampler type: "
+        + "; ".join(f"{t}: {', '.join(m.model_fields) or 'none'}" for t, m in SAMPLER_OPTIONS.items()),
     )
 
 
@@ -220,15 +339,19 @@ class EarlyStopping(_Model):
     """Tune scheduler. Time is counted in reports (one per validation evaluation, per seed replicate)."""
 
     type: Literal["asha", "none"] = "asha"
-    grace_period: int = Field(1, ge=1, description="evaluations every trial gets before it can be stopped")
-    reduction_factor: float = Field(2.0, gt=1, description="ASHA's eta: keep 1/eta of trials at each rung")
+    grace_period: int = Field(
+        1, ge=1, le=100_000, description="evaluations every trial gets before it can be stopped"
+    )
+    reduction_factor: float = Field(
+        2.0, gt=1, le=100, description="ASHA's eta: keep 1/eta of trials at each rung"
+    )
 
 
 class Resources(_Model):
     """Per-trial resources. Fractional GPUs pack several trials on one GPU (e.g. 0.5: two per GPU)."""
 
-    gpu: float = Field(0.0, ge=0, description="GPUs per trial (fractions allowed)")
-    cpu: float = Field(1.0, gt=0, description="CPUs per trial; also the trial's torch thread count")
+    gpu: float = Field(0.0, ge=0, le=64, description="GPUs per trial (fractions allowed)")
+    cpu: float = Field(1.0, gt=0, le=1024, description="CPUs per trial; also the trial's torch thread count")
 
     @field_validator("gpu")
     @classmethod
@@ -241,7 +364,9 @@ class Resources(_Model):
 class SearchSpaceSpec(_Model):
     """A sweep: what to vary, what to optimise, how to search and how to run it."""
 
-    name: str | None = Field(None, description="default sweep name (folder and MLflow experiment)")
+    name: str | None = Field(
+        None, description="default sweep name (folder and MLflow experiment): letters, digits, '.', '_', '-'"
+    )
     description: str | None = None
     base: dict[str, Any] = Field(default_factory=dict, description="fixed values: a partial trial config")
     params: dict[str, Param] = Field(
@@ -257,17 +382,35 @@ class SearchSpaceSpec(_Model):
     sampler: SamplerSpec = Field(default_factory=SamplerSpec)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     trials: int = Field(20, ge=1, le=100_000, description="number of trials")
-    concurrency: int = Field(2, ge=1, description="trials running at once (at most)")
+    concurrency: int = Field(2, ge=1, le=10_000, description="trials running at once (at most)")
     resources: Resources = Field(default_factory=Resources)
-    seeds: list[int] | None = Field(
+    seeds: list[Seed] | None = Field(
         None,
         min_length=1,
+        max_length=100,
         description="seed replicates per configuration: the trial runs once per seed (one after another); "
         "the objective is the mean, its std is logged as <metric>_std",
     )
-    experiment: str | None = Field(None, description="MLflow experiment; default: the sweep name")
+    experiment: str | None = Field(None, description="MLflow experiment (no '/'); default: the sweep name")
 
     _expand = field_validator("params", mode="before")(classmethod(lambda cls, v: _shorthand(v)))
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, v: str | None) -> str | None:
+        return check_name(v, folder=True, limit=100)
+
+    @field_validator("experiment")
+    @classmethod
+    def _experiment_name(cls, v: str | None) -> str | None:
+        return check_name(v)
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seed_list(cls, v: Any) -> Any:
+        if isinstance(v, bool) or (isinstance(v, list) and any(isinstance(x, bool) for x in v)):
+            raise ValueError(f"seeds is a list of integer seeds such as [1, 2, 3], got {v!r}")
+        return v
 
     @field_validator("seeds")
     @classmethod

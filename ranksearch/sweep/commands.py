@@ -12,12 +12,23 @@ from typing import Annotated
 import typer
 
 
+def _check_name(value: str | None) -> str | None:
+    from ranksearch.config.base import check_name
+
+    try:
+        return check_name(value, folder=True, limit=100)
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+
+
 def sweep(
     space: Annotated[Path, typer.Argument(help="search-space YAML (see search_spaces/)", metavar="SPACE")],
     gpus: Annotated[
         int | None,
         typer.Option(
-            help="logical GPUs of the local Ray (default: detected); fractional trials pack onto them"
+            min=0,
+            max=4096,
+            help="logical GPUs of the local Ray (default: detected); fractional trials pack onto them",
         ),
     ] = None,
     address: Annotated[
@@ -25,10 +36,13 @@ def sweep(
         typer.Option(help="join an existing Ray cluster ('auto', HOST:PORT) instead of starting one"),
     ] = None,
     trials: Annotated[
-        int | None, typer.Option(help="number of trials (default: the space's `trials`)")
+        int | None, typer.Option(min=1, max=100_000, help="number of trials (default: the space's `trials`)")
     ] = None,
     name: Annotated[
-        str | None, typer.Option(help="sweep name: folder and MLflow experiment (default: the space's name)")
+        str | None,
+        typer.Option(
+            help="sweep name: folder and MLflow experiment (default: the space's name)", callback=_check_name
+        ),
     ] = None,
     resume: Annotated[
         bool,
