@@ -172,8 +172,10 @@ def test_categorical_lists_and_collisions():
     )
     assert "collide" in problems["params[placement.layers]"]
     # a choice naming blocks the model does not have (the tiny text tower has 2) is refused up front
-    problems = problems_of({"params": {"placement.layers": ["all", [0, 2]]}, "objective": {"metric": "val/hm"}})
-    assert "does not fit rs-tiny-clip" in problems["params[placement.layers]"]
+    problems = problems_of(
+        {"params": {"placement.layers": ["all", [0, 2]]}, "objective": {"metric": "val/hm"}}
+    )
+    assert "is out of range for rs-tiny-clip" in problems["params[placement.layers]"]
 
 
 def test_samplers_and_grid():

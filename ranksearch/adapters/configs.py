@@ -44,18 +44,24 @@ class BudgetConfig(Section):
     and/or an importance ``threshold``. Components are kept by descending score.
     """
 
-    total_rank: int | None = Field(None, ge=0, description="total rank over all modules (rank units)")
-    total_params: int | None = Field(None, ge=0, description="total parameters of active components")
-    min_rank: int = Field(0, ge=0, description="every module keeps at least this rank")
-    max_rank: int | None = Field(
-        None, ge=1, description="no module exceeds this rank; default its built rank"
+    total_rank: int | None = Field(
+        None, ge=0, le=10_000_000, description="total rank over all modules (rank units)"
     )
-    threshold: float | None = Field(None, ge=0, description="components scoring below this are dropped")
+    total_params: int | None = Field(
+        None, ge=0, le=10**13, description="total parameters of active components"
+    )
+    min_rank: int = Field(0, ge=0, le=1024, description="every module keeps at least this rank")
+    max_rank: int | None = Field(
+        None, ge=1, le=1024, description="no module exceeds this rank; default its built rank"
+    )
+    threshold: float | None = Field(
+        None, ge=0, le=1e12, description="components scoring below this are dropped"
+    )
     start_frac: float = Field(0.5, ge=0, le=1, description="first allocation at this fraction of training")
     end_frac: float = Field(
         1.0, ge=0, le=1, description="budget reaches its target here; pattern frozen after"
     )
-    interval: int = Field(10, ge=1, description="steps between re-allocations while ramping")
+    interval: int = Field(10, ge=1, le=10_000_000, description="steps between re-allocations while ramping")
     ramp: Literal["cubic", "step"] = Field(
         "cubic",
         description="cubic: AdaLoRA-style decay from the full rank to the target; step: target at once",
@@ -88,7 +94,7 @@ class LoraConfig(Section):
 
     family: Literal["lora"] = "lora"
     r: int = Field(2, ge=1, le=1024, description="rank")
-    alpha: float = Field(1.0, gt=0, description="scale numerator")
+    alpha: float = Field(1.0, gt=0, le=10_000, description="scale numerator")
     scaling: Literal["sqrt", "linear"] = Field(
         "sqrt", description="sqrt: s = alpha/sqrt(r) (CLIP-LoRA); linear: alpha/r"
     )
@@ -102,12 +108,15 @@ class DraConfig(Section):
 
     family: Literal["dra"] = "dra"
     group_fractions: tuple[float, ...] = Field(
-        (0.25, 0.5, 0.25), description="token share of each group, top first"
+        (0.25, 0.5, 0.25), min_length=1, max_length=16, description="token share of each group, top first"
     )
     group_ranks: tuple[int, ...] = Field(
-        (8, 4, 0), description="rank of each group, top first (non-increasing)"
+        (8, 4, 0),
+        min_length=1,
+        max_length=16,
+        description="rank of each group, top first (non-increasing), each <= 1024",
     )
-    scale: float = Field(1.0, gt=0, description="scale s of the bottleneck output")
+    scale: float = Field(1.0, gt=0, le=10_000, description="scale s of the bottleneck output")
     importance: Literal["cls_eot", "column_mean"] = Field(
         "cls_eot",
         description="token score: CLS (vision) / EOT (text) attention row, or attention column mean",
@@ -116,7 +125,7 @@ class DraConfig(Section):
     channel_topk: float | None = Field(
         None, gt=0, le=1, description="adapt only this share of channels by |mean|"
     )
-    l1_weight: float = Field(1e-4, ge=0, description="λ_L1")
+    l1_weight: float = Field(1e-4, ge=0, le=1_000, description="λ_L1")
     l1_target: Literal["adapter", "gate"] = Field(
         "adapter", description="L1 on U and D, or on the gate weights"
     )
@@ -130,7 +139,7 @@ class DraConfig(Section):
             raise ValueError("group_fractions and group_ranks need the same, nonzero length")
         if any(f <= 0 for f in self.group_fractions) or abs(sum(self.group_fractions) - 1) > 1e-6:
             raise ValueError(f"group_fractions must be positive and sum to 1, got {self.group_fractions}")
-        if any(r < 0 for r in self.group_ranks) or max(self.group_ranks) < 1:
+        if any(r < 0 or r > 1024 for r in self.group_ranks) or max(self.group_ranks) < 1:
             raise ValueError(f"group_ranks must be >= 0 with at least one >= 1, got {self.group_ranks}")
         if list(self.group_ranks) != sorted(self.group_ranks, reverse=True):
             raise ValueError(
@@ -145,7 +154,9 @@ class CodyraConfig(Section):
 
     family: Literal["codyra"] = "codyra"
     r: int = Field(16, ge=1, le=1024, description="initial rank per matrix")
-    kappa_max: float = Field(5e-3, ge=0, description="final proximal threshold κ_max (runner: 5e-3)")
+    kappa_max: float = Field(
+        5e-3, ge=0, le=1_000, description="final proximal threshold κ_max (runner: 5e-3)"
+    )
     lambda_num: int = Field(50, ge=2, le=10_000, description="number of evenly spaced κ values 0..κ_max")
     dense_frac: float = Field(0.5, ge=0, lt=1, description="fraction of training without thresholding")
     threshold: Literal["code", "paper"] = Field(
@@ -178,7 +189,7 @@ class AdaloraConfig(Section):
     target_r: int = Field(
         8, ge=0, le=1024, description="average final rank per module (budget b_T / #modules)"
     )
-    alpha: float = Field(8.0, gt=0, description="lora_alpha; update scale alpha / init_r")
+    alpha: float = Field(8.0, gt=0, le=10_000, description="lora_alpha; update scale alpha / init_r")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
     t_init_frac: float = Field(
         0.0, ge=0, lt=1, description="no masking before this fraction of training (tinit)"
@@ -186,10 +197,12 @@ class AdaloraConfig(Section):
     t_final_frac: float = Field(
         0.0, ge=0, lt=1, description="final fraction with the pattern frozen (tfinal)"
     )
-    delta_t: int = Field(1, ge=1, description="steps between masking while the budget decays (deltaT)")
+    delta_t: int = Field(
+        1, ge=1, le=10_000_000, description="steps between masking while the budget decays (deltaT)"
+    )
     beta1: float = Field(0.85, ge=0, lt=1, description="EMA of sensitivity")
     beta2: float = Field(0.85, ge=0, lt=1, description="EMA of uncertainty")
-    orth_reg_weight: float = Field(0.5, ge=0, description="weight of the orthogonality regulariser")
+    orth_reg_weight: float = Field(0.5, ge=0, le=1_000, description="weight of the orthogonality regulariser")
     budget: BudgetConfig | None = Field(
         None,
         description="override b_T (total_rank/total_params) and add min_rank/max_rank/threshold; the schedule "

@@ -2,19 +2,68 @@
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Annotated
+import types
+import typing
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 MAX_SEED = 2**32 - 1  # numpy's and Optuna's seed range; torch's is larger
 
 
+def _kinds(annotation: Any) -> set[type]:
+    """The scalar types an annotation admits (``int | None`` -> {int, NoneType}); list/tuple items included."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _kinds(typing.get_args(annotation)[0])
+    if origin in (list, tuple, typing.Union, types.UnionType):
+        return set().union(*(_kinds(a) for a in typing.get_args(annotation) if a is not Ellipsis))
+    return {annotation} if isinstance(annotation, type) else set()
+
+
+@functools.cache
+def _field_kinds(cls: type[BaseModel]) -> dict[str, set[type]]:
+    return {name: _kinds(f.annotation) for name, f in cls.model_fields.items()}
+
+
+def exact_kinds(cls: type[BaseModel], data: Any) -> Any:
+    """Refuse what pydantic's lax mode would quietly convert between booleans and numbers.
+
+    Lax mode reads ``true`` as 1 for a number and ``"off"``, ``"no"``, ``0`` as false for a boolean: YAML 1.1
+    semantics through the back door (``seed: true``, ``augment: "off"``). Numbers stay numbers, booleans
+    booleans; everything else is left to pydantic.
+    """
+    if not isinstance(data, dict):
+        return data
+    problems = []
+    for name, value in data.items():
+        kinds = _field_kinds(cls).get(name) if isinstance(name, str) else None
+        if not kinds or value is None:
+            continue
+        numeric = bool(kinds & {int, float})
+        items = value if isinstance(value, list | tuple) else [value]
+        if numeric and bool not in kinds and any(isinstance(v, bool) for v in items):
+            problems.append((name, f"{value!r} is a boolean where a number is meant"))
+        elif kinds <= {bool, type(None)} and not isinstance(value, bool):
+            problems.append((name, f"{value!r} is not a boolean: write true or false"))
+    if problems:
+        raise cross_field(problems)
+    return data
+
+
 class Section(BaseModel):
-    """A strict, immutable config section: unknown keys are errors, numbers are finite (no inf/nan)."""
+    """A strict, immutable config section: unknown keys are errors, numbers are finite (no inf/nan), booleans
+    and numbers are never converted into each other."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exact_kinds(cls, data: Any) -> Any:
+        return exact_kinds(cls, data)
 
 
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="a seed in [0, 2**32 - 1]")]

@@ -209,11 +209,14 @@ class TrainConfig(Section):
         None,
         description="area range of the random crop; null = (0.08, 1) at >= 96 px (CLIP-LoRA), (0.5, 1) below",
     )
-    grad_clip: float | None = Field(None, gt=0)
-    max_seconds: float | None = Field(None, gt=0, description="stop training after this wall time")
+    grad_clip: float | None = Field(None, gt=0, le=1e6)
+    max_seconds: float | None = Field(
+        None, gt=0, le=1e8, description="stop training after this wall time (seconds)"
+    )
     max_memory_mb: float | None = Field(
         None,
         gt=0,
+        le=1e9,
         description="fail the trial (status failed, not a crash) when its memory exceeds this many MiB: peak "
         "allocated GPU memory on CUDA, else the worker process's resident memory (Python and libraries "
         "included, ~0.5 GiB with torch loaded)",
@@ -368,6 +371,6 @@ class TrialConfig(Section):
         return [
             (
                 "placement.layers",
-                f"{self.placement.layers!r} does not fit {self.model.name} ({'; '.join(misfits)})",
+                f"{self.placement.layers!r} is out of range for {self.model.name} ({'; '.join(misfits)})",
             )
         ]

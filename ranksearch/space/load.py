@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from ranksearch.config.base import CROSS_FIELD
 from ranksearch.errors import ConfigError
 from ranksearch.space.space import FAMILY_PATH, SearchSpace
 from ranksearch.space.spec import SearchSpaceSpec
@@ -242,6 +243,10 @@ def _problems(err: ValidationError) -> list[tuple[str, str]]:
             parts.append(str(item))
             i += 1
         path = ".".join(parts) or "<root>"
+        if e["type"] == CROSS_FIELD:  # several problems, paths relative to ``loc``
+            base = "" if path == "<root>" else path + "."
+            out += [(base + where, msg) for where, msg in e["ctx"]["problems"]]
+            continue
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] not in ("missing", "extra_forbidden", "value_error") and "input" in e:
             shown = repr(e["input"])

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ranksearch.config.base import MAX_SEED, Seed, check_name
+from ranksearch.config.base import MAX_SEED, Seed, check_name, exact_kinds
 
 MAX_INT = 2**53  # integer bounds stay exact as floats (Optuna, JSON, parquet)
 MAX_CHOICES = 10_000
@@ -32,6 +32,11 @@ def _numberize(value: Any) -> Any:
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _exact_kinds(cls, data: Any) -> Any:
+        return exact_kinds(cls, data)
 
 
 class FloatParam(_Model):
@@ -404,13 +409,6 @@ class SearchSpaceSpec(_Model):
     @classmethod
     def _experiment_name(cls, v: str | None) -> str | None:
         return check_name(v)
-
-    @field_validator("seeds", mode="before")
-    @classmethod
-    def _seed_list(cls, v: Any) -> Any:
-        if isinstance(v, bool) or (isinstance(v, list) and any(isinstance(x, bool) for x in v)):
-            raise ValueError(f"seeds is a list of integer seeds such as [1, 2, 3], got {v!r}")
-        return v
 
     @field_validator("seeds")
     @classmethod

@@ -1,0 +1,100 @@
+"""Counts of the property-based hostile-input tests (issue 15), rendered into ``docs/reliability.md``.
+
+``tests/test_hostile_properties.py`` classifies every case it draws (clean error, traceback, hang, silent
+acceptance) and, with ``RANKSEARCH_RELIABILITY_OUT=DIR`` set, writes ``DIR/hostile_properties.json``. Render::
+
+    RANKSEARCH_RELIABILITY_OUT=/tmp/rel .venv/bin/pytest tests/test_hostile_properties.py
+    .venv/bin/python -m tests.hostile_report /tmp/rel --write docs/reliability.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+BEGIN, END = "<!-- hostile:begin -->", "<!-- hostile:end -->"
+FILE = "hostile_properties.json"
+# category -> what its cases are; the order of the table
+CATEGORIES = {
+    "yaml_values": "YAML 1.1-only scalars (yes/no/on/off, 010, 1:30, 0x1F, 1_000), explicit tags, inf/nan, "
+    "NUL/control/surrogate escapes, over-long strings and integers, deep lists/flow maps, at a field",
+    "yaml_documents": "duplicate keys, non-text/complex/merge keys, alias bombs, recursive/undefined aliases, "
+    "several documents, empty/`~` files, non-mappings, syntax errors, non-UTF-8 and NUL bytes",
+    "trial_fields": "every numeric field of the trial config below/above its range or of the wrong kind; names, "
+    "templates, devices, models, layers; evals vs steps, warm-up, eta_min, step budget",
+    "space_fields": "sampler options by sampler type, sampler/replicate seeds, names, test-split objectives, "
+    "ranges/steps/grids, numeric keys, trials/concurrency/resources/early stopping",
+    "cli_arguments": "mistyped commands and options, missing arguments, bad or out-of-range integers, "
+    "`--set` forms, FIFOs/devices/folders/missing/oversized files, undecodable argv",
+    "valid_controls": "valid counterparts (quoted forms, in-range values, --help/--version): must be accepted",
+}
+OUTCOMES = ("tried", "clean", "traceback", "hang", "accepted", "unclear")
+
+_counts: dict[str, Counter] = {name: Counter() for name in CATEGORIES}
+
+
+def count(category: str, outcome: str) -> None:
+    """Tally one case of ``category`` that ended in ``outcome`` (one of OUTCOMES except "tried")."""
+    _counts[category]["tried"] += 1
+    _counts[category][outcome] += 1
+
+
+def counts() -> dict[str, dict[str, int]]:
+    return {name: {o: c[o] for o in OUTCOMES} for name, c in _counts.items()}
+
+
+def flush() -> None:
+    """Write the tallies if ``$RANKSEARCH_RELIABILITY_OUT`` names a folder."""
+    out = os.environ.get("RANKSEARCH_RELIABILITY_OUT")
+    if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / FILE).write_text(json.dumps(counts(), indent=2))
+
+
+def table(folder: Path) -> str:
+    data = json.loads((folder / FILE).read_text())
+    lines = [
+        "| category | cases | cases tried | clean errors | tracebacks | hangs | silent acceptances |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, what in CATEGORIES.items():
+        c = data.get(name, {})
+        if name == "valid_controls":  # acceptance is the right outcome here; an error would be the defect
+            lines.append(
+                f"| {name} | {what} | {c.get('tried', 0)} | {c.get('clean', 0)} wrongly refused | "
+                f"{c.get('traceback', 0)} | {c.get('hang', 0)} | {c.get('accepted', 0)} accepted (correct) |"
+            )
+            continue
+        lines.append(
+            f"| {name} | {what} | {c.get('tried', 0)} | {c.get('clean', 0)} | {c.get('traceback', 0)} | "
+            f"{c.get('hang', 0)} | {c.get('accepted', 0)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, help="the RANKSEARCH_RELIABILITY_OUT folder")
+    parser.add_argument("--write", type=Path, help="replace the hostile-input block of this markdown file")
+    args = parser.parse_args(argv)
+    text = table(args.folder)
+    if args.write is None:
+        print(text)
+        return 0
+    doc = args.write.read_text()
+    if BEGIN not in doc or END not in doc:
+        print(f"{args.write} has no {BEGIN} ... {END} block", file=sys.stderr)
+        return 1
+    before, rest = doc.split(BEGIN, 1)
+    after = rest.split(END, 1)[1]
+    args.write.write_text(f"{before}{BEGIN}\n{text}\n{END}{after}")
+    print(f"wrote the hostile-input figures into {args.write}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
