@@ -50,8 +50,8 @@ class ModelConfig(Section):
     @field_validator("threads")
     @classmethod
     def _positive_threads(cls, v: int | str) -> int | str:
-        if v != "auto" and v < 1:
-            raise ValueError(f"threads must be 'auto' or at least 1, got {v}")
+        if v != "auto" and not 1 <= v <= 1024:
+            raise ValueError(f"threads must be 'auto' or in [1, 1024], got {v}")
         return v
 
     @field_validator("name")
