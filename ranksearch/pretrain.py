@@ -97,9 +97,11 @@ def _create(model_name: str) -> tuple[nn.Module, Any, int]:
     import open_clip
 
     from ranksearch.models.clip import register_tiny_configs
+    from ranksearch.quiet import no_random_init_warning
 
     register_tiny_configs()
-    model = open_clip.create_model(model_name, pretrained=None)
+    with no_random_init_warning():  # random init is the point: pretraining starts from scratch
+        model = open_clip.create_model(model_name, pretrained=None)
     size = model.visual.image_size
     return (
         model,

@@ -73,6 +73,12 @@ def sweep(
             "--set", help="fix a trial-config field for every trial: section.field=value (repeatable)"
         ),
     ] = [],  # noqa: B006
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help="show the libraries' start-up output (MLflow, Ray, Tune) and tracebacks"
+        ),
+    ] = False,
 ) -> None:
     """Run a sweep: Ray Tune trials sampled by Optuna, early-stopped by ASHA, logged to MLflow (one parent run).
 
@@ -98,13 +104,13 @@ def sweep(
 
     logging.getLogger("ranksearch").setLevel(logging.INFO)
     # Tune's INFO lines ("Wrote the latest version of all result files ...") would break into the live view
-    logging.getLogger("ray.tune").setLevel(logging.WARNING)
+    logging.getLogger("ray.tune").setLevel(logging.INFO if debug else logging.WARNING)
     result = run_sweep(
         space, gpus=gpus, address=address, trials=trials, name=name, resume=resume, tracking_uri=tracking_uri,
-        storage=storage, warm_start=warm_start, live=live, overrides=set_,
+        storage=storage, warm_start=warm_start, live=live, overrides=set_, debug=debug,
     )  # fmt: skip
     out = Console()
-    out.print(leaderboard(result.rows, result.space))
+    out.print(leaderboard(result.rows, result.space, width=out.width))
     out.print(f"sweep folder: {result.folder}  ({result.wall_s:.0f} s)")
     out.print(
         f"MLflow: experiment {result.experiment!r}, parent run {result.parent_run_id}\n"

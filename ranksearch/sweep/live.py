@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ray.tune import Callback
+from rich import box
 from rich.console import Console, Group
 from rich.table import Table
 
@@ -142,51 +143,80 @@ def _short(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def leaderboard(rows: list[dict[str, Any]], space: Any, top: int = 10) -> Table:
-    """The best completed trials by the first objective (Pareto-optimal ones marked with *)."""
+def short_names(keys: list[str]) -> dict[str, str]:
+    """Parameter columns (``param:lora:adapter.r``) -> what the leaderboard calls them: the last part of the
+    path (``r``) when no other parameter ends the same way, else the path (``adapter.r``). The family prefix
+    goes: a row holds one family's parameters only."""
+    paths = {k: k[len("param:") :].split(":", 1)[-1] for k in keys}
+    last: dict[str, set[str]] = {}
+    for p in paths.values():
+        last.setdefault(p.rsplit(".", 1)[-1], set()).add(p)
+    return {
+        k: (p.rsplit(".", 1)[-1] if len(last[p.rsplit(".", 1)[-1]]) == 1 else p) for k, p in paths.items()
+    }
+
+
+def leaderboard(rows: list[dict[str, Any]], space: Any, top: int = 10, width: int | None = None) -> Table:
+    """The best completed trials by the first objective (Pareto-optimal ones marked with *, several objectives).
+
+    Parameters are never broken mid-word: on one line when the table fits ``width`` (the terminal's), else one
+    parameter per line under each other, with short names (``lr=0.0141``, ``towers=vision``).
+    """
     objs = space.spec.objectives
     first = objs[0]
     done = [r for r in rows if r["status"] == "completed" and isinstance(r.get(first.metric), int | float)]
     done.sort(key=lambda r: r[first.metric], reverse=first.mode == "max")
+    done = done[:top]
     front = {r["trial_id"] for r in pareto_front(rows, space)} if len(objs) > 1 else set()
     counts: dict[str, int] = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    table = Table(title="leaderboard (validation; test metrics are for the report, not for selection)")
-    table.add_column("#", justify="right")
-    table.add_column("trial")
-    for o in objs:
-        table.add_column(f"{o.metric} ({o.mode})", justify="right")
     # the report metrics on test: base / new / HM under base-to-new, else the first objective's test twin
     test_keys = [k for k in ("test/base", "test/new", "test/hm") if any(k in r for r in done)]
     test_keys = test_keys or [first.metric.replace("val/", "test/", 1)]
-    for key in test_keys:
-        table.add_column(key, justify="right")
-    table.add_column("parameters", overflow="fold")
-    for i, r in enumerate(done[:top], 1):
-        vals = []
+    families = len({r.get("family") for r in done}) > 1
+    names = short_names(sorted({k for r in done for k in r if k.startswith("param:")}))
+    order = {f"param:{n}": i for i, n in enumerate(space.all_param_names())}  # as the space file lists them
+    keys = sorted(names, key=lambda k: (order.get(k, len(order)), k))
+    params = [[f"{names[k]}={_short(r[k])}" for k in keys if r.get(k) is not None] for r in done]
+
+    def build(sep: str) -> Table:
+        table = Table(title=f"leaderboard by {first.metric} (validation; test: reported, not selected on)",
+                      box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
+        table.add_column("#", justify="right")
+        table.add_column("trial", no_wrap=True)
+        if families:
+            table.add_column("family", no_wrap=True)
         for o in objs:
-            std = r.get(f"{o.metric}_std")
-            std_text = f" ± {std:.2g}" if isinstance(std, float) and std > 0 else ""
-            vals.append(f"{r[o.metric]:.4g}{std_text}")
-        mark = "*" if r["trial_id"] in front else ""
-        tests = [f"{r[k]:.1f}" if isinstance(r.get(k), float) else "-" for k in test_keys]
-        table.add_row(str(i), r["trial_id"] + mark, *vals, *tests, _params_text(r, 120))
-    # every trial adapts the same frozen model: its zero-shot numbers are the baseline to beat
-    zero_shot = next((r for r in done if isinstance(r.get(f"zs/{test_keys[0]}"), float)), None)
-    if zero_shot is not None:
-        zs_vals = [
-            f"{zero_shot[f'zs/{k}']:.1f}" if isinstance(zero_shot.get(f"zs/{k}"), float) else "-"
-            for k in test_keys
-        ]
-        zs_obj = [
-            f"{zero_shot[f'zs/{o.metric}']:.4g}"
-            if isinstance(zero_shot.get(f"zs/{o.metric}"), float)
-            else "-"
-            for o in objs
-        ]
-        table.add_row("", "zero-shot", *zs_obj, *zs_vals, "the pretrained model, no adapter", style="dim")
-    table.caption = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + (
-        "; * = Pareto-optimal" if front else ""
-    )
-    return table
+            table.add_column(f"{o.metric} {'↑' if o.mode == 'max' else '↓'}", justify="right", no_wrap=True)
+        for key in test_keys:
+            table.add_column(key, justify="right", no_wrap=True)
+        table.add_column("parameters", overflow="fold")
+        for i, (r, p) in enumerate(zip(done, params, strict=True), 1):
+            vals = []
+            for o in objs:
+                std = r.get(f"{o.metric}_std")
+                std_text = f" ± {std:.2g}" if isinstance(std, float) and std > 0 else ""
+                vals.append(f"{r[o.metric]:.4g}{std_text}")
+            mark = "*" if r["trial_id"] in front else ""
+            tests = [f"{r[k]:.1f}" if isinstance(r.get(k), float) else "-" for k in test_keys]
+            fam = [str(r.get("family", ""))] if families else []
+            table.add_row(str(i), r["trial_id"] + mark, *fam, *vals, *tests, sep.join(p))
+        # every trial adapts the same frozen model: its zero-shot numbers are the baseline to beat
+        zero_shot = next((r for r in done if isinstance(r.get(f"zs/{test_keys[0]}"), float)), None)
+        if zero_shot is not None:
+            zs = [f"{zero_shot[f'zs/{k}']:.1f}" if isinstance(zero_shot.get(f"zs/{k}"), float) else "-"
+                  for k in test_keys]  # fmt: skip
+            zs_obj = [f"{zero_shot[f'zs/{o.metric}']:.4g}" if isinstance(zero_shot.get(f"zs/{o.metric}"), float)
+                      else "-" for o in objs]  # fmt: skip
+            fam = [""] if families else []
+            table.add_row("", "zero-shot", *fam, *zs_obj, *zs, "no adapter", style="dim")
+        table.caption = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + (
+            "; * = on the Pareto front" if front else ""
+        )
+        return table
+
+    wide = build("  ")
+    if width is None or Console(width=10_000).measure(wide).maximum <= width:
+        return wide
+    return build("\n")

@@ -55,6 +55,7 @@ def run_sweep(
     live: bool | None = None,
     ray_init: dict[str, Any] | None = None,
     overrides: list[str] | tuple[str, ...] = (),
+    debug: bool = False,
 ) -> SweepResult:
     """Run (or resume) a sweep over a search space.
 
@@ -73,6 +74,7 @@ def run_sweep(
         runner_options: keyword arguments for the runner (synthetic only).
         live: live terminal table (default: when stderr is a terminal).
         ray_init: extra ``ray.init`` keyword arguments when this call starts Ray (e.g. ``_temp_dir``).
+        debug: show the libraries' start-up output (MLflow, Ray, Tune, Optuna); see ``ranksearch.quiet``.
 
     Returns:
         A ``SweepResult`` (rows, best trial, locations).
@@ -80,6 +82,33 @@ def run_sweep(
     Raises:
         ConfigError: an invalid space, an existing folder without ``--resume``, nothing to resume.
     """
+    from ranksearch.quiet import quiet_libraries
+
+    with quiet_libraries(debug):
+        return _run_sweep(
+            space_file, gpus=gpus, address=address, trials=trials, name=name, resume=resume,
+            tracking_uri=tracking_uri, storage=storage, warm_start=warm_start, runner=runner,
+            runner_options=runner_options, live=live, ray_init=ray_init, overrides=overrides,
+        )  # fmt: skip
+
+
+def _run_sweep(
+    space_file: str | Path,
+    *,
+    gpus: int | None,
+    address: str | None,
+    trials: int | None,
+    name: str | None,
+    resume: bool,
+    tracking_uri: str | None,
+    storage: Path | None,
+    warm_start: Path | None,
+    runner: str,
+    runner_options: dict[str, Any] | None,
+    live: bool | None,
+    ray_init: dict[str, Any] | None,
+    overrides: list[str] | tuple[str, ...],
+) -> SweepResult:
     import ray
     from ray import tune
 

@@ -1,0 +1,102 @@
+"""What a sweep prints in a real terminal: a readable leaderboard at 80 and 200 columns, no start-up chatter
+from the libraries (all of it back with ``--debug``), and the two commands to look at the results at the end.
+
+Uses the pseudo-terminal driver of tests/test_terminal.py (real CLI, Ray, Tune, Optuna, MLflow; the cheap
+``synthetic`` trial runner).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.test_terminal import DRIVER, LOG_LINE, Terminal, assert_clean
+
+pytestmark = pytest.mark.ray
+
+SPACE = {
+    "base": {"model": {"pretrained": None}, "eval": {"evals": 2}},
+    "params": {
+        "train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-1, "log": True},
+        "adapter.r": [1, 4],
+        "placement.matrices": [["q", "v"], ["q", "k", "v", "o"]],
+        "placement.towers": ["vision", "text", "both"],
+    },
+    "objective": {"metric": "val/hm", "mode": "max"},
+    "sampler": {"type": "random", "seed": 0},
+    "early_stopping": {"type": "none"},
+    "trials": 3,
+    "concurrency": 2,
+    "resources": {"cpu": 1, "gpu": 0},
+}
+# one pattern per library announcement a user did not ask for
+CHATTER = {
+    "mlflow tables": "Creating initial MLflow database tables",
+    "ray token": "Token authentication is enabled",
+    "ray start": "Started a local Ray instance",
+    "tune box": "Configuration for experiment",
+    "tensorboard": "TensorBoard",
+    "optuna study": "A new study created",
+}
+
+
+def run(tmp: Path, cols: int, *extra: str) -> str:
+    import sys
+    import tempfile
+
+    (tmp / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    ray_tmp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    args = [sys.executable, "-c", DRIVER, "0.05", ray_tmp, "sweep", str(tmp / "space.yaml"), "--name", "out",
+            "--storage", str(tmp / "runs"), "--no-live", *extra]  # fmt: skip
+    term = Terminal(args, cols, tmp)
+    assert_clean(term, term.wait(240))
+    return term.output
+
+
+def leaderboard_block(out: str) -> list[str]:
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip().startswith("leaderboard by "))
+    end = next(i for i in range(start, len(lines)) if "completed:" in lines[i])
+    return lines[start : end + 1]
+
+
+def params_of(folder: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(folder / "trials.parquet").to_pylist()
+    return [r for r in rows if r["status"] == "completed"]
+
+
+@pytest.mark.parametrize("cols", [80, 200])
+def test_sweep_output_is_readable_quiet_and_ends_with_what_to_run(tmp_path: Path, cols: int) -> None:
+    out = run(tmp_path, cols)
+    board = leaderboard_block(out)
+    assert max(len(line) for line in board) <= cols, "\n".join(board)
+    # every parameter of every completed trial is printed whole ("matrices=q,k,v,o"), never broken mid-word
+    tokens = {t for line in board for t in line.split()}
+    for row in params_of(tmp_path / "runs" / "out"):
+        assert f"matrices={row['param:placement.matrices']}" in tokens, board
+        assert f"towers={row['param:placement.towers']}" in tokens and f"r={row['param:adapter.r']}" in tokens
+        assert any(t.startswith("lr=") for t in tokens)
+    first = next(line for line in board if re.match(r"\s*1\s+\w{8}", line))
+    if cols == 200:  # room enough: one trial, one line
+        assert "lr=" in first and "towers=" in first and "matrices=" in first
+    else:  # one parameter per line under each other
+        assert sum("=" in t for t in first.split()) == 1
+    for what, text in CHATTER.items():
+        assert text not in out, f"{what}: {text!r} printed\n{out[-3000:]}"
+    assert not [line for line in out.splitlines() if LOG_LINE.match(line)], out[
+        -3000:
+    ]  # no library log lines
+    # the last two things printed: how to look at the results
+    last = [line.strip() for line in out.splitlines() if line.strip()][-2:]
+    assert last[0].startswith("ranksearch report ") and last[1].startswith("ranksearch ui "), last
+
+
+def test_debug_shows_the_libraries_start_up_output(tmp_path: Path) -> None:
+    out = run(tmp_path, 120, "--debug")
+    for what in ("mlflow tables", "ray start", "tune box"):
+        assert CHATTER[what] in out, f"{what} hidden under --debug\n{out[:3000]}"
