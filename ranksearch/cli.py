@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import sys
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -53,48 +52,17 @@ def _configure_logging(verbose: bool) -> None:
 
 def load_config_file(path: Path, overrides: list[str], params_json: str | None):
     """A trial config from a trial file or a search-space file (each parameter's default, or ``--params``)."""
-    from ranksearch.config.load import load_trial_config, load_yaml
+    from ranksearch.api import load_config
 
-    data = load_yaml(path)
-    try:
-        from ranksearch.space import load_space, looks_like_space
-    except ImportError:  # search spaces arrive with the sweep work
-        looks_like_space = None
-    if looks_like_space is not None and looks_like_space(data):
-        params = None
-        if params_json:
-            try:
-                params = json.loads(params_json)
-            except json.JSONDecodeError as e:
-                raise ConfigError([("--params", f"not valid JSON: {e}")]) from None
-            if not isinstance(params, dict):
-                raise ConfigError([("--params", "must be a JSON object of parameter name -> value")])
-        return load_space(path).trial_config(params, overrides)
+    params = None
     if params_json:
-        raise ConfigError([("--params", f"{path} is a trial config, not a search space; use --set instead")])
-    return load_trial_config(path, overrides)
-
-
-def debug_budget(config):
-    """The same trial, shrunk to seconds: few shots, few steps, small test set."""
-    from ranksearch.config.load import validate_trial_config
-
-    d = config.model_dump(mode="json")
-    d["data"]["shots"] = min(d["data"]["shots"], 2)
-    d["data"]["test_per_class"] = min(d["data"]["test_per_class"], 5)
-    d["train"]["iterations"] = min(config.train.total_steps(config.data.shots), 20)
-    d["eval"]["evals"] = min(d["eval"]["evals"], 2)
-    return validate_trial_config(d, source="--debug")
-
-
-def fresh_dir(root: Path, name: str) -> Path:
-    """A new folder ``root/name`` (suffixed if taken): never write into a user's earlier results."""
-    path, i = root / name, 1
-    while path.exists():
-        i += 1
-        path = root / f"{name}-{i}"
-    path.mkdir(parents=True)
-    return path
+        try:
+            params = json.loads(params_json)
+        except json.JSONDecodeError as e:
+            raise ConfigError([("--params", f"not valid JSON: {e}")]) from None
+        if not isinstance(params, dict):
+            raise ConfigError([("--params", "must be a JSON object of parameter name -> value")])
+    return load_config(path, params=params, overrides=overrides)
 
 
 def metrics_table(metrics: dict[str, float]) -> Table:
@@ -157,51 +125,21 @@ def trial(
     """
     _configure_logging(debug)
     config = load_config_file(config_file, set_, params)
-    if debug:
-        config = debug_budget(config)
-    from ranksearch.trial import run_trial
+    from ranksearch.api import trial as run
 
-    seed_list = _parse_seeds(seeds) if seeds else [config.seed]
-    name = datetime.now().strftime("%Y%m%d-%H%M%S") + f"-{config.adapter.family}"
-    folder = fresh_dir(out_dir, name)
-    results, trackers = [], []
-    for seed in seed_list:
-        run_config = config.model_copy(update={"seed": seed}) if seeds else config
-        tracker = None
-        if track and config.tracking.enabled:
-            from ranksearch.tracking.mlflow_log import MlflowTracker
-
-            run_name = config.tracking.run_name or f"trial-{config.adapter.family}"
-            tracker = MlflowTracker(
-                tracking_uri or config.tracking.uri, config.tracking.experiment,
-                run_name=f"{run_name}-seed{seed}" if seeds else run_name, source=config_file,
-            )  # fmt: skip
-            trackers.append(tracker)
-        seed_dir = folder / f"seed-{seed}" if seeds else folder
-        result = run_trial(run_config, output_dir=seed_dir, tracker=tracker, progress=not (quiet or as_json))
-        if tracker is not None and tracker.run_id:  # `ranksearch export` links its model to this run
-            from ranksearch.tracking.mlflow_model import TRIAL_RUN_FILE
-
-            (seed_dir / TRIAL_RUN_FILE).write_text(
-                json.dumps({"tracking_uri": tracker.uri, "run_id": tracker.run_id})
-            )
-        if result.status != "completed":
-            raise RanksearchError(f"trial failed (seed {seed}): {result.error} (outputs in {seed_dir})")
-        results.append(result.metrics)
-    from ranksearch.seeds import aggregate
-
-    metrics = aggregate(results) if seeds else results[0]
-    if seeds:
-        (folder / "seeds.json").write_text(json.dumps({"seeds": seed_list, "mean_std": metrics}, indent=2))
+    result = run(
+        config, seeds=_parse_seeds(seeds) if seeds else None, out_dir=out_dir, track=track,
+        tracking_uri=tracking_uri, debug=debug, progress=not (quiet or as_json), source=config_file,
+    )  # fmt: skip
     if as_json:
-        out.print_json(json.dumps(metrics))
+        out.print_json(json.dumps(result.metrics))
         return
-    out.print(metrics_table(metrics))
-    out.print(f"outputs: {folder}")
-    for tracker in trackers:
-        out.print(f"MLflow run {tracker.run_id} in {tracker.uri}")
-    if trackers:
-        out.print(f"  view: mlflow ui --backend-store-uri {trackers[0].uri}")
+    out.print(metrics_table(result.metrics))
+    out.print(f"outputs: {result.folder}")
+    for uri, run_id in result.runs:
+        out.print(f"MLflow run {run_id} in {uri}")
+    if result.runs:
+        out.print(f"  view: mlflow ui --backend-store-uri {result.runs[0][0]}")
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -335,30 +273,19 @@ def export(
     exports its best trial (or --trial); an MLflow run id downloads that run's artifacts first (a sweep's
     parent run id means its best trial).
     """
-    import tempfile
-
     _configure_logging(False)
-    from ranksearch.export import export_trial, log_export, trial_run
-    from ranksearch.report.data import find_sweep
-    from ranksearch.report.locate import trial_source
+    from ranksearch.api import export as run
 
-    path = Path(source).expanduser()
-    if not path.exists() and "/" not in source and not source.startswith("."):
-        try:  # a sweep name under ./ranksearch-runs/sweeps
-            path = find_sweep(source)
-            source = str(path)
-        except RanksearchError:
-            pass
-    with tempfile.TemporaryDirectory(prefix="rs-export-") as scratch:
-        trial_dir, what = trial_source(source, trial_id, tracking_uri, Path(scratch))
-        manifest = export_trial(trial_dir, out_dir)
-        run = trial_run(source, trial_dir, tracking_uri) if (mlflow or register) else None
-    manifest["exported"] = what
-    if register and run is None:
-        raise RanksearchError(f"--register needs the trial's MLflow run, and none is known for {what}")
-    if run is not None:
-        manifest["mlflow"] = log_export(out_dir, run, register, alias)
-        (out_dir / "export.json").write_text(json.dumps(manifest, indent=2))
+    manifest = run(
+        source,
+        out_dir,
+        trial=trial_id,
+        tracking_uri=tracking_uri,
+        mlflow=mlflow,
+        register=register,
+        alias=alias,
+    )
+    what = manifest["exported"]
     if as_json:
         out.print_json(json.dumps(manifest))
         return

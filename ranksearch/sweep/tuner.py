@@ -40,7 +40,7 @@ class SweepResult:
 
 
 def run_sweep(
-    space_file: str | Path,
+    space_file: str | Path | SearchSpace,
     *,
     gpus: int | None = None,
     address: str | None = None,
@@ -60,7 +60,8 @@ def run_sweep(
     """Run (or resume) a sweep over a search space.
 
     Args:
-        space_file: the search-space YAML (ignored on resume: the sweep folder's copy is used).
+        space_file: the search-space YAML or a validated ``SearchSpace`` (ignored on resume: the sweep folder's
+            copy is used).
         gpus: logical GPUs of a local Ray (default: detected); ignored with ``address``.
         address: join this Ray cluster instead of starting one ("auto", "HOST:PORT", "ray://...").
         trials: override the space's trial count (new sweeps only).
@@ -93,7 +94,7 @@ def run_sweep(
 
 
 def _run_sweep(
-    space_file: str | Path,
+    space_file: str | Path | SearchSpace,
     *,
     gpus: int | None,
     address: str | None,
@@ -119,7 +120,10 @@ def _run_sweep(
     t0 = time.time()
     if runner not in _runners():
         raise ConfigError([("runner", f"unknown runner {runner!r}; known: {', '.join(_runners())}")])
-    space = load_space(space_file, overrides) if not resume or name is None else None
+    given = space_file if isinstance(space_file, SearchSpace) else None  # the Python API passes the object
+    if given is not None:
+        space_file = Path(given.source or "space.yaml")
+    space = (given or load_space(space_file, overrides)) if not resume or name is None else None
     name = name or (space.spec.name if space else None) or Path(space_file).stem
     folder = sweep_folder(name, storage)
     manifest = prepare_folder(folder, resume)

@@ -30,14 +30,20 @@ REQUIREMENTS = ("mlflow", "torch", "open_clip_torch", "numpy", "pillow")
 @contextlib.contextmanager
 def tracking(uri: str) -> Iterator[None]:
     """MLflow's fluent API (what model logging uses) pointed at ``uri`` for a while, then back."""
+    import os
+
     import mlflow
 
     before = mlflow.get_tracking_uri()
+    bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar for copying a local folder
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
         mlflow.set_tracking_uri(before)
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
 
 
 def split_dataset(config: Any, split: str) -> Any:

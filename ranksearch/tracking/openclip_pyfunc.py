@@ -13,12 +13,16 @@ the model's own transform). The answer holds L2-normalised ``image_embeds`` / ``
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import mlflow
 from mlflow.pyfunc import PythonModel
 
 ARTIFACT = "open_clip"  # the artifact key: the exported open_clip local-dir folder
+
+# MLflow asks for type hints on predict to infer a signature of rows; a dict of arrays has none to give
+warnings.filterwarnings("ignore", message=".*type hints to the `predict` method", category=UserWarning)
 
 
 class OpenClipModel(PythonModel):
