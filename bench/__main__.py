@@ -3,6 +3,7 @@
     python -m bench                     # everything (<= 30 min on 2 CPU cores)
     python -m bench --quick             # CI: tiny settings, checks every benchmark executes (<= 3 min)
     python -m bench --only step_vs_peers --out /tmp/bench.md
+    python -m bench --only startup --merge  # re-measure one benchmark, keep the other rows of the report
     python -m bench --device cuda       # GPU variant: CUDA events, fp16 AMP, CUDA allocator peaks
 
 A benchmark that raises is reported as a row saying so (and the exit status is 1), so one broken benchmark
@@ -34,6 +35,7 @@ BENCHMARKS = [
     "memory",
     "search_overhead",
     "search_efficiency",
+    "startup",
 ]
 
 PREAMBLE = """
@@ -74,6 +76,11 @@ Speed work in the training core (`ranksearch/training/loop.py`, `ranksearch/mode
 """
 
 
+def _section(text: str, start: str, end: str) -> str:
+    """The part of ``text`` from the heading ``start`` up to the heading ``end``."""
+    return text[text.index(start) : text.index(end)]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings: check that every benchmark runs")
@@ -87,6 +94,12 @@ def main(argv: list[str] | None = None) -> int:
         "--rerender",
         action="store_true",
         help="rewrite --out from the rows saved beside it (<out>.json) with the current notes; runs nothing",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="with --only: replace only these benchmarks' rows in --out (from <out>.json); the other rows and "
+        "the original run's facts stay, and a note says when and how these rows were re-measured",
     )
     args = parser.parse_args(argv)
 
@@ -137,6 +150,38 @@ def main(argv: list[str] | None = None) -> int:
             "quick mode: tiny settings and few repeats; figures are not meaningful, targets not judged"
         )
     seconds = time.perf_counter() - started
+    if args.merge and saved.exists():  # keep every other benchmark's rows and the full run's facts
+        data = json.loads(saved.read_text())
+        ran = set(args.only or BENCHMARKS)
+        load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        kept = [Row(**r) for r in data["rows"] if r["bench"] not in ran]
+        for name in {r.bench for r in kept}:
+            misses.update(getattr(importlib.import_module(f"bench.{name}"), "MISSES", {}))
+        notes = [n for n in data["notes"] if not any(n.startswith(f"{b}: re-measured") for b in ran)]
+        from bench.report import _git_rev
+
+        notes += [
+            f"{b}: re-measured {when} at git {_git_rev()} with `{command.strip()}` (load average {load})"
+            for b in sorted(ran)
+        ]
+        old_run = (
+            _section(Path(args.out).read_text(), "## Run", "## Results") if Path(args.out).exists() else None
+        )
+        rows, ctx.notes, command, seconds = kept + rows, notes + ctx.notes, data["command"], data["seconds"]
+        date = write_report(Path(args.out), rows, ctx, command, seconds, PREAMBLE, misses, data["date"])
+        if old_run is not None:  # the full run's machine, code and load stay as they were measured
+            text = Path(args.out).read_text()
+            Path(args.out).write_text(text.replace(_section(text, "## Run", "## Results"), old_run, 1))
+        saved.write_text(
+            json.dumps(
+                {"rows": [dataclasses.asdict(r) for r in rows], "quick": data["quick"], "notes": ctx.notes,
+                 "command": command, "seconds": seconds, "date": date},
+                indent=1,
+            )
+        )  # fmt: skip
+        ctx.log(f"merged into {args.out}")
+        return 1 if failed else 0
     date = write_report(Path(args.out), rows, ctx, command.strip(), seconds, PREAMBLE, misses)
     saved.write_text(
         json.dumps(

@@ -30,7 +30,8 @@ CATEGORIES = {
     "ranges/steps/grids, numeric keys, trials/concurrency/resources/early stopping",
     "cli_arguments": "mistyped commands and options, missing arguments, bad or out-of-range integers, "
     "`--set` forms, FIFOs/devices/folders/missing/oversized files, undecodable argv",
-    "valid_controls": "valid counterparts (quoted forms, in-range values, --help/--version): must be accepted",
+    "valid_controls": "valid counterparts: the YAML 1.1 forms quoted (text), --help, --version, `validate` and "
+    "`schema` on valid input: must be accepted",
 }
 OUTCOMES = ("tried", "clean", "traceback", "hang", "accepted", "unclear")
 

@@ -38,6 +38,8 @@ EXPECTED_ROWS = [
     "bytes per adapter parameter",
     "per-trial overhead: ranksearch sweep / bare Ray Tune",
     "compute to reach best-1 HM: TPE+ASHA / random",
+    "start-up: ranksearch validate",
+    "start-up: ranksearch best",
 ]
 
 

@@ -263,3 +263,52 @@ def test_overrides_fix_base_values_and_are_recorded_in_the_space_text():
     assert config.adapter.family == "dra"
     reloaded = validate_space(yaml.safe_load(space.text))  # what a resumed sweep reads back
     assert reloaded.trial_config(None) == config
+
+
+# ---- issue 15: space values validate used to accept (or crash on), each named by its field -------------------
+def _valid() -> dict:
+    return {
+        "base": {"model": {"pretrained": None}},
+        "params": {
+            "train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True},
+            "adapter.r": [1, 2],
+        },
+        "objective": {"metric": "val/hm"},
+    }
+
+
+SPACE_REFUSED = [
+    ({"sampler": {"type": "nsga2", "options": {"population_size": 1}}}, "sampler.options.population_size", "greater than or equal to 2"),
+    ({"sampler": {"type": "qmc", "options": {"qmc_type": 1}}}, "sampler.options.qmc_type", "'sobol' or 'halton'"),
+    ({"sampler": {"type": "qmc", "options": {"scramble": "yes"}}}, "sampler.options.scramble", "boolean"),
+    ({"sampler": {"type": "random", "options": {"n_startup_trials": 5}}}, "sampler.options.n_startup_trials",
+     "not an option of the random sampler"),
+    ({"sampler": {"type": "tpe", "options": {"multivariate": False}}}, "sampler.options.group", "needs multivariate"),
+    ({"sampler": {"seed": -1}}, "sampler.seed", "greater than or equal to 0"),
+    ({"sampler": {"seed": 2**64}}, "sampler.seed", "less than or equal to 4294967295"),
+    ({"seeds": True}, "seeds", "boolean"),
+    ({"seeds": [1, 2**40]}, "seeds.1", "less than or equal to 4294967295"),
+    ({"name": ""}, "name", "empty"),
+    ({"name": "a/b"}, "name", "folder name"),
+    ({"experiment": "team/x"}, "experiment", "'/'"),
+    ({"objective": {"metric": "cl/average"}}, "objective.metric", "test split"),
+    ({"objective": {"metric": "val/../test/hm"}}, "objective.metric", "test split"),
+    ({"params": {"train.lr": {"type": "float", "low": 0.001, "high": 0.002, "step": 0.01}}}, "params[train.lr]",
+     "larger than the range"),
+    ({"params": {"train.lr": {"type": "float", "low": 0.001, "high": 0.01, "step": 0.004}}}, "params[train.lr]",
+     "not a multiple"),
+    ({"sampler": {"type": "grid"}, "params": {"train.lr": {"type": "float", "low": 0.0001, "high": 0.5001,
+      "step": 1e-9}}}, "params[train.lr]", "more than 100,000 points"),
+    ({"sampler": {"type": "grid"}, "params": {"data.split_seed": {"type": "int", "low": 0, "high": 10**9}}},
+     "params[data.split_seed]", "more than 100,000 points"),
+    ({"params": {1: [1, 2]}}, "params.1", "keys are text"),
+    ({"base": {"model": {"pretrained": None}, "train": {"weight_decay": float("inf")}}},
+     "base.train.weight_decay", "finite"),
+    ({"params": {"train.lrr": [0.1]}}, "params[train.lrr]", "did you mean 'lr'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("change,field,words", SPACE_REFUSED, ids=[f for _, f, _ in SPACE_REFUSED])
+def test_space_validation_refuses_what_it_used_to_accept(change, field, words):
+    problems = problems_of({**_valid(), **change})
+    assert field in problems and words in problems[field], problems

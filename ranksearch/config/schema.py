@@ -349,7 +349,8 @@ class TrialConfig(Section):
         return self
 
     def _layer_problems(self) -> list[tuple[str, str]]:
-        """``placement.layers`` against the model's tower depths, when its architecture file says them."""
+        """``placement.layers`` against the model's tower depths, when its architecture file says them; then a
+        rank budget's per-module minimum against the number of adapted modules."""
         from ranksearch.adapters.placement import layer_indices
         from ranksearch.config.models import tower_depths
 
@@ -358,19 +359,30 @@ class TrialConfig(Section):
         if not depths:
             return []
         towers = ["vision", "text"] if self.placement.towers == "both" else [self.placement.towers]
-        misfits = []
+        misfits, modules = [], 0
         for tower in towers:
             if tower not in depths:
-                continue  # not an open_clip transformer tower: checked when the model is built
+                return []  # not an open_clip transformer tower: checked when the model is built
             try:
-                layer_indices(self.placement.layers, depths[tower])
+                modules += len(layer_indices(self.placement.layers, depths[tower])) * len(
+                    self.placement.matrices
+                )
             except ValueError:
                 misfits.append(f"{tower}: {depths[tower]} blocks, 0-{depths[tower] - 1}")
-        if not misfits:
-            return []
-        return [
-            (
-                "placement.layers",
-                f"{self.placement.layers!r} is out of range for {self.model.name} ({'; '.join(misfits)})",
-            )
-        ]
+        if misfits:
+            where = f"{self.placement.layers!r} is out of range for {self.model.name} ({'; '.join(misfits)})"
+            return [("placement.layers", where)]
+        budget = getattr(self.adapter, "budget", None)
+        if (
+            budget is not None
+            and budget.total_rank is not None
+            and budget.min_rank * modules > budget.total_rank
+        ):
+            return [
+                (
+                    "adapter.budget.min_rank",
+                    f"min_rank {budget.min_rank} × {modules} adapted modules = {budget.min_rank * modules} exceeds "
+                    f"total_rank {budget.total_rank}",
+                )
+            ]
+        return []
