@@ -274,9 +274,6 @@ def check_events(text: str) -> list[tuple[str, str]]:
         problems.append((path or "<root>", msg))
         raise _Refused
 
-    def where(event: yaml.Event) -> str:
-        return f"line {event.start_mark.line + 1}"
-
     def position(event: yaml.Event) -> tuple[str, bool]:
         """(path of the node this event starts, whether it is a mapping key)."""
         if not stack:
@@ -325,7 +322,10 @@ def check_events(text: str) -> list[tuple[str, str]]:
             if isinstance(event, yaml.DocumentStartEvent):
                 documents += 1
                 if documents > 1:
-                    refuse("<file>", f"a second YAML document at {where(event)}; a config is one document")
+                    refuse(
+                        "<file>",
+                        f"a second YAML document at line {event.start_mark.line + 1}; a config is one document",
+                    )
                 continue
             if not isinstance(event, yaml.NodeEvent | yaml.CollectionEndEvent):
                 continue
@@ -335,54 +335,45 @@ def check_events(text: str) -> list[tuple[str, str]]:
                 finished(node.size, node.height, node.anchor, is_key, None, node.line)
                 continue
             path, is_key = position(event)
+            line = event.start_mark.line + 1
+            at = f"line {line}"
+            here = path or "<root>"
             tag = getattr(event, "tag", None)
             if tag is not None:
-                tag = tag.replace("tag:yaml.org,2002:", "!!")
-                problems.append(
-                    (path or "<root>", f"explicit YAML tag {tag!r} at {where(event)}: tags are not supported; "
-                     "write a plain value (quote it for text)")
-                )  # fmt: skip
-            line = event.start_mark.line + 1
+                shown = tag.replace("tag:yaml.org,2002:", "!!")
+                msg = f"explicit YAML tag {shown!r} at {at}: tags are not supported; write a plain value"
+                problems.append((here, msg + " (quote it for text)"))
             if isinstance(event, yaml.AliasEvent):
                 aliases += 1
                 if aliases > MAX_ALIASES:
                     refuse(path, f"more than {MAX_ALIASES} YAML aliases; refusing to expand")
                 if event.anchor not in anchors:
-                    open_anchor = any(n.anchor == event.anchor for n in stack)
-                    refuse(
-                        path,
-                        f"alias *{event.anchor} at {where(event)} "
-                        + ("refers to the collection that contains it (recursive)" if open_anchor else
-                           "refers to no anchor defined before it"),
-                    )  # fmt: skip
+                    recursive = any(n.anchor == event.anchor for n in stack)
+                    why = (
+                        "the collection that contains it (recursive)"
+                        if recursive
+                        else "no anchor defined before it"
+                    )
+                    refuse(path, f"alias *{event.anchor} at {at} refers to {why}")
                 if is_key:
-                    problems.append((path or "<root>", f"an alias as a mapping key at {where(event)}"))
+                    problems.append((here, f"an alias as a mapping key at {at}"))
                 size, height = anchors[event.anchor]
                 finished(size, height, None, is_key, None, line)
             elif isinstance(event, yaml.ScalarEvent):
                 msg = _scalar_problem(event)
-                key = event.value if is_key else None
+                key_path = _join(path, event.value) if is_key else here
+                kind = "str" if event.style is not None else _resolve_plain(event.value)
                 if msg:
-                    problems.append(
-                        (_join(path, event.value) if is_key else path or "<root>", f"{msg} ({where(event)})")
-                    )
-                elif is_key:
-                    kind = "str" if event.style is not None else _resolve_plain(event.value)
-                    if kind != "str":
-                        problems.append(
-                            (_join(path, event.value), f"the key {event.value!r} ({where(event)}) reads as {_KINDS[kind]}; "
-                             "keys are text: quote it")
-                        )  # fmt: skip
-                    elif event.value == "<<" and event.style is None:
-                        problems.append(
-                            (path or "<root>", f"merge key << at {where(event)} is YAML 1.1 only; write the keys out")
-                        )  # fmt: skip
-                finished(1, 0, event.anchor, is_key, key, line)
+                    problems.append((key_path, f"{msg} ({at})"))
+                elif is_key and kind != "str":
+                    msg = f"the key {event.value!r} ({at}) reads as {_KINDS[kind]}; keys are text: quote it"
+                    problems.append((key_path, msg))
+                elif is_key and event.value == "<<" and event.style is None:
+                    problems.append((here, f"merge key << at {at} is YAML 1.1 only; write the keys out"))
+                finished(1, 0, event.anchor, is_key, event.value if is_key else None, line)
             else:  # a mapping or sequence starts
                 if is_key:
-                    problems.append(
-                        (path or "<root>", f"a list or mapping as a mapping key at {where(event)}")
-                    )
+                    problems.append((here, f"a list or mapping as a mapping key at {at}"))
                 if len(stack) + 1 > MAX_DEPTH:
                     refuse(path, f"nested more than {MAX_DEPTH} levels deep")
                 stack.append(_Node(isinstance(event, yaml.MappingStartEvent), path, event.anchor, line))
@@ -408,11 +399,11 @@ def parse_yaml(text: str, source: str | None = None) -> dict[str, Any]:
     """Parse the YAML text of a config into a mapping; ``ConfigError`` listing every problem otherwise."""
     data = parse_document(text, source)
     if data is None:
-        raise ConfigError(
-            [("<file>", "the file is empty (or only `~`): write the sections to set, e.g. `adapter: {family: "
-              "lora}`; `ranksearch schema` lists every field")],
-            source,
-        )  # fmt: skip
+        msg = (
+            "the file is empty (or only `~`): write the sections to set, e.g. `adapter: {family: lora}` "
+            "(the files in search_spaces/ show every section)"
+        )
+        raise ConfigError([("<file>", msg)], source)
     if not isinstance(data, dict):
         raise ConfigError([("<root>", f"expected a mapping of sections, got {type(data).__name__}")], source)
     return data

@@ -82,19 +82,14 @@ def _grid(space: SearchSpace) -> dict[str, list[Any]]:
     params += [(a.name, a.spec) for a in space.active_params(space.default_family)]
     points = 1
     for name, p in params:
-        n = (
-            len(p.choices)
-            if isinstance(p, CategoricalParam)
-            else grid_size(p)
-            if p.step or isinstance(p, IntParam)
-            else 0
-        )
+        if isinstance(p, CategoricalParam):
+            n = len(p.choices)
+        else:
+            n = grid_size(p) if p.step or isinstance(p, IntParam) else 0  # 0: not griddable, reported below
         points *= max(n, 1)
-        if n > MAX_GRID_POINTS or points > MAX_GRID_POINTS:
-            raise ConfigError(
-                [(f"params[{name}]", f"the grid has more than {MAX_GRID_POINTS:,} points; use a coarser step or "
-                  "another sampler")]
-            )  # fmt: skip
+        if points > MAX_GRID_POINTS:
+            msg = f"the grid has more than {MAX_GRID_POINTS:,} points; use a coarser step or another sampler"
+            raise ConfigError([(f"params[{name}]", msg)])
     for name, p in params:
         if isinstance(p, CategoricalParam):
             grid[name] = p.encoded()
