@@ -53,6 +53,14 @@ WATCHDOG_S = 20
 SCRATCH = Path(tempfile.mkdtemp(prefix="rs-hostile-"))
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _remove_scratch():
+    yield
+    import shutil
+
+    shutil.rmtree(SCRATCH, ignore_errors=True)
+
+
 class _Hang(Exception):
     pass
 
