@@ -136,7 +136,8 @@ class TrialSession:
         kw = {"device": self.device, "batch_size": self.config.eval.batch_size, "autocast": self.autocast}
         split = getattr(task, split_name)
         metrics = {
-            f"{split_name}/{k}": v for k, v in evaluate_split(self.model, task, split, text, **kw).items()
+            f"{split_name}/{k}": v
+            for k, v in evaluate_split(self.model, task, split, text, split_name=split_name, **kw).items()
         }
         if split_name == "test":
             for name, (classnames, extra) in task.extra_tests.items():

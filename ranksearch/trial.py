@@ -242,7 +242,15 @@ class TrialRun:
         final.update(self.history[-1] if self.history else {})
         final.update(self.evaluate("test"))
         final.update(protocol_summary(self.config.data.protocol, final, list(self.task.extra_tests)))
-        _write_artifacts(self.output_dir, self.model, self.config, final, self.history, self.alloc_rows)
+        _write_artifacts(
+            self.output_dir,
+            self.model,
+            self.config,
+            final,
+            self.history,
+            self.alloc_rows,
+            task_classes(self.task),
+        )
         _finish(self.tracker, self.output_dir, final, self.total_steps)
         return TrialResult("completed", final, self.history, self.output_dir)
 
@@ -277,7 +285,25 @@ def _record_failure(tracker: Any, error: BaseException, status: str = "FAILED") 
     tracker.end(status)
 
 
-def _write_artifacts(output_dir: Path, model, config: TrialConfig, final, history, rows: list[dict]) -> None:
+def task_classes(task: Any) -> dict[str, list[int] | None]:
+    """Which classes a trial trained on and scored as base / new / pseudo-new (recorded in metrics.json)."""
+    return {
+        "base": task.base_classes,
+        "new": task.new_classes,
+        "train": task.train_classes,
+        "val_new": list(task.val_new_classes),
+    }
+
+
+def _write_artifacts(
+    output_dir: Path,
+    model,
+    config: TrialConfig,
+    final,
+    history,
+    rows: list[dict],
+    classes: dict | None = None,
+) -> None:
     """metrics.json, the allocation table (parquet), the adapter (safetensors), rank pattern and plots."""
     import pyarrow.parquet as pq
 
@@ -285,7 +311,10 @@ def _write_artifacts(output_dir: Path, model, config: TrialConfig, final, histor
     from ranksearch.tracking.allocation import allocation_table, rank_pattern
     from ranksearch.tracking.plots import plot_allocation_heatmap, plot_rank_over_time
 
-    (output_dir / "metrics.json").write_text(json.dumps({"final": final, "history": history}, indent=2))
+    doc: dict[str, Any] = {"final": final, "history": history}
+    if classes is not None:
+        doc["classes"] = classes
+    (output_dir / "metrics.json").write_text(json.dumps(doc, indent=2))
     pq.write_table(allocation_table(rows), output_dir / "allocation.parquet")
     (output_dir / "rank_pattern.json").write_text(json.dumps(rank_pattern(rows), indent=2))
     save_adapter(model, output_dir / "adapter.safetensors", {"config": config.model_dump(mode="json")})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -140,8 +141,10 @@ def test_fewshot_sampler_seeds_and_split_file(data_root: Path, _cache: Path) -> 
     assert Counter(it.label for it in a_val) == {0: 2, 1: 2, 2: 2, 3: 2}  # only 2 val images per class exist
     train_paths = {it.path for it in splits.train}
     assert {it.path for it in a_train} <= train_paths and not {it.path for it in a_val} & train_paths
-    many, _ = fewshot_sample(splits, 50, seed=1, cache_dir=None)
-    assert Counter(it.label for it in many) == {0: 5, 1: 5, 2: 5, 3: 5}  # fewer than K: all of them
+    many, _ = fewshot_sample(splits, 8, seed=1, cache_dir=None)
+    # fewer than K (5 train images a class): all of them, repeated up to K (Dassl's repeat=True)
+    assert Counter(it.label for it in many) == {0: 8, 1: 8, 2: 8, 3: 8}
+    assert {it.path for it in many} == train_paths
     doc = json.loads(path.read_text())
     assert doc["train"] == [[it.path, it.label] for it in a_train]
 
@@ -161,7 +164,10 @@ def test_cocoop_base_new_rule(data_root: Path, tmp_path: Path) -> None:
     assert cocoop_base_classes(range(4)) == [0, 1]
     task = build_task(_cfg(data_root, "oxford_pets", protocol="base2new"), SIZE)
     assert task.base_classes == [0, 1] and task.new_classes == [2, 3]
-    assert set(task.train.labels.tolist()) == {0, 1} and set(task.val.labels.tolist()) == {0, 1}
+    # validation rule: of 2 base classes one is pseudo-new (held out of training); val holds base classes only
+    assert len(task.val_new_classes) == 1 and set(task.val_new_classes) < {0, 1}
+    assert set(task.train.labels.tolist()) == {0, 1} - set(task.val_new_classes)
+    assert set(task.val.labels.tolist()) == {0, 1}
     assert set(task.test.labels.tolist()) == {0, 1, 2, 3}  # labels stay global; no relabelling
     # A dataset may declare its base classes.
     _make_pets(tmp_path)
@@ -316,3 +322,102 @@ def test_short_trial_on_the_fabricated_data_tree(data_root: Path, tmp_path: Path
     result = run_trial(config, output_dir=tmp_path / "trial", progress=False)
     assert result.status == "completed"
     assert {"test/base", "test/new", "test/hm", "zs/test/hm"} <= set(result.metrics)
+
+
+def test_shots_above_a_class_size_repeat_with_a_warning(
+    data_root: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    splits = load_split_zhou("oxford_pets", data_root)
+    with caplog.at_level("WARNING", logger="ranksearch.data.fewshot"):
+        train, val = fewshot_sample(splits, 16, seed=1, cache_dir=None)
+    assert (
+        "data.shots=16: 4 class(es) of oxford_pets have fewer training images: abyssinian (5)" in caplog.text
+    )
+    assert Counter(it.label for it in train) == dict.fromkeys(range(4), 16)
+    assert Counter(it.label for it in val) == dict.fromkeys(range(4), 2)  # CoOp: min(K, 4), never repeated
+    assert len({it.path for it in val}) == len(val)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="ranksearch.data.fewshot"):
+        fewshot_sample(splits, 5, seed=1, cache_dir=None)
+    assert "fewer training images" not in caplog.text
+
+
+def test_val_from_train_when_a_class_has_no_more_than_k(tmp_path: Path) -> None:
+    _make_imagenet(tmp_path, coop_layout=False)  # 6 train images a class
+    train, val = fewshot_sample(load_imagenet(tmp_path), 8, seed=1, cache_dir=None)
+    assert Counter(it.label for it in train) == {0: 8, 1: 8, 2: 8}  # all 6, repeated up to 8
+    assert val == []  # nothing left for validation: no image is both
+
+
+SAMPLE = """
+import json, sys
+from pathlib import Path
+from ranksearch.data.coop import load_split_zhou
+from ranksearch.data.fewshot import fewshot_sample
+splits = load_split_zhou("oxford_pets", Path(sys.argv[1]))
+out = []
+for shots in (2, 8):  # 8: the repetition path too
+    train, val = fewshot_sample(splits, shots, seed=3, cache_dir=None)
+    out.append([[it.path for it in train], [it.path for it in val]])
+print(json.dumps(out))
+"""
+
+
+def test_same_seed_same_files_across_processes_and_copies(data_root: Path, tmp_path: Path) -> None:
+    """Same seed -> same files in every trial and on every machine: other hash seeds, another copy of $DATA."""
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "elsewhere"
+    shutil.copytree(data_root / "oxford_pets", copy / "oxford_pets")
+    outs = set()
+    for root, hash_seed in ((data_root, "0"), (copy, "1"), (data_root, "4242")):
+        run = subprocess.run(
+            [sys.executable, "-c", SAMPLE, str(root)],
+            env={**os.environ, "PYTHONHASHSEED": hash_seed}, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        outs.add(run.stdout.strip())
+    assert len(outs) == 1  # one answer, whatever the process or the copy
+    here = [
+        [[it.path for it in part] for part in fewshot_sample(load_split_zhou("oxford_pets", copy), k, 3)]
+        for k in (2, 8)
+    ]
+    assert json.loads(outs.pop()) == here
+
+
+def test_class_names_one_spelling_per_label(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The first entry's case does not rename a class; Oxford Pets is lower-cased as CoOp does; others keep case."""
+    from ranksearch.data.coop import read_split_zhou
+
+    doc = {
+        "train": [
+            ["a1.png", 0, "ABYSSINIAN"],
+            ["a2.png", 0, "abyssinian"],
+            ["b1.png", 1, "Annual_Crop_Land"],
+        ],
+        "val": [["a3.png", 0, "abyssinian"], ["b2.png", 1, "Annual_Crop_Land"]],
+        "test": [["a4.png", 0, "abyssinian"], ["b3.png", 1, "Annual_Crop_Land"]],
+    }
+    path = tmp_path / "split.json"
+    path.write_text(json.dumps(doc))
+    with caplog.at_level("WARNING", logger="ranksearch.data.coop"):
+        assert read_split_zhou(path)[3] == ["abyssinian", "Annual Crop Land"]
+    assert "several class names" not in caplog.text  # a case difference is not a different name
+    doc["test"][0][2] = "cat"
+    path.write_text(json.dumps(doc))
+    with caplog.at_level("WARNING", logger="ranksearch.data.coop"):
+        assert read_split_zhou(path)[3][0] == "abyssinian"
+    assert "label 0 has several class names ['ABYSSINIAN', 'abyssinian', 'cat']" in caplog.text
+    assert read_split_zhou(path, lower=True)[3] == ["abyssinian", "annual crop land"]
+    _make_pets(tmp_path)
+    split = tmp_path / "oxford_pets" / "split_zhou_OxfordPets.json"
+    pets = json.loads(split.read_text())
+    pets["train"] = [[p, y, c.title()] for p, y, c in pets["train"]]  # "Great_Pyrenees" in train only
+    split.write_text(json.dumps(pets))
+    assert load_split_zhou("oxford_pets", tmp_path).classnames == [
+        "abyssinian",
+        "great pyrenees",
+        "pug",
+        "siamese",
+    ]

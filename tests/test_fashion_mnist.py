@@ -98,8 +98,10 @@ def test_real_package() -> None:
     cfg = DataConfig(task="fashion-mnist", protocol="base2new", shots=4, max_test_per_class=5)
     task = build_task(cfg, 32)
     assert len(task.classnames) == 10 and task.base_classes == [0, 1, 2, 3, 4]
-    assert task.train.images.shape == (20, 3, 32, 32) and task.train.images.dtype == torch.uint8
-    assert Counter(task.train.labels.tolist()) == dict.fromkeys(range(5), 4)
+    # validation rule: 2 of the 5 base classes are pseudo-new, held out of training
+    assert len(task.val_new_classes) == 2 and set(task.val_new_classes) < set(range(5))
+    assert task.train.images.shape == (12, 3, 32, 32) and task.train.images.dtype == torch.uint8
+    assert Counter(task.train.labels.tolist()) == dict.fromkeys(task.train_classes, 4)
     assert Counter(task.val.labels.tolist()) == dict.fromkeys(range(5), 4)
     assert task.test.images.shape == (50, 3, 32, 32) and Counter(task.test.labels.tolist()) == dict.fromkeys(
         range(10), 5

@@ -33,10 +33,13 @@ def test_build_task_shapes_and_protocols():
     assert task.base_classes == list(sw.BASE_CLASSES)
     assert len(task.new_classes) == 16
     assert task.templates == [sw.DEFAULT_TEMPLATE]
-    assert task.train.images.shape == (48 * 2, 3, 32, 32) and task.train.images.dtype == torch.uint8
+    # base-to-new validation rule: 12 of the 48 base classes are pseudo-new, held out of training
+    assert len(task.val_new_classes) == 12 and set(task.val_new_classes) < set(sw.BASE_CLASSES)
+    assert task.train.images.shape == (36 * 2, 3, 32, 32) and task.train.images.dtype == torch.uint8
     assert task.train.labels.dtype == torch.int64
-    assert set(task.train.labels.tolist()) == set(sw.BASE_CLASSES)
-    assert len(task.val) == 64 * 2 and set(task.val.labels.tolist()) == set(range(64))
+    assert set(task.train.labels.tolist()) == set(sw.BASE_CLASSES) - set(task.val_new_classes)
+    # validation never holds a real new class
+    assert len(task.val) == 48 * 2 and set(task.val.labels.tolist()) == set(sw.BASE_CLASSES)
     assert len(task.test) == 64 * 3
     assert set(task.extra_tests) == {f"shapeworld-{d}" for d in sw.DOMAINS if d != "clutter"}
 
@@ -48,7 +51,8 @@ def test_build_task_shapes_and_protocols():
 
 
 def test_val_shots_default_is_min_of_shots_and_4():
-    assert len(build_task(_cfg(shots=8), 32).val) == 64 * 4
+    assert len(build_task(_cfg(shots=8), 32).val) == 48 * 4  # base classes only under base2new
+    assert len(build_task(_cfg(shots=8, protocol="fewshot"), 32).val) == 64 * 4
 
 
 def test_same_seed_same_tensors_other_seed_different():
@@ -120,4 +124,4 @@ def test_normalize_uses_openai_stats():
 
 
 def test_negative_split_seed_is_accepted():
-    assert len(build_task(_cfg(split_seed=-3, shots=1, val_shots=1, test_per_class=1), 32).train) == 48
+    assert len(build_task(_cfg(split_seed=-3, shots=1, val_shots=1, test_per_class=1), 32).train) == 36

@@ -98,7 +98,18 @@ class DataConfig(Section):
     val_shots: int | None = Field(
         None, ge=1, le=10_000, description="validation images per class; default min(shots, 4)"
     )
-    split_seed: Seed = Field(1, description="seed of the few-shot sample; every trial of a sweep shares it")
+    split_seed: Seed = Field(
+        1,
+        description="seed of the few-shot sample and of the pseudo-new draw; every trial of a sweep shares it",
+    )
+    val_new_fraction: float = Field(
+        0.25,
+        ge=0,
+        lt=1,
+        description="base2new: share of the base classes held out of training as pseudo-new classes, so "
+        "val/new and val/hm estimate new-class generalisation without any real new class (docs/data.md); "
+        "0 = train on every base class, validation then reports val/base only",
+    )
     domain: str = Field("clutter", description="shapeworld rendering domain of the downstream task")
     test_per_class: int = Field(40, ge=1, le=10_000, description="shapeworld: test images per class")
     template: str | None = Field(

@@ -48,6 +48,10 @@ def build_task(cfg: DataConfig, image_size: int) -> Task:
         task = build_coop_task(cfg, image_size)
     else:
         raise DataError(f"data.task: unknown task {cfg.task!r}; known: {', '.join(known_tasks())}")
+    if cfg.protocol == "base2new":  # one validation rule for every data source (docs/data.md)
+        from ranksearch.data.fewshot import base2new_validation
+
+        task = base2new_validation(task, cfg.val_new_fraction, cfg.split_seed)
     # Domain-shift / cross-dataset test sets (test split only), whatever the training task.
     for name in getattr(cfg, "eval_tasks", None) or []:
         from ranksearch.data.coop import COOP_TASKS, load_eval_set

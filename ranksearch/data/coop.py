@@ -1,4 +1,4 @@
-"""The CoOp benchmark datasets in the CoOp ``$DATA`` layout (DATA.md section 6).
+"""The CoOp benchmark datasets in the CoOp ``$DATA`` layout (docs/data.md).
 
 * Nine datasets with a ``split_zhou_*.json`` (``{"train"|"val"|"test": [[rel_path, label, classname], ...]}``
   relative to the dataset's image folder) share one loader, :func:`load_split_zhou`.
@@ -12,7 +12,7 @@
   ``DatasetSplits.imagenet_indices`` maps each back to its ImageNet class index.
 
 Class names are taken from the split files (CoOp's renamed names, e.g. EuroSAT "Annual Crop Land"), with
-"_" turned into spaces as CoOp does when it writes prompts.
+"_" turned into spaces as CoOp does when it writes prompts; one spelling per label (``class_names``).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -89,12 +89,16 @@ def _list_dirs(folder: Path) -> list[str]:
 # --------------------------------------------------------------------------------------------- split_zhou
 
 
-def read_split_zhou(path: Path) -> tuple[list[Item], list[Item], list[Item], list[str]]:
+def read_split_zhou(path: Path, lower: bool = False) -> tuple[list[Item], list[Item], list[Item], list[str]]:
     """Parse a ``split_zhou_*.json``.
+
+    Args:
+        path: the split file.
+        lower: lower-case the class names (Oxford Pets: CoOp lower-cases the breed names it writes).
 
     Returns:
         (train, val, test, classnames): items with paths relative to the image folder; class names in label
-        order, taken from the file (train first, as Dassl's ``get_lab2cname``).
+        order (``class_names``).
 
     Raises:
         DataError: missing file, or not in the split_zhou format.
@@ -102,22 +106,41 @@ def read_split_zhou(path: Path) -> tuple[list[Item], list[Item], list[Item], lis
     _require(path, "split file")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-        names: dict[int, str] = {}
+        spellings: dict[int, Counter[str]] = {}
         parts: list[list[Item]] = []
         for key in ("train", "val", "test"):
             items = []
             for rel, label, cname in doc[key]:
                 items.append(Item(str(rel), int(label)))
-                names.setdefault(int(label), str(cname))
+                spellings.setdefault(int(label), Counter())[str(cname)] += 1
             parts.append(items)
     except (ValueError, KeyError, TypeError) as e:
         raise DataError(
             f"{path}: not a split_zhou file ({{'train'|'val'|'test': [[path, label, classname]]}}): {e}"
         ) from e
-    labels = sorted(names)
+    labels = sorted(spellings)
     if labels != list(range(len(labels))):
         raise DataError(f"{path}: labels must be 0..{len(labels) - 1}, got {labels[:5]}...")
-    return parts[0], parts[1], parts[2], [clean_classname(names[y]) for y in labels]
+    return parts[0], parts[1], parts[2], class_names(spellings, lower, path)
+
+
+def class_names(spellings: dict[int, Counter[str]], lower: bool, source: Path) -> list[str]:
+    """One prompt name per label from the names a split file gives it.
+
+    The spelling most entries use wins (ties: the first seen), so one odd entry ("ABYSSINIAN" first, then
+    "abyssinian" everywhere) does not rename a class; ``lower`` lower-cases as CoOp does for Oxford Pets. A
+    label with really different names (not only in case) is kept with a warning naming them.
+    """
+    out = []
+    for label in sorted(spellings):
+        counts = spellings[label]
+        name = max(counts, key=lambda n: counts[n])  # first maximal entry = the first seen among ties
+        if len({n.casefold() for n in counts}) > 1:
+            log.warning(
+                "%s: label %d has several class names %s; using %r", source, label, sorted(counts), name
+            )
+        out.append(clean_classname(name.lower() if lower else name))
+    return out
 
 
 def load_split_zhou(name: str, root: Path) -> DatasetSplits:
@@ -130,7 +153,7 @@ def load_split_zhou(name: str, root: Path) -> DatasetSplits:
             f"split file not found: {split_path}. Put CoOp's official {split_file} there (see CoOp DATASETS.md), "
             f"or run `ranksearch prepare-data {name} --root {root}`"
         )
-    train, val, test, classnames = read_split_zhou(split_path)
+    train, val, test, classnames = read_split_zhou(split_path, lower=name == "oxford_pets")
     image_dir = _require(base / image_sub if image_sub else base, "image folder")
     if (base / "NOT_OFFICIAL_SPLIT").exists():
         log.warning(

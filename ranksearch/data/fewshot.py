@@ -1,19 +1,27 @@
 """The few-shot and base-to-new protocols: from a dataset's full splits to a materialised ``Task``.
 
-Rules (DATA.md section 6, METHODS.md section 1):
+Rules (docs/data.md):
 
 * Few-shot train: K images per class from the train split, seeded (CoOp's ``generate_fewshot_dataset``:
-  group by label in order of appearance, ``random.sample(items, K)`` per class, all items if a class has
-  fewer). With a dataset's own val split, validation is ``min(K, 4)`` per class sampled the same way from it
+  group by label in order of appearance, ``random.sample(items, K)`` per class). A class with fewer than K
+  images trains on all of them, repeated at random up to K (Dassl's ``repeat=True``), with a warning. With a
+  dataset's own val split, validation is ``min(K, 4)`` per class sampled the same way from it, never repeated
   (CoOp); without one (ImageNet, Fashion-MNIST, an image folder with no val), K + V images per class are
   drawn from train at once and split into train and val, so they are disjoint (CLIP-LoRA's ImageNet rule).
-* The sample is written once as a split file, ``<cache>/data/split_fewshot/<dataset>-<hash>/shot_K-seed_S.json``
-  (like CoOp's ``split_fewshot/shot_K-seed_S.pkl``), and re-read by every later trial, so all trials of a
-  sweep train on exactly the same images.
+* One ``random.Random(seed)`` stream over item lists in a fixed order (split files, sorted listings): the same
+  seed gives the same files on every machine and in every trial.
+* The sample is written once as a split file,
+  ``<cache>/data/split_fewshot/rule-<N>/<dataset>-<hash>/shot_K-seed_S.json`` (like CoOp's
+  ``split_fewshot/shot_K-seed_S.pkl``), and re-read by every later trial, so all trials of a sweep train on
+  exactly the same images.
 * Test: the full test split (optionally capped per class for speed).
 * Base-to-new (CoCoOp's ``subsample_classes``): sort the labels, base = the first ceil(n/2), new = the rest,
   unless the dataset declares its own base classes. Few-shot sampling happens over all classes first (as in
   CoCoOp), then train and val keep base classes only; the test split keeps all classes.
+* Base-to-new validation (``base2new_validation``, applied to every data source by ``build_task``): a seeded
+  share of the base classes (``data.val_new_fraction``) is held out of training as pseudo-new classes, and
+  validation scores trained base vs pseudo-new, so ``val/new`` and ``val/hm`` estimate new-class
+  generalisation without any real new class.
 
 No relabelling: CoCoOp relabels base and new classes from 0 because it builds a separate classifier per
 subset. Here labels stay global indices into ``Task.classnames``; ``Task.base_classes`` names the base
@@ -23,11 +31,12 @@ indices and evaluation restricts logits and examples to base or new classes, whi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -40,7 +49,12 @@ from ranksearch.errors import DataError
 if TYPE_CHECKING:
     from ranksearch.config.schema import DataConfig
 
+log = logging.getLogger(__name__)
+
 VAL_SHOTS_CAP = 4  # CLIP-LoRA / CoOp: validation uses min(K, 4) images per class
+# Version of the sampling rule in the split-file path: a changed rule never reads a file the old one wrote
+# (2: training shots repeat in classes with fewer than K images)
+FEWSHOT_RULE = 2
 
 
 @dataclass(frozen=True)
@@ -86,11 +100,21 @@ def group_by_label(items: Iterable[Item]) -> dict[int, list[Item]]:
     return dict(tracker)
 
 
-def sample_per_class(items: Sequence[Item], k: int, rng: random.Random) -> list[Item]:
-    """CoOp's rule: ``k`` random items of every class (all of them when a class has fewer), no repeats."""
+def sample_per_class(items: Sequence[Item], k: int, rng: random.Random, repeat: bool = False) -> list[Item]:
+    """CoOp's rule: ``k`` random items of every class, without repeats.
+
+    A class with fewer than ``k`` items gives all of them, in random order, and with ``repeat`` (the training
+    shots: Dassl's ``generate_fewshot_dataset(..., repeat=True)``) random repeats of them up to ``k``, so every
+    class weighs the same in training.
+    """
     out: list[Item] = []
     for group in group_by_label(items).values():
-        out.extend(rng.sample(group, k) if len(group) >= k else list(group))
+        if len(group) >= k:
+            out.extend(rng.sample(group, k))
+        else:
+            out.extend(rng.sample(group, len(group)))
+            if repeat:
+                out.extend(rng.choices(group, k=k - len(group)))
     return out
 
 
@@ -99,7 +123,8 @@ def sample_train_val_from_train(
 ) -> tuple[list[Item], list[Item]]:
     """CLIP-LoRA's ImageNet rule: draw ``k + k_val`` per class at once; the first ``k`` train, the rest val.
 
-    A class with fewer than ``k + k_val`` images keeps up to ``k`` for training and the rest for validation.
+    A class with fewer than ``k + k_val`` images keeps ``k`` for training and the rest for validation; one
+    with ``k`` or fewer trains on all of them, repeated up to ``k``, and has no validation image.
     """
     train: list[Item] = []
     val: list[Item] = []
@@ -107,7 +132,24 @@ def sample_train_val_from_train(
         picked = rng.sample(group, min(len(group), k + k_val))
         train.extend(picked[:k])
         val.extend(picked[k:])
+        if len(picked) < k:
+            train.extend(rng.choices(group, k=k - len(picked)))
     return train, val
+
+
+def warn_short_classes(items: Sequence[Item], k: int, classnames: Sequence[str], dataset: str) -> list[int]:
+    """Warn when classes have fewer than ``k`` training images (their shots repeat); returns those labels."""
+    sizes = {label: len(group) for label, group in group_by_label(items).items()}
+    short = sorted(label for label, n in sizes.items() if n < k)
+    if short:
+        names = ", ".join(
+            f"{classnames[y] if 0 <= y < len(classnames) else y} ({sizes[y]})" for y in short[:5]
+        )
+        log.warning(
+            "data.shots=%d: %d class(es) of %s have fewer training images: %s%s; their images repeat up to %d",
+            k, len(short), dataset, names, ", ..." if len(short) > 5 else "", k,
+        )  # fmt: skip
+    return short
 
 
 def cap_per_class(items: Sequence[Item], n: int | None, seed: int) -> list[Item]:
@@ -165,6 +207,7 @@ def fewshot_split_path(splits: DatasetSplits, shots: int, seed: int, val_shots: 
     return (
         cache_dir
         / "split_fewshot"
+        / f"rule-{FEWSHOT_RULE}"
         / f"{splits.name}-{splits.fingerprint}"
         / f"shot_{shots}-seed_{seed}{suffix}.json"
     )
@@ -186,6 +229,7 @@ def fewshot_sample(
         (train, val) item lists, over all classes.
     """
     val_k = val_shots if val_shots is not None else min(shots, VAL_SHOTS_CAP)
+    warn_short_classes(splits.train, shots, splits.classnames, splits.name)
     path = fewshot_split_path(splits, shots, seed, val_k, cache_dir) if cache_dir is not None else None
     if path is not None and path.exists():
         try:
@@ -196,8 +240,8 @@ def fewshot_sample(
     # One RNG seeded like CoOp's random.seed(seed): train is drawn first, then val, from the same stream.
     rng = random.Random(seed)
     if splits.val is not None:
-        train = sample_per_class(splits.train, shots, rng)
-        val = sample_per_class(splits.val, val_k, rng)
+        train = sample_per_class(splits.train, shots, rng, repeat=True)
+        val = sample_per_class(splits.val, val_k, rng)  # CoOp: min(K, 4) per class, never repeated
     else:
         train, val = sample_train_val_from_train(splits.train, shots, val_k, rng)
     if path is not None:
@@ -239,6 +283,68 @@ def resolve_base_classes(splits: DatasetSplits) -> list[int]:
     if splits.base_classes is not None:
         return sorted(splits.base_classes)
     return cocoop_base_classes(it.label for it in splits.train)
+
+
+def pseudo_new_classes(base: Iterable[int], fraction: float, seed: int) -> list[int]:
+    """The base classes held out of training as pseudo-new classes for validation (docs/data.md).
+
+    ``round(fraction × |base|)`` of the sorted base classes, drawn with ``random.Random(f"pseudo-new-{seed}")``,
+    so every trial of a sweep and every machine holds out the same classes. With four or more base classes
+    at least two are held out and at least two stay trained (a one-class group would score a 1-way
+    "classification", always 100 %); with two or three, one.
+
+    Raises:
+        DataError: fewer than two base classes (nothing could be held out and still trained).
+    """
+    pool = sorted(set(base))
+    if fraction <= 0:
+        return []
+    if len(pool) < 2:
+        raise DataError(
+            f"data.val_new_fraction: {len(pool)} base class(es): base-to-new validation holds out some base "
+            "classes as pseudo-new and trains on the rest, which needs at least 2 (or set data.val_new_fraction=0)"
+        )
+    floor = 2 if len(pool) >= 4 else 1
+    k = min(max(int(fraction * len(pool) + 0.5), floor), len(pool) - floor)
+    return sorted(random.Random(f"pseudo-new-{seed}").sample(pool, k))
+
+
+def base2new_validation(task: Task, fraction: float, seed: int) -> Task:
+    """Apply the base-to-new validation rule to a base-to-new task (docs/data.md, "Validation under base2new").
+
+    Model selection must estimate new-class generalisation without seeing any new class. So a share of the
+    *base* classes (``pseudo_new_classes``, or the ones the data source declares in ``Task.val_new_classes``)
+    is held out of training; validation keeps base classes only and is scored as base = the trained base
+    classes, new = the pseudo-new ones. The test split is untouched (real base vs real new classes).
+    ``fraction == 0`` trains on every base class and validation reports base accuracy only.
+
+    Raises:
+        DataError: a declared pseudo-new class that is not a base class, or a validation split without any
+            image of the trained or of the pseudo-new classes.
+    """
+    if task.base_classes is None:
+        return task
+    base = sorted(task.base_classes)
+    held = [] if fraction <= 0 else sorted(task.val_new_classes or pseudo_new_classes(base, fraction, seed))
+    stray = [c for c in held if c not in set(base)]
+    if stray:
+        raise DataError(f"{task.name}: pseudo-new classes {stray[:5]} are not base classes")
+    task = replace(task, val_new_classes=held)
+    task = replace(task, train=task.train.subset(task.train_classes), val=task.val.subset(base))
+    val_labels = set(task.val.labels.tolist())
+    for group, classes in (("trained base", task.train_classes), ("pseudo-new", held)):
+        if classes and not val_labels & set(classes):
+            raise DataError(
+                f"{task.name}: the validation split has no image of the {group} classes, so val/base, val/new "
+                "and val/hm cannot be measured; raise data.val_shots or check the dataset's val split"
+            )
+        if len(classes) == 1:
+            log.warning(
+                "%s: one %s class only: its validation accuracy is a 1-way classification (always 100%%)",
+                task.name,
+                group,
+            )
+    return task
 
 
 def protocol_items(

@@ -51,11 +51,14 @@ class Task:
         name: short identifier, used in metric names and logs.
         classnames: human-readable class names, in label order.
         templates: prompt templates with one ``{}`` for the class name; text features are averaged over them.
-        train: the (few-shot) training examples. Under base-to-new it holds base classes only.
-        val: the validation split used for model selection (never the test split).
+        train: the (few-shot) training examples. Under base-to-new it holds ``train_classes`` only.
+        val: the validation split used for model selection (never the test split). Under base-to-new it holds
+            base classes only: no real new class ever takes part in selection.
         test: the split used for the final report.
         base_classes: label indices of the base classes; ``None`` means "all classes are base" (few-shot protocol).
         extra_tests: further evaluation sets (domain variants, other datasets) as name -> (classnames, split).
+        val_new_classes: base classes held out of training and scored as "new" on the validation split
+            (pseudo-new classes, the base-to-new validation rule of ``fewshot.base2new_validation``).
     """
 
     name: str
@@ -66,6 +69,7 @@ class Task:
     test: Split
     base_classes: list[int] | None = None
     extra_tests: dict[str, tuple[list[str], Split]] = field(default_factory=dict)
+    val_new_classes: list[int] = field(default_factory=list)
 
     @property
     def new_classes(self) -> list[int]:
@@ -77,5 +81,20 @@ class Task:
 
     @property
     def train_classes(self) -> list[int]:
-        """Classes the adapter is trained on: the base classes, or all of them."""
-        return list(range(len(self.classnames))) if self.base_classes is None else list(self.base_classes)
+        """Classes the adapter is trained on: the base classes but the pseudo-new ones, or all classes."""
+        if self.base_classes is None:
+            return list(range(len(self.classnames)))
+        held_out = set(self.val_new_classes)
+        return [c for c in self.base_classes if c not in held_out]
+
+    def scored_classes(self, split_name: str) -> tuple[list[int], list[int]] | None:
+        """The (base, new) class groups a split is scored on; ``None`` under few-shot (one accuracy, all classes).
+
+        Validation is scored on the pseudo split (trained base classes vs pseudo-new classes); the test split and
+        the extra test sets on the real one (base vs new classes).
+        """
+        if self.base_classes is None:
+            return None
+        if split_name == "val":
+            return self.train_classes, list(self.val_new_classes)
+        return list(self.base_classes), self.new_classes

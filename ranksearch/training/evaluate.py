@@ -1,7 +1,8 @@
 """Zero-shot style evaluation: accuracy over a class subset, and the base-to-new protocol.
 
 Under base-to-new (CoCoOp), base accuracy is measured on base-class images classified among base classes
-only, new accuracy on new-class images among new classes only, and HM = 2·B·N / (B + N).
+only, new accuracy on new-class images among new classes only, and HM = 2·B·N / (B + N). On the validation
+split "base" and "new" are the trained base classes and the pseudo-new ones (docs/data.md).
 """
 
 from __future__ import annotations
@@ -49,14 +50,31 @@ def subset_accuracy(
 
 
 def evaluate_split(
-    model: nn.Module, task: Task, split: Split, text: torch.Tensor, *, device, batch_size: int, autocast
+    model: nn.Module,
+    task: Task,
+    split: Split,
+    text: torch.Tensor,
+    *,
+    device,
+    batch_size: int,
+    autocast,
+    split_name: str = "test",
 ) -> dict[str, float]:
-    """Metrics of one split: ``base``, ``new``, ``hm`` under base-to-new, else ``acc``."""
+    """Metrics of one split: ``base``, ``new``, ``hm`` under base-to-new, else ``acc``.
+
+    ``split_name`` picks the class groups (``Task.scored_classes``): "val" scores trained base classes vs the
+    pseudo-new ones, anything else real base vs real new. Without pseudo-new classes (``val_new_fraction`` 0)
+    validation reports ``base`` only.
+    """
     feats = image_features(model, split.images, device, batch_size, autocast)
-    if task.base_classes is None:
+    groups = task.scored_classes(split_name)
+    if groups is None:
         return {"acc": subset_accuracy(feats, split.labels, text, list(range(len(task.classnames))))}
-    base = subset_accuracy(feats, split.labels, text, task.base_classes)
-    new = subset_accuracy(feats, split.labels, text, task.new_classes)
+    base_classes, new_classes = groups
+    base = subset_accuracy(feats, split.labels, text, base_classes)
+    if not new_classes:
+        return {"base": base}
+    new = subset_accuracy(feats, split.labels, text, new_classes)
     return {"base": base, "new": new, "hm": harmonic_mean(base, new)}
 
 
