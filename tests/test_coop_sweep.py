@@ -76,7 +76,7 @@ def test_coop_base2new_sweep_has_finite_validation_hm(tmp_path: Path) -> None:
     console = Console(file=io.StringIO(), width=200)
     console.print(leaderboard(result.rows, result.space))
     board = console.file.getvalue()
-    assert "nan" not in board.lower() and board.count("│ 1 │") == 1, board
+    assert "nan" not in board.lower() and "zero-shot" in board, board
     # every trial held out the same pseudo-new classes (identical across the trials of a sweep)
     held = {
         json.dumps(json.loads(p.read_text())["classes"]["val_new"])

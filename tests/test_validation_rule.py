@@ -124,7 +124,12 @@ def test_evaluation_scores_pseudo_split_on_val_and_real_split_on_test() -> None:
     from ranksearch.training.evaluate import image_features, subset_accuracy
 
     config = TrialConfig.model_validate(
-        {"model": {"pretrained": None}, "data": {"shots": 1, "test_per_class": 2}, "train": {"iterations": 1}}
+        {
+            "model": {"pretrained": None},
+            "data": {"shots": 1, "test_per_class": 2},
+            "train": {"iterations": 1},
+            "eval": {"evals": 1},
+        }
     )
     session = TrialSession(config, 1)
     task = build_task(config.data, session.image_size)
@@ -160,3 +165,36 @@ def test_trial_records_the_rule(tmp_path) -> None:
     recorded = json.loads((tmp_path / "metrics.json").read_text())["classes"]
     assert recorded["val_new"] == pseudo_new_classes(sw.BASE_CLASSES, 0.25, 1)
     assert recorded["base"] == list(sw.BASE_CLASSES)
+
+
+@pytest.mark.parametrize(
+    ("data", "objective", "message"),
+    [
+        (
+            {"protocol": "fewshot"},
+            "val/hm",
+            "'val/hm' never exists under data.protocol 'fewshot': trials report val/acc",
+        ),
+        ({"val_new_fraction": 0}, "val/new", "with data.val_new_fraction 0: trials report val/base"),
+        ({}, "val/acc", "'val/acc' never exists under data.protocol 'base2new'"),
+        ({"protocol": "fewshot"}, "zs/val/base", "'zs/val/base' never exists"),
+    ],
+)
+def test_an_objective_that_can_never_exist_is_a_validate_error(data, objective, message) -> None:
+    from ranksearch.errors import ConfigError
+    from ranksearch.space.load import validate_space
+
+    space = {
+        "base": {"data": data},
+        "params": {"train.lr": [0.001, 0.01]},
+        "objective": {"metric": objective},
+    }
+    with pytest.raises(ConfigError) as e:
+        validate_space(space)
+    assert any(path == "objective.metric" and message in msg for path, msg in e.value.problems), (
+        e.value.problems
+    )
+    ok = {**space, "objective": {"metric": "val/hm" if data == {} else "val/base" if data else "val/acc"}}
+    if data.get("protocol") == "fewshot":
+        ok["objective"] = {"metric": "val/acc"}
+    validate_space(ok)  # the metric the trials do report is fine

@@ -156,6 +156,12 @@ class DataConfig(Section):
             raise ValueError(f"data.sequence is only used by protocol 'continual', not {self.protocol!r}")
         return self
 
+    def validation_metrics(self) -> tuple[str, ...]:
+        """The ``val/`` metrics a trial of this data section reports (objectives must be among them)."""
+        if self.protocol == "base2new":
+            return ("val/base", "val/new", "val/hm") if self.val_new_fraction > 0 else ("val/base",)
+        return ("val/acc",)
+
 
 class PlacementConfig(Section):
     """Where adapters go: towers × layers × matrices."""

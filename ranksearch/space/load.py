@@ -76,6 +76,7 @@ def validate_space(data: dict[str, Any], source: str | None = None, text: str | 
         problems += _default_checks(space)
         problems += _bound_checks(space)
         problems += _sampler_checks(space)
+        problems += _objective_checks(space)
         if not problems:
             return space
     raise ConfigError(_dedupe(problems), source)
@@ -308,6 +309,31 @@ def _bound_checks(space: SearchSpace) -> list[tuple[str, str]]:
                             problems.append((where, f"{label} {value!r} is not a valid {a.path}: {msg}"))
                         else:
                             problems.append((where, f"{label} {value!r} makes {path} invalid: {msg}"))
+    return problems
+
+
+def _objective_checks(space: SearchSpace) -> list[tuple[str, str]]:
+    """A validation objective must be a metric the trials report (val/hm under fewshot never exists)."""
+    from ranksearch.config.schema import TrialConfig
+
+    objs = space.spec.objectives
+    problems: list[tuple[str, str]] = []
+    for family in space.families:
+        try:
+            data = TrialConfig.model_validate(space.config_dict(space.default_params(family))).data
+        except (ConfigError, ValidationError):
+            continue  # reported by the defaults check
+        reported = data.validation_metrics()
+        for i, o in enumerate(objs):
+            name = o.metric.removeprefix("zs/").removesuffix("_std")
+            if name.startswith("val/") and name not in reported:
+                where = f"objective[{i}].metric" if len(objs) > 1 else "objective.metric"
+                rule = f"data.protocol {data.protocol!r}" + (
+                    " with data.val_new_fraction 0" if data.protocol == "base2new" else ""
+                )
+                problems.append(
+                    (where, f"{o.metric!r} never exists under {rule}: trials report {', '.join(reported)}")
+                )
     return problems
 
 
