@@ -98,3 +98,35 @@ def test_sweep_output_is_readable_and_quiet(tmp_path: Path, cols: int) -> None:
     assert not [line for line in out.splitlines() if LOG_LINE.match(line)], out[
         -3000:
     ]  # no library log lines
+
+
+@pytest.mark.parametrize("cols", [80, 100, 200])
+def test_leaderboard_of_two_families_and_objectives_fits(tmp_path: Path, cols: int) -> None:
+    """The widest case the CLI prints: a family column, two objectives, three test metrics."""
+    from io import StringIO
+
+    import pyarrow.parquet as pq
+    from rich.console import Console
+
+    from ranksearch.report.fixture import write_fake_sweep
+    from ranksearch.space import load_space
+    from ranksearch.sweep.live import leaderboard
+
+    folder = write_fake_sweep(tmp_path / "two", 30, seed=5, journal=False)
+    rows = [
+        {k: v for k, v in r.items() if v is not None}
+        for r in pq.read_table(folder / "trials.parquet").to_pylist()
+    ]
+    console = Console(file=StringIO(), width=cols, force_terminal=False)
+    console.print(leaderboard(rows, load_space(folder / "space.yaml"), width=cols))
+    lines = console.file.getvalue().splitlines()
+    assert max(len(line) for line in lines) <= cols
+    tokens = {t for line in lines for t in line.split()}
+    assert "family" in tokens and {"lora", "adalora"} <= tokens and "1" in tokens
+    for r in rows:
+        if r["status"] == "completed" and r["trial_id"] in console.file.getvalue():
+            assert f"towers={r['param:placement.towers']}" in tokens
+            for key in ("param:lora:placement.matrices", "param:adalora:adapter.target_r"):
+                if key in r:
+                    assert f"{key.rsplit('.', 1)[-1]}={r[key]}" in tokens, lines
+    assert not any(t.startswith("family=") for t in tokens)  # the family column says it once

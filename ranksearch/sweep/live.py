@@ -156,11 +156,21 @@ def short_names(keys: list[str]) -> dict[str, str]:
     }
 
 
+def _metric(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+
+
+def _header(metric: str, mode: str, compact: bool) -> str:
+    arrow = "↑" if mode == "max" else "↓"
+    return f"{'trainable' if compact and metric == 'trainable_params' else metric} {arrow}"
+
+
 def leaderboard(rows: list[dict[str, Any]], space: Any, top: int = 10, width: int | None = None) -> Table:
     """The best completed trials by the first objective (Pareto-optimal ones marked with *, several objectives).
 
-    Parameters are never broken mid-word: on one line when the table fits ``width`` (the terminal's), else one
-    parameter per line under each other, with short names (``lr=0.0141``, ``towers=vision``).
+    Nothing is broken mid-word: the first of these layouts that fits ``width`` (the terminal's) is used: the
+    parameters of a trial on one line; one parameter per line; that with the test metrics in one column
+    (``base/new/hm``). Parameters have short names (``lr=0.0141``, ``towers=vision``).
     """
     objs = space.spec.objectives
     first = objs[0]
@@ -175,48 +185,64 @@ def leaderboard(rows: list[dict[str, Any]], space: Any, top: int = 10, width: in
     test_keys = [k for k in ("test/base", "test/new", "test/hm") if any(k in r for r in done)]
     test_keys = test_keys or [first.metric.replace("val/", "test/", 1)]
     families = len({r.get("family") for r in done}) > 1
-    names = short_names(sorted({k for r in done for k in r if k.startswith("param:")}))
+    # the family has its own column (several families) or is the same for all: not a parameter to repeat
+    names = short_names(
+        sorted({k for r in done for k in r if k.startswith("param:") and k != "param:adapter.family"})
+    )
     order = {f"param:{n}": i for i, n in enumerate(space.all_param_names())}  # as the space file lists them
     keys = sorted(names, key=lambda k: (order.get(k, len(order)), k))
     params = [[f"{names[k]}={_short(r[k])}" for k in keys if r.get(k) is not None] for r in done]
+    zero_shot = next((r for r in done if isinstance(r.get(f"zs/{test_keys[0]}"), float)), None)
 
-    def build(sep: str) -> Table:
+    def tests(r: dict[str, Any], prefix: str, merged: bool) -> list[str]:
+        vals = [f"{r[prefix + k]:.1f}" if isinstance(r.get(prefix + k), float) else "-" for k in test_keys]
+        return ["/".join(vals)] if merged else vals
+
+    def build(sep: str, compact: bool) -> Table:
+        merged = compact and len(test_keys) > 1
         table = Table(title=f"leaderboard by {first.metric} (validation; test: reported, not selected on)",
-                      box=box.SIMPLE_HEAD, pad_edge=False)  # fmt: skip
-        table.add_column("#", justify="right")
+                      box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)  # fmt: skip
+        table.add_column("#", justify="right", no_wrap=True)
         table.add_column("trial", no_wrap=True)
         if families:
             table.add_column("family", no_wrap=True)
         for o in objs:
-            table.add_column(f"{o.metric} {'↑' if o.mode == 'max' else '↓'}", justify="right", no_wrap=True)
-        for key in test_keys:
-            table.add_column(key, justify="right", no_wrap=True)
+            table.add_column(_header(o.metric, o.mode, compact), justify="right", no_wrap=True)
+        if merged:
+            table.add_column("test", justify="right", no_wrap=True)
+        else:
+            for key in test_keys:
+                table.add_column(key, justify="right", no_wrap=True)
         table.add_column("parameters", overflow="fold")
         for i, (r, p) in enumerate(zip(done, params, strict=True), 1):
             vals = []
             for o in objs:
                 std = r.get(f"{o.metric}_std")
                 std_text = f" ± {std:.2g}" if isinstance(std, float) and std > 0 else ""
-                vals.append(f"{r[o.metric]:.4g}{std_text}")
+                vals.append(f"{_metric(r[o.metric])}{std_text}")
             mark = "*" if r["trial_id"] in front else ""
-            tests = [f"{r[k]:.1f}" if isinstance(r.get(k), float) else "-" for k in test_keys]
             fam = [str(r.get("family", ""))] if families else []
-            table.add_row(str(i), r["trial_id"] + mark, *fam, *vals, *tests, sep.join(p))
+            table.add_row(str(i), r["trial_id"] + mark, *fam, *vals, *tests(r, "", merged), sep.join(p))
         # every trial adapts the same frozen model: its zero-shot numbers are the baseline to beat
-        zero_shot = next((r for r in done if isinstance(r.get(f"zs/{test_keys[0]}"), float)), None)
         if zero_shot is not None:
-            zs = [f"{zero_shot[f'zs/{k}']:.1f}" if isinstance(zero_shot.get(f"zs/{k}"), float) else "-"
-                  for k in test_keys]  # fmt: skip
-            zs_obj = [f"{zero_shot[f'zs/{o.metric}']:.4g}" if isinstance(zero_shot.get(f"zs/{o.metric}"), float)
+            zs_obj = [_metric(zero_shot[f"zs/{o.metric}"]) if isinstance(zero_shot.get(f"zs/{o.metric}"), float)
                       else "-" for o in objs]  # fmt: skip
             fam = [""] if families else []
-            table.add_row("", "zero-shot", *fam, *zs_obj, *zs, "no adapter", style="dim")
-        table.caption = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + (
-            "; * = on the Pareto front" if front else ""
+            table.add_row("", "zero-shot", *fam, *zs_obj, *tests(zero_shot, "zs/", merged), "no adapter",
+                          style="dim")  # fmt: skip
+        table.caption = (
+            ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+            + ("; * = on the Pareto front" if front else "")
+            + (f"; test = {'/'.join(k.split('/', 1)[-1] for k in test_keys)}" if merged else "")
         )
         return table
 
-    wide = build("  ")
-    if width is None or Console(width=10_000).measure(wide).maximum <= width:
-        return wide
-    return build("\n")
+    layouts = [("  ", False), ("\n", False), ("\n", True)]
+    if width is None:
+        return build(*layouts[0])
+    measure = Console(width=10_000).measure
+    for sep, compact in layouts:
+        table = build(sep, compact)
+        if measure(table).maximum <= width:
+            return table
+    return table  # narrower than every layout: the most compact one, squeezed by rich
