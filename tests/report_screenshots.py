@@ -1,6 +1,6 @@
 """Screenshots of a sweep's report for the docs: one PNG per section, taken in headless Chromium.
 
-    python -m tests.report_screenshots ranksearch-runs/sweeps/quickstart-docs docs/
+    python -m tests.report_screenshots ranksearch-runs/sweeps/quickstart-families docs/ --trial f06dc45d
 
 writes ``docs/report-<section>.png`` (overview, history, tradeoff, importance, parallel, slices, curves,
 allocation, trials). docs/report.md says which sweep the checked-in images come from and how it was run.
@@ -10,14 +10,13 @@ tests/test_report.py runs this on a synthetic sweep so the script keeps working.
 from __future__ import annotations
 
 import shutil
-import sys
 import time
 from pathlib import Path
 
 SECTIONS = ("history", "tradeoff", "importance", "parallel", "slices", "curves", "allocation", "trials")
 
 
-def _driver(width: int = 1400, height: int = 1000):
+def _driver(width: int = 1400, height: int = 1000):  # sections taller than this are shot in a taller window
     from selenium import webdriver
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
@@ -30,8 +29,12 @@ def _driver(width: int = 1400, height: int = 1000):
     return webdriver.Chrome(service=Service(shutil.which("chromedriver") or "chromedriver"), options=opts)
 
 
-def screenshots(sweep: str | Path, out_dir: str | Path, trial: str | None = None) -> list[Path]:
-    """Build the report of ``sweep`` (into a scratch file) and save one screenshot per section in ``out_dir``.
+def screenshots(
+    sweep: str | Path, out_dir: str | Path, trial: str | None = None, prefix: str = "report",
+    sections: tuple[str, ...] = SECTIONS,
+) -> list[Path]:  # fmt: skip
+    """Build the report of ``sweep`` (into a scratch file) and save ``<prefix>-overview.png`` and one
+    ``<prefix>-<section>.png`` per section in ``out_dir``.
 
     ``trial``: the trial whose details the drill-down shot shows (default: the leaderboard's first).
     """
@@ -58,16 +61,18 @@ def screenshots(sweep: str | Path, out_dir: str | Path, trial: str | None = None
                 "document.querySelector('nav').style.position = 'static'; window.scrollTo(0, 0)"
             )
             time.sleep(0.3)
-            path = out_dir / "report-overview.png"
+            path = out_dir / f"{prefix}-overview.png"
             driver.save_screenshot(str(path))
             shots.append(path)
-            for sid in SECTIONS:
+            driver.set_window_size(1400, 3000)  # every section fits: an element shot is cut at the window
+            time.sleep(0.5)
+            for sid in sections:
                 found = driver.find_elements("id", sid)
                 if not found:
                     continue
                 driver.execute_script("arguments[0].scrollIntoView()", found[0])
                 time.sleep(0.2)
-                path = out_dir / f"report-{sid}.png"
+                path = out_dir / f"{prefix}-{sid}.png"
                 found[0].screenshot(str(path))
                 shots.append(path)
         finally:
@@ -76,7 +81,15 @@ def screenshots(sweep: str | Path, out_dir: str | Path, trial: str | None = None
 
 
 if __name__ == "__main__":
-    if len(sys.argv) not in (3, 4):
-        sys.exit("usage: python -m tests.report_screenshots SWEEP_FOLDER OUT_DIR [TRIAL_ID]")
-    for p in screenshots(sys.argv[1], sys.argv[2], sys.argv[3] if len(sys.argv) == 4 else None):
+    import argparse
+
+    parser = argparse.ArgumentParser(description="screenshots of a sweep's report, one PNG per section")
+    parser.add_argument("sweep", help="sweep folder")
+    parser.add_argument("out_dir", help="where the PNGs go (docs/)")
+    parser.add_argument("--trial", help="the trial the drill-down shows (default: the leaderboard's first)")
+    parser.add_argument("--prefix", default="report", help="file names: PREFIX-SECTION.png")
+    parser.add_argument("--sections", help="comma-separated section ids (default: all)")
+    args = parser.parse_args()
+    chosen = tuple(args.sections.split(",")) if args.sections else SECTIONS
+    for p in screenshots(args.sweep, args.out_dir, args.trial, args.prefix, chosen):
         print(p)

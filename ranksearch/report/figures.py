@@ -466,8 +466,8 @@ def slices(data: SweepData, cols_per_row: int = 3) -> go.Figure | None:
             go.Scatter(
                 x=x, y=sub[m], mode="markers", showlegend=False, text=_hover(sub),
                 customdata=_cat_series(s), hovertemplate="%{text}<br>%{customdata}: %{y:.4g}<extra></extra>",
-                marker={"color": nums, "colorscale": "Blues", "cmin": 0, "cmax": total, "size": 7,
-                        "line": {"color": "#555", "width": 0.5}, "showscale": i == 0,
+                marker={"color": nums, "colorscale": [[0, "#c6dbef"], [1, "#08306b"]], "cmin": 1, "cmax": total, "size": 7,
+                        "showscale": i == 0,
                         "colorbar": {"title": {"text": "trial"}, "tickformat": "d", "len": 0.8}},
             ),
             row=r, col=c,

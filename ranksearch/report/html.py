@@ -318,10 +318,10 @@ def _leaderboard(data: SweepData, linked: set[str] = frozenset()) -> tuple[str, 
     ]
     out.append("</tr></thead><tbody>")
     for i, r in enumerate(ranked.to_dict("records"), 1):
-        # the family column says whose parameter it is: "adapter.r", not "lora:adapter.r"
+        # the family column says whose parameter it is ("adapter.r", not "lora:adapter.r"), and the family
         params = " ".join(
             f"{k[6:].split(':', 1)[-1]}={_param_text(v)}" for k, v in r.items()
-            if k.startswith("param:") and _fmt(v)[0] != ""
+            if k.startswith("param:") and k != "param:adapter.family" and _fmt(v)[0] != ""
         )  # fmt: skip
         tid = str(r["trial_id"])
         cells = [(str(i), str(i)), (tid + (" *" if tid in front else ""), tid), _fmt(r.get("family")),
