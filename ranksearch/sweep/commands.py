@@ -111,11 +111,11 @@ def sweep(
     )  # fmt: skip
     out = Console()
     out.print(leaderboard(result.rows, result.space, width=out.width))
-    out.print(f"sweep folder: {result.folder}  ({result.wall_s:.0f} s)")
+    out.print(f"sweep folder: {result.folder}  ({result.wall_s:.0f} s)", highlight=False)
     out.print(
         f"MLflow: experiment {result.experiment!r}, parent run {result.parent_run_id}\n"
-        f"  mlflow ui --backend-store-uri {result.tracking_uri}\n"
-        f"Optuna: optuna-dashboard {result.folder / 'optuna.journal'}"
+        f"Optuna: optuna-dashboard {_shortest(result.folder / 'optuna.journal')}",
+        highlight=False,
     )
     failed = [r for r in result.rows if r["status"] in ("failed", "error")]
     if failed:  # the sweep went on without them; say which and why (one line each, no traceback)
@@ -131,6 +131,22 @@ def sweep(
         out.print(
             f"[yellow]interrupted[/yellow]: continue with  ranksearch sweep {space} --name {result.name} --resume"
         )
+    # last, so it is what the terminal shows: the two commands to look at the results
+    target = result.name if storage is None else _shortest(result.folder)
+    out.print("look at the results:", highlight=False)
+    # never wrapped by rich (a wrapped command does not paste); short enough to fit as a rule
+    out.print(f"  ranksearch report {target}\n  ranksearch ui {target}", highlight=False, soft_wrap=True)
+
+
+def _shortest(path: Path) -> str:
+    """``path`` relative to the working directory when that is shorter (what a user would type)."""
+    import os
+
+    try:
+        rel = os.path.relpath(path)
+    except ValueError:  # another drive (Windows)
+        return str(path)
+    return rel if len(rel) < len(str(path)) else str(path)
 
 
 def schema(
