@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from ranksearch.config.base import CROSS_FIELD
 from ranksearch.errors import ConfigError
 from ranksearch.space.space import FAMILY_PATH, SearchSpace
-from ranksearch.space.spec import SearchSpaceSpec
+from ranksearch.space.spec import SearchSpaceSpec, budget_problems
 
 _UNION_TAG = re.compile(r"^([A-Z]\w*|list\[.*\])$")  # pydantic names union members by type
 SPACE_KEYS = {
@@ -58,14 +58,20 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         raise blame_overrides(e, overrides) from None
 
 
-def validate_space(data: dict[str, Any], source: str | None = None, text: str | None = None) -> SearchSpace:
-    """Validate a search-space mapping; raise ``ConfigError`` with all problems."""
+def validate_space(
+    data: dict[str, Any], source: str | None = None, text: str | None = None, *, trial_config: bool = True
+) -> SearchSpace:
+    """Validate a search-space mapping; raise ``ConfigError`` with all problems.
+
+    ``trial_config=False`` skips the checks against ``TrialConfig`` (registered families, field paths, valid
+    defaults and bounds): for replaying a third-party table whose parameters are not ranksearch fields.
+    """
     if not isinstance(data, dict):
         raise ConfigError([("<root>", f"expected a mapping, got {type(data).__name__}")], source)
     problems = _value_checks(data)
     if problems:  # a key that is not text would break every path-based check below
         raise ConfigError(problems, source)
-    problems = _raw_checks(data)
+    problems = (_raw_checks(data) if trial_config else []) + budget_problems(data)
     spec = None
     try:
         spec = SearchSpaceSpec.model_validate(data)
@@ -73,8 +79,9 @@ def validate_space(data: dict[str, Any], source: str | None = None, text: str | 
         problems += _problems(e)
     if spec is not None and not problems:
         space = SearchSpace(spec, source, text)
-        problems += _default_checks(space)
-        problems += _bound_checks(space)
+        if trial_config:
+            problems += _default_checks(space)
+            problems += _bound_checks(space)
         problems += _sampler_checks(space)
         problems += _objective_checks(space)
         if not problems:

@@ -338,6 +338,10 @@ class SamplerSpec(_Model):
         description="extra keyword arguments of the Optuna sampler, checked per sampler type: "
         + "; ".join(f"{t}: {', '.join(m.model_fields) or 'none'}" for t, m in SAMPLER_OPTIONS.items()),
     )
+    enqueue_defaults: bool = Field(
+        False,
+        description="run the space's default configuration first (one per family): the defaults are a prior",
+    )
 
 
 class EarlyStopping(_Model):
@@ -350,6 +354,77 @@ class EarlyStopping(_Model):
     reduction_factor: float = Field(
         2.0, gt=1, le=100, description="ASHA's eta: keep 1/eta of trials at each rung"
     )
+    brackets: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="Hyperband brackets (Ray's ASHA `brackets`); bracket s starts at grace*eta^s",
+    )
+    rank_by: Literal["pareto", "first"] = Field(
+        "pareto",
+        description="with several objectives, rank trials at a rung by non-dominated sorting (MO-ASHA) or by "
+        "the first objective only",
+    )
+
+
+class Budget(_Model):
+    """A compute budget: the sweep stops (running trials too) once it is spent. Give exactly one."""
+
+    gpu_hours: float | None = Field(
+        None, gt=0, le=1e7, description="GPU-hours: trial seconds x resources.gpu / 3600"
+    )
+    cpu_hours: float | None = Field(
+        None, gt=0, le=1e8, description="CPU-hours: trial seconds x resources.cpu / 3600"
+    )
+    trials: int | None = Field(None, ge=1, le=100_000, description="number of trials (as `trials`)")
+
+    @model_validator(mode="after")
+    def _one(self) -> Budget:
+        given = [k for k in ("gpu_hours", "cpu_hours", "trials") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of gpu_hours, cpu_hours, trials (got {given or 'none'})")
+        return self
+
+
+class Constraint(_Model):
+    """An outcome constraint on a final metric: feasible when ``min <= metric <= max``.
+
+    Optuna gets ``metric - max`` / ``min - metric`` through ``trial.set_constraint`` (feasible when <= 0), so
+    its samplers learn the feasible region; infeasible trials never join the Pareto front or win "best".
+    """
+
+    metric: str = Field(
+        description="a final metric of the trial, e.g. trainable_params, val/acc", max_length=250
+    )
+    max: float | None = Field(None, description="upper bound (inclusive)")
+    min: float | None = Field(None, description="lower bound (inclusive)")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Constraint:
+        if not self.metric.strip() or any(ch.isspace() for ch in self.metric):
+            raise ValueError(f"{self.metric!r}: give a metric name without whitespace")
+        if is_test_metric(self.metric):
+            raise ValueError(
+                f"{self.metric!r}: constrain validation metrics, the test split is for the report"
+            )
+        if self.max is None and self.min is None:
+            raise ValueError("give max, min or both")
+        for name in ("max", "min"):
+            v = getattr(self, name)
+            if v is not None and not math.isfinite(v):
+                raise ValueError(f"{name} must be finite")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} > max {self.max}")
+        return self
+
+    def violation(self, value: float) -> float:
+        """Optuna's constraint value: <= 0 when feasible, else how far outside the bounds."""
+        parts = []
+        if self.max is not None:
+            parts.append(value - self.max)
+        if self.min is not None:
+            parts.append(self.min - value)
+        return max(parts)
 
 
 class Resources(_Model):
@@ -397,6 +472,13 @@ class SearchSpaceSpec(_Model):
         "the objective is the mean, its std is logged as <metric>_std",
     )
     experiment: str | None = Field(None, description="MLflow experiment (no '/'); default: the sweep name")
+    budget: Budget | None = Field(
+        None,
+        description="compute budget: {gpu_hours: N} | {cpu_hours: N} | {trials: N}; the sweep ends when spent",
+    )
+    constraints: list[Constraint] = Field(
+        default_factory=list, description="outcome constraints on final metrics (feasible-only Pareto front)"
+    )
 
     _expand = field_validator("params", mode="before")(classmethod(lambda cls, v: _shorthand(v)))
 
@@ -429,5 +511,26 @@ class SearchSpaceSpec(_Model):
         return v
 
     @property
+    def trial_count(self) -> int:
+        """Trials to run: ``budget.trials`` or ``trials`` (a CPU/GPU-hour budget may end the sweep sooner)."""
+        return (
+            self.budget.trials if self.budget is not None and self.budget.trials is not None else self.trials
+        )
+
+    @property
     def objectives(self) -> list[Objective]:
         return self.objective if isinstance(self.objective, list) else [self.objective]
+
+
+def budget_problems(data: Any) -> list[tuple[str, str]]:
+    """Cross-field checks of ``budget`` on the raw mapping, so they are reported with every other error."""
+    if not isinstance(data, dict) or not isinstance(data.get("budget"), dict):
+        return []
+    b, problems = data["budget"], []
+    if b.get("trials") is not None and "trials" in data:
+        problems.append(("budget.trials", "give the trial count once: `trials` or `budget.trials`"))
+    resources = data.get("resources") if isinstance(data.get("resources"), dict) else {}
+    gpu = resources.get("gpu", 0)
+    if b.get("gpu_hours") is not None and isinstance(gpu, int | float) and gpu <= 0:
+        problems.append(("budget.gpu_hours", "needs resources.gpu > 0 (use cpu_hours for CPU trials)"))
+    return problems

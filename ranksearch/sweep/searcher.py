@@ -36,12 +36,17 @@ class PruneAwareOptunaSearch(OptunaSearch):
     """OptunaSearch with correct trial states (see module docstring).
 
     ``tune_dir``: the Tune experiment folder, where an errored trial's ``error.txt`` gives the reason recorded in
-    the Optuna user attribute ``ranksearch_failure``.
+    the Optuna user attribute ``ranksearch_failure``. ``constraints``: the space's outcome constraints (``Constraint``
+    models); a COMPLETE trial gets one ``trial.set_constraint`` per constraint
+    (feasible when <= 0; a missing or non-finite metric counts as infeasible).
     """
 
-    def __init__(self, *args: Any, tune_dir: str | None = None, **kwargs: Any):
+    def __init__(
+        self, *args: Any, tune_dir: str | None = None, constraints: list[Any] | None = None, **kwargs: Any
+    ):
         super().__init__(*args, **kwargs)
         self.tune_dir = tune_dir
+        self.constraints = list(constraints or [])
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
@@ -73,6 +78,8 @@ class PruneAwareOptunaSearch(OptunaSearch):
             if failure:
                 ot_trial.set_user_attr("ranksearch_failure", failure)
             if state == TrialState.COMPLETE:
+                for key, value in constraint_values(getattr(self, "constraints", []), result).items():
+                    ot_trial.set_constraint(key, value)
                 self._ot_study.tell(ot_trial, values)
             else:
                 self._ot_study.tell(ot_trial, state=state)
@@ -175,6 +182,20 @@ def classify(
     if any(not isinstance(v, int | float) or not math.isfinite(v) for v in values):
         return TrialState.FAIL, None, "no objective value"
     return TrialState.COMPLETE, [float(v) for v in values], "completed"
+
+
+def constraint_values(constraints: list[Any], result: dict | None) -> dict[str, float]:
+    """Optuna constraint values (<= 0: feasible) of a final result, keyed by metric.
+
+    ``constraints``: the space's ``Constraint`` models. A missing or non-finite metric cannot be shown
+    feasible: it gets a large violation (finite, so every storage can hold it).
+    """
+    out = {}
+    for c in constraints:
+        v = (result or {}).get(c.metric)
+        finite = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+        out[c.metric] = float(c.violation(v)) if finite else 1e300
+    return out
 
 
 def warm_start(study: Any, space: Any, path: Path) -> int:

@@ -113,6 +113,7 @@ def _run_sweep(
     import ray
     from ray import tune
 
+    from ranksearch.sweep.compute_budget import budget_spent
     from ranksearch.sweep.live import LiveView
     from ranksearch.sweep.mlflow_sweep import MlflowSweepCallback
     from ranksearch.sweep.results import best_trial, trial_rows
@@ -174,9 +175,12 @@ def _run_sweep(
         else:
             tuner = _new_tuner(space, folder, manifest, trainable, callbacks, total, warm_start)
         grid = tuner.fit()
-        rows = trial_rows(_grid_trials(grid), space)
-        # Tune returns normally after Ctrl-C (it saves its state first): an unfinished sweep is "interrupted"
+        trials_done = _grid_trials(grid)
+        rows = trial_rows(trials_done, space)
+        # Tune returns normally after Ctrl-C (it saves its state first): an unfinished sweep is "interrupted",
+        # unless it ended because its compute budget was spent
         unfinished = len(rows) < total or any(r["status"] in ("pending", "running") for r in rows)
+        unfinished = unfinished and not budget_spent(space, trials_done)
         status = "interrupted" if unfinished else "finished"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -227,7 +231,7 @@ def _start_manifest(
     artifacts = (folder / "mlartifacts").as_uri() if uri == default_tracking_uri(folder) else None
     s = space.spec
     params = {
-        "sweep": name, "space_file": str(space_file), "trials": trials or s.trials, "concurrency": s.concurrency,
+        "sweep": name, "space_file": str(space_file), "trials": trials or s.trial_count, "concurrency": s.concurrency,
         "sampler": s.sampler.type, "sampler_seed": s.sampler.seed, "early_stopping": s.early_stopping.type,
         "objectives": ",".join(f"{o.metric}:{o.mode}" for o in s.objectives), "families": ",".join(space.families),
         "seeds": ",".join(map(str, s.seeds or [])), "resources": f"cpu={s.resources.cpu},gpu={s.resources.gpu}",
@@ -249,9 +253,9 @@ def _recorded_trials(space: SearchSpace, manifest: Manifest) -> int:
         from mlflow.tracking import MlflowClient
 
         run = MlflowClient(tracking_uri=manifest.tracking_uri).get_run(manifest.parent_run_id)
-        return int(run.data.params.get("trials", space.spec.trials))
+        return int(run.data.params.get("trials", space.spec.trial_count))
     except Exception:
-        return space.spec.trials
+        return space.spec.trial_count
 
 
 def _trainable(space: SearchSpace, folder: Path, runner: str, runner_options: dict[str, Any] | None) -> Any:
@@ -275,27 +279,18 @@ def _new_tuner(
     from optuna.storages.journal import JournalFileBackend
     from ray import tune
 
-    from ranksearch.space.optuna_space import DefineByRun, build_sampler
-    from ranksearch.sweep.searcher import PruneAwareOptunaSearch
-    from ranksearch.sweep.searcher import warm_start as add_warm_start
+    from ranksearch.sweep.search import build_scheduler, build_searcher, build_stopper
 
-    objs = space.spec.objectives
-    metric: str | list[str] = [o.metric for o in objs] if len(objs) > 1 else objs[0].metric
-    mode: str | list[str] = [o.mode for o in objs] if len(objs) > 1 else objs[0].mode
-    searcher = PruneAwareOptunaSearch(
-        space=DefineByRun(space), metric=metric, mode=mode, sampler=build_sampler(space),
-        study_name=manifest.study_name, storage=JournalStorage(JournalFileBackend(str(folder / JOURNAL))),
-        tune_dir=str(folder / TUNE_DIR),
+    searcher = build_searcher(
+        space, storage=JournalStorage(JournalFileBackend(str(folder / JOURNAL))), study_name=manifest.study_name,
+        tune_dir=str(folder / TUNE_DIR), warm_start=warm_start,
     )  # fmt: skip
     name_objectives(searcher._ot_study, space)
-    if warm_start is not None:
-        n = add_warm_start(searcher._ot_study, space, Path(warm_start))
-        log.info("warm start: %d completed trials from %s", n, warm_start)
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
             search_alg=searcher,
-            scheduler=_scheduler(space),
+            scheduler=build_scheduler(space),
             num_samples=total,
             max_concurrent_trials=space.spec.concurrency,
             reuse_actors=True,
@@ -305,6 +300,7 @@ def _new_tuner(
             name=TUNE_DIR,
             storage_path=str(folder),
             callbacks=callbacks,
+            stop=build_stopper(space),
             verbose=0,
             # keep every checkpoint: Tune deletes old ones before its experiment snapshot catches up, so a driver
             # killed in between leaves the snapshot pointing at a deleted checkpoint (or Tune, after --resume,
@@ -344,21 +340,6 @@ def trial_dirname(trial: Any) -> str:
     from ranksearch.sweep.folder import safe_name
 
     return safe_name(trial.trial_id)
-
-
-def _scheduler(space: SearchSpace) -> Any:
-    """ASHA on the first objective, in units of reports (evaluations × seed replicates)."""
-    es = space.spec.early_stopping
-    if es.type == "none":
-        return None
-    from ray.tune.schedulers import ASHAScheduler
-
-    first = space.spec.objectives[0]
-    max_t = space.trial_config().eval.evals * len(space.spec.seeds or [None])
-    return ASHAScheduler(
-        time_attr="training_iteration", metric=first.metric, mode=first.mode, max_t=max_t,
-        grace_period=min(es.grace_period, max_t), reduction_factor=es.reduction_factor,
-    )  # fmt: skip
 
 
 def _grid_trials(grid: Any) -> list:
