@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import open_clip
@@ -79,7 +80,7 @@ def _trained_sweep(folder):
     return folder, best
 
 
-def test_best_register_puts_the_champion_in_the_registry_and_mlflow_loads_it(tmp_path, capsys):
+def test_best_register_puts_the_champion_in_the_registry_and_mlflow_loads_it(tmp_path, capsys, monkeypatch):
     import mlflow
     from mlflow.tracking import MlflowClient
 
@@ -89,7 +90,9 @@ def test_best_register_puts_the_champion_in_the_registry_and_mlflow_loads_it(tmp
     from ranksearch.report.detail import run_ids
 
     folder, best = _trained_sweep(tmp_path / "reg")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     main(["best", str(folder), "--register", "rs-champion", "--json"])
+    assert "MLFLOW_TRACKING_URI" not in os.environ  # logging the model left the process's settings alone
     answer = json.loads(capsys.readouterr().out)
     assert answer["trial_id"] == best
     reg = answer["registered"]["registered"]
@@ -123,17 +126,15 @@ def test_best_register_puts_the_champion_in_the_registry_and_mlflow_loads_it(tmp
     images = torch.randn(4, 3, 32, 32)
     adapted, _, _ = rebuild_adapted_model(folder / "trials" / best)
     want = logits(adapted, images, open_clip.get_tokenizer("rs-tiny-clip")(texts))
-    before = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    from ranksearch.tracking.mlflow_model import tracking
+
+    with tracking(uri):  # set and restored exactly: a leaked $MLFLOW_TRACKING_URI would redirect later sweeps
         pyfunc = mlflow.pyfunc.load_model("models:/rs-champion@champion")
         got = pyfunc.predict({"images": images.numpy(), "texts": texts})["logits_per_image"]
         assert (want - torch.as_tensor(got)).abs().max() <= 1e-4
         local = Path(
             mlflow.artifacts.download_artifacts("models:/rs-champion@champion", dst_path=str(tmp_path / "dl"))
         )
-    finally:
-        mlflow.set_tracking_uri(before)
     plain = open_clip.create_model(f"local-dir:{next(local.rglob('open_clip_config.json')).parent}").eval()
     assert not any("ranksearch" in type(m).__module__ for m in plain.modules())
     assert (want - logits(plain, images, open_clip.get_tokenizer("rs-tiny-clip")(texts))).abs().max() <= 1e-4

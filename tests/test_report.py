@@ -213,6 +213,25 @@ def test_trial_details_hold_config_curves_allocation_and_run_link(tmp_path):
     assert f"runs/{m.parent_run_id}" in page.split("<script>")[0]
 
 
+def test_report_does_not_wait_for_an_unreachable_tracking_server(tmp_path):
+    import os
+
+    from ranksearch.report.data import open_sweep
+    from ranksearch.report.detail import run_ids
+    from ranksearch.sweep.folder import Manifest
+
+    folder = write_fake_sweep(tmp_path / "remote", 6, seed=6, journal=False)
+    m = Manifest.load(folder)
+    m.tracking_uri, m.parent_run_id = "http://127.0.0.1:9", "0" * 32  # nothing listens on port 9
+    m.save(folder)
+    before = dict(os.environ)
+    t0 = time.perf_counter()
+    assert run_ids(open_sweep(folder)) == ({}, None)
+    page = build_report(folder).path.read_text()
+    assert time.perf_counter() - t0 < 60 and all(t["run"] is None for t in _trials(page))
+    assert dict(os.environ) == before  # the fail-fast settings were only for that call
+
+
 def test_watch_rebuilds_while_the_sweep_runs_and_stops_when_it_ends(tmp_path):
     import threading
 
@@ -250,6 +269,30 @@ def test_watch_rebuilds_while_the_sweep_runs_and_stops_when_it_ends(tmp_path):
     assert (9, False, True) in builds
     assert builds[-1] == (9, True, False)  # the final page does not reload any more
     assert result["r"].trials == 9
+
+
+def test_report_watch_command_returns_when_the_sweep_ends(tmp_path, capsys):
+    import threading
+
+    from ranksearch.cli import main
+    from ranksearch.sweep.folder import Manifest
+
+    folder = write_fake_sweep(tmp_path / "w", 6, seed=6, status="running", journal=False)
+
+    def finish() -> None:  # the sweep ends while the command watches it
+        time.sleep(3)
+        m = Manifest.load(folder)
+        m.status = "finished"
+        m.save(folder)
+
+    threading.Thread(target=finish).start()
+    t0 = time.perf_counter()
+    main(["report", str(folder), "--watch", "--every", "5", "--no-mlflow"])
+    assert time.perf_counter() - t0 < 60
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(folder / "report.html")
+    assert "report rebuilt (6 trials)" in captured.err and "final report written" in captured.err
+    assert 'name="rs-refresh"' not in (folder / "report.html").read_text()
 
 
 def test_report_of_an_empty_sweep_says_no_data(tmp_path):

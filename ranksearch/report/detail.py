@@ -61,10 +61,13 @@ def _sqlite_runs(db: Path, parent: str) -> tuple[dict[str, str], str | None]:
 
 
 def _client_runs(uri: str, parent: str) -> tuple[dict[str, str], str | None]:
-    import os
+    from ranksearch.sweep.mlflow_buffer import _fail_fast
 
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    with _fail_fast():  # one try, no minutes of retries: a report does not wait for a tracking server
+        return _search_runs(uri, parent)
+
+
+def _search_runs(uri: str, parent: str) -> tuple[dict[str, str], str | None]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)

@@ -29,19 +29,30 @@ REQUIREMENTS = ("mlflow", "torch", "open_clip_torch", "numpy", "pillow")
 
 @contextlib.contextmanager
 def tracking(uri: str) -> Iterator[None]:
-    """MLflow's fluent API (what model logging uses) pointed at ``uri`` for a while, then back."""
+    """MLflow's fluent API (what model logging uses) pointed at ``uri`` for a while, then back as it was.
+
+    ``mlflow.set_tracking_uri`` also sets ``$MLFLOW_TRACKING_URI`` (for subprocesses); setting the previous value
+    back would leave that variable set to MLflow's default, and every later sweep in the process would log there.
+    So the previous state (none set, or the user's variable) is restored exactly.
+    """
     import os
 
     import mlflow
+    from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    before = mlflow.get_tracking_uri()
+    old_uri = getattr(tracking_utils, "_tracking_uri", None)
+    old_env = os.environ.get("MLFLOW_TRACKING_URI")
     bar = os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar for copying a local folder
     mlflow.set_tracking_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(before)
+        mlflow.set_tracking_uri(old_uri)  # None: unset, as before
+        if old_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = old_env
         if bar is None:
             os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
 
