@@ -133,6 +133,22 @@ def test_parallel_coordinates_keep_family_parameters_and_show_learning_rates(swe
     assert len(dims["adapter.family"]["values"]) == len(done)  # every completed trial, both families
 
 
+def test_slice_plots_show_each_parameter_of_the_trials_that_have_it(sweep40):
+    from ranksearch.report.figures import slices
+
+    data = load_sweep(sweep40)
+    fig = slices(data)
+    done = data.completed()
+    titles = [a.text for a in fig.layout.annotations]
+    assert titles == ["adapter.family", "train.lr", "placement.towers", "adapter.r (lora)",
+                      "placement.matrices (lora)", "adapter.target_r (adalora)"]  # fmt: skip
+    for trace, col in zip(fig.data, data.param_columns, strict=True):
+        assert len(trace.x) == int(done[col].notna().sum())  # a family's own parameter: its trials only
+        assert list(trace.y) == list(done.loc[done[col].notna(), "val/hm"])
+    lr_axis = fig.layout[f"xaxis{1 + data.param_columns.index('param:train.lr')}"]
+    assert lr_axis.type == "log" and all(1e-4 <= v <= 2e-2 for v in lr_axis.tickvals)
+
+
 def test_single_objective_sweep_shows_no_pareto_front(tmp_path):
     single = build_report(
         write_fake_sweep(tmp_path / "single", 24, seed=4, objectives=1), tmp_path / "s.html"

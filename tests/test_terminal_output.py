@@ -133,3 +133,25 @@ def test_leaderboard_of_two_families_and_objectives_fits(tmp_path: Path, cols: i
                 if key in r:
                     assert f"{key.rsplit('.', 1)[-1]}={r[key]}" in tokens, lines
     assert not any(t.startswith("family=") for t in tokens)  # the family column says it once
+
+
+def test_pretraining_does_not_warn_about_random_weights(caplog) -> None:
+    """open_clip warns "No pretrained weights loaded" for a random init; pretraining starts from one on purpose."""
+    import logging
+
+    import open_clip
+
+    from ranksearch.models.clip import register_tiny_configs
+    from ranksearch.pretrain import _create
+
+    register_tiny_configs()
+    with caplog.at_level(logging.WARNING):
+        open_clip.create_model("rs-tiny-clip", pretrained=None)
+    assert "No pretrained weights loaded" in caplog.text  # open_clip does warn ...
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _create("rs-tiny-clip")
+    assert "No pretrained weights loaded" not in caplog.text  # ... but not while pretraining builds its model
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger().warning("No pretrained weights loaded for X")
+    assert "for X" in caplog.text  # the filter is gone afterwards
