@@ -312,15 +312,17 @@ class FloorLoop:
 
 
 def batch_loss(loop: PeerLoop | FloorLoop) -> torch.Tensor:
-    """One batch through the shared data path (as ``Trainer``: normalise, crop+flip) and the CLIP-LoRA loss."""
+    """One batch through the shared data path (as ``Trainer``: crop+flip, normalise) and the CLIP-LoRA loss."""
     from ranksearch.data.transforms import normalize
     from ranksearch.session import crop_scale_for
-    from ranksearch.training.augment import random_resized_crop_flip
+    from ranksearch.training.augment import AugmentSpec, augment_batch
 
     loop.model.train()
     idx = torch.randint(0, len(loop.work.labels), (loop.batch,), generator=loop.gen)
-    x = normalize(loop.work.images[idx].to(loop.device), loop.model)  # (B, 3, H, W)
-    x = random_resized_crop_flip(x, loop.gen, crop_scale_for(x.shape[-1]))
+    images = loop.work.images
+    spec = AugmentSpec(scale=crop_scale_for(images.shape[-1]))
+    x = augment_batch(images, idx, images.shape[-1], loop.gen, spec)  # uint8 (B, 3, H, W)
+    x = normalize(x.to(loop.device), loop.model)
     y = loop.work.labels[idx].to(loop.device)
     with loop.autocast():
         img = F.normalize(loop.model.encode_image(x), dim=-1)  # (B, D)

@@ -8,6 +8,13 @@ T × T). With T tasks:
 * Average = mean_j mean_t A[t, j]: every entry.
 * Last = mean_j A[T−1, j]: the row after the final task.
 
+Two label spaces are scored (CoDyRA ``main.py::evaluation``):
+
+* per task (MTIL, ZSCL's protocol): an image of task j is classified among task j's own classes;
+* X-TAIL (task-agnostic): among the classes of every task of the sequence at once, as CoDyRA's code does (one joint
+  text table built from every dataset's class names; a prediction counts only if it is the right class of the
+  right task). ``joint_accuracy`` scores one task's images against that table.
+
 ``boundary(family)`` is CoDyRA's ``increment_task`` for any mergeable family: fold the current update (zeroed
 components contribute nothing, so they are pruned) into the base weights for good and re-initialise fresh
 adapters at their init rank. The task-sequence runner itself lives in the trial.
@@ -50,6 +57,21 @@ def continual_metrics(acc) -> dict[str, float]:
     return {"transfer": transfer(acc), "average": average(acc), "last": last(acc)}
 
 
+def joint_accuracy(feats: torch.Tensor, labels: torch.Tensor, joint_text: torch.Tensor, offset: int) -> float:
+    """Top-1 accuracy (%) in the X-TAIL label space: images of one task among every task's classes.
+
+    Args:
+        feats: (N, D) unit-norm image features of the task's test images.
+        labels: (N,) labels within the task's own classes.
+        joint_text: (C_all, D) class text features of every task of the sequence, task after task.
+        offset: index of the task's first class in ``joint_text`` (classes of the tasks before it).
+    """
+    if len(labels) == 0:
+        return float("nan")
+    pred = (feats @ joint_text.t()).argmax(dim=-1)  # (N,) over all classes
+    return 100.0 * (pred.cpu() == labels.cpu() + offset).float().mean().item()
+
+
 def _supports_reinit(layer: AdapterLayer) -> bool:
     return type(layer).reinitialize is not AdapterLayer.reinitialize
 
@@ -85,9 +107,7 @@ def boundary(family: AdapterFamily) -> dict[str, int]:
     folded = {}
     for layer, (dw, db) in zip(family.layers, deltas, strict=True):
         folded[layer.site.key] = layer.effective_rank()
-        layer.base.weight.add_(dw.to(layer.base.weight.dtype))
-        if db is not None:
-            layer.base.bias.add_(db.to(layer.base.bias.dtype))
+        layer.fold_delta(dw, db)
         layer.reinitialize()
     family.start_task()
     return folded

@@ -98,8 +98,11 @@ class TrialSession:
     def trainable_params(self) -> int:
         return sum(p.numel() for p in self.family.trainable_parameters())
 
-    def trainer_for(self, task: Task, total_steps: int):
-        """A ``Trainer`` over ``task``'s training split (labels mapped to the training classes)."""
+    def trainer_for(self, task: Task, total_steps: int, prior_classes: int = 0):
+        """A ``Trainer`` over ``task``'s training split (labels mapped to the training classes).
+
+        ``prior_classes``: classes of earlier continual tasks (CoDyRA's symmetric loss counts them).
+        """
         from ranksearch.training.loop import Trainer
         from ranksearch.training.text import tokenize_prompts
 
@@ -113,6 +116,7 @@ class TrialSession:
             self.model, self.family, task.train.images, to_train[task.train.labels], tokens, len(task.templates),
             c.train, total_steps, self.device, c.model.precision, c.seed, self.text_adapted,
             crop_scale=c.train.crop_scale or crop_scale_for(self.image_size),
+            train_originals=task.train.originals, prior_classes=prior_classes,
         )  # fmt: skip
 
     def text_features(self, classnames: list[str], templates: list[str]) -> torch.Tensor:

@@ -180,8 +180,11 @@ def _expected(name: str, matrices: list[str], cfg) -> int:
         return sum(cfg.r * (i + o) + cfg.r for i, o in _shapes(matrices))
     if name == "adalora":
         return sum(cfg.init_r * (i + o) + cfg.init_r for i, o in _shapes(matrices))
-    if name == "rlrr":  # s_left (d_out·r), s_right (r·d_in), shift (d_out); SSF 2 LNs × (scale + shift)
-        ssf = sum(2 * 2 * d * depth for d, _, depth in VIT_B.values()) if cfg.ssf else 0
+    if (
+        name == "rlrr"
+    ):  # s_left (d_out·r), s_right (r·d_in), shift (d_out); SSF (scale + shift) after 2 LNs per
+        # block, and after each tower's embedding and final norm
+        ssf = sum(2 * d * (2 * depth + 2) for d, _, depth in VIT_B.values()) if cfg.ssf else 0
         return sum(cfg.r * (i + o) + o for i, o in _shapes(matrices)) + ssf
     if name == "dra":  # D (r_max·d_in), U (d_out·r_max), gate w and b (2·d_out)
         r = max(cfg.group_ranks)
@@ -192,7 +195,7 @@ def _expected(name: str, matrices: list[str], cfg) -> int:
 COUNT_CASES = [
     ("lora", {"r": 2}, ["q", "k", "v"], 184_320),  # METHODS.md section 1
     ("codyra", {}, ALL_MATRICES, 4_425_984),  # 2,655,360 + 1,770,624 (section 2)
-    ("rlrr", {}, ALL_MATRICES, 285_696 + 190_464),  # section 3, backbone only
+    ("rlrr", {}, ALL_MATRICES, 288_768 + 192_512),  # section 3 (288,768 for ViT-B); text: its analogue
     ("adalora", {}, ["q", "k", "v"], None),
     ("dra", {}, ["o", "proj"], None),
 ]

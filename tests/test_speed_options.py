@@ -110,7 +110,8 @@ def _trainer(model, fam, cache: bool, augment: bool = False) -> Trainer:
             ["q", "k", "v"],
             {"dropout": 0.25},
         ),  # top of the vision tower, with dropout
-        ("rlrr", "both", [1], ["q", "v"], {}),  # both towers; SSF wraps the block's LayerNorms
+        # both towers; without SSF (RLRR's patch-embedding SSF makes the prefix trainable: no cache, see below)
+        ("rlrr", "both", [1], ["q", "v"], {"ssf": False}),
         ("lora", "text", "all", ["q", "v"], {}),  # no vision adapter: the whole image tower is cached
     ],
 )
@@ -137,6 +138,9 @@ def test_frozen_prefix_cache_is_off_when_it_would_not_be_exact(caplog):
     assert "augment" in caplog.text
     model = _tiny()
     fam = _attach(model, "lora", "vision", "all", ["q"])  # lowest adapted block is the first: no prefix
+    assert _trainer(model, fam, cache=True).prefix_cache is None
+    model = _tiny()
+    fam = _attach(model, "rlrr", "vision", [1, 2], ["q"])  # SSF after the patch embedding trains the prefix
     assert _trainer(model, fam, cache=True).prefix_cache is None
 
 

@@ -7,9 +7,17 @@ sensitivity EMAs of every A, E, B element, score each triplet, and on masking st
 schedule set E_i = 0 for the globally lowest triplet scores pooled over every module of both towers (through
 the shared ``ranksearch.adapters.budget.allocate``). After ``T − t_final`` the pattern is frozen and
 re-applied every step. The orthogonality term comes back from ``regularizer()``.
+
+Two things PEFT's ``RankAllocator`` does not do: a step whose gradients are not all finite (an fp16 step the
+GradScaler skipped) leaves the EMAs untouched — folding an inf into them would make a module's scores NaN for good
+and prune it to rank 0 — and the EMAs are part of the trial's resumable state (``state_dict``), so a resumed trial
+allocates exactly as an uninterrupted one. tests/test_adalora.py checks the schedule and the masks against PEFT's
+own ``RankAllocator``.
 """
 
 from __future__ import annotations
+
+import logging
 
 import torch
 from torch import nn
@@ -19,6 +27,8 @@ from ranksearch.adapters.budget import allocate, cubic_budget
 from ranksearch.adapters.configs import AdaloraConfig
 from ranksearch.adapters.registry import register_family
 from ranksearch.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 class SVDLinear(AdapterLayer):
@@ -95,8 +105,10 @@ class Adalora(AdapterFamily):
             raise ConfigError(
                 [("adapter.t_init_frac", f"t_init {self.t_init} must be < T − t_final {self.t_end}")]
             )
-        self._ema: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # "<site key>.<A|E|B>" -> (sensitivity EMA Ī, uncertainty EMA Ū), shaped like the parameter
+        self._ema: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.rank_history: list[dict] = []  # {"step", "budget", "pattern": {site key: rank}} at every masking
+        self.skipped_updates = 0  # steps whose gradients were not finite (importance left as it was)
 
     def make_layer(self, base: nn.Linear, site: Site) -> SVDLinear:
         c = self.config
@@ -127,22 +139,39 @@ class Adalora(AdapterFamily):
         return cubic_budget(step, b0, bt, self.t_init, self.t_end), step % self.config.delta_t == 0
 
     # --- importance ------------------------------------------------------------------------------------------
-    @torch.no_grad()
-    def update_importance(self) -> None:
-        """Ī ← β1 Ī + (1−β1)|θ∇θ|,  Ū ← β2 Ū + (1−β2)|I − Ī| for every element of A, E, B."""
-        b1, b2 = self.config.beta1, self.config.beta2
+    def _params(self):
+        """(EMA key, parameter) for every A, E and B, in layer order."""
         for layer in self.layers:
-            for p in (layer.ada_A, layer.ada_E, layer.ada_B):
-                if p.grad is None:
-                    continue
-                ipt = (p * p.grad).abs()
-                avg, unc = self._ema.get(id(p), (torch.zeros_like(p), torch.zeros_like(p)))
-                avg = b1 * avg + (1 - b1) * ipt
-                unc = b2 * unc + (1 - b2) * (ipt - avg).abs()
-                self._ema[id(p)] = (avg, unc)
+            for tag, p in (("A", layer.ada_A), ("E", layer.ada_E), ("B", layer.ada_B)):
+                yield f"{layer.site.key}.{tag}", p
 
-    def _score(self, p: torch.Tensor) -> torch.Tensor:
-        avg, unc = self._ema.get(id(p), (torch.zeros_like(p), torch.zeros_like(p)))
+    @torch.no_grad()
+    def update_importance(self) -> bool:
+        """Ī ← β1 Ī + (1−β1)|θ∇θ|,  Ū ← β2 Ū + (1−β2)|I − Ī| for every element of A, E, B.
+
+        Returns False (and changes nothing) when any gradient is not finite: the optimizer step it belongs to was
+        skipped by the GradScaler, and an inf in the EMAs would never leave them.
+        """
+        params = [(k, p) for k, p in self._params() if p.grad is not None]
+        if not params:
+            return False
+        if not bool(torch.stack([torch.isfinite(p.grad).all() for _, p in params]).all()):
+            self.skipped_updates += 1
+            if self.skipped_updates == 1:
+                log.warning("adalora: non-finite gradients at a step; importance update skipped (counted)")
+            return False
+        b1, b2 = self.config.beta1, self.config.beta2
+        for key, p in params:
+            ipt = (p * p.grad).abs()
+            avg, unc = self._ema.get(key, (torch.zeros_like(p), torch.zeros_like(p)))
+            avg = b1 * avg + (1 - b1) * ipt
+            unc = b2 * unc + (1 - b2) * (ipt - avg).abs()
+            self._ema[key] = (avg, unc)
+        return True
+
+    def _score(self, layer: SVDLinear, tag: str) -> torch.Tensor:
+        p = getattr(layer, f"ada_{tag}")
+        avg, unc = self._ema.get(f"{layer.site.key}.{tag}", (torch.zeros_like(p), torch.zeros_like(p)))
         return avg * unc  # s = Ī ⊙ Ū
 
     @torch.no_grad()
@@ -151,9 +180,9 @@ class Adalora(AdapterFamily):
         out = []
         for layer in self.layers:
             s = (
-                self._score(layer.ada_E).view(-1)
-                + self._score(layer.ada_A).mean(1)
-                + self._score(layer.ada_B).mean(0)
+                self._score(layer, "E").view(-1)
+                + self._score(layer, "A").mean(1)
+                + self._score(layer, "B").mean(0)
             )
             layer.scores = s.detach().float().cpu()
             out.append(layer.scores)
@@ -205,3 +234,24 @@ class Adalora(AdapterFamily):
 
     def start_task(self) -> None:
         self._ema.clear()
+
+    # --- resumable state (Trainer.state_dict) --------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The importance EMAs and the allocation history: tensors and plain containers (``weights_only`` loads)."""
+        return {
+            "ema": {
+                k: [avg.detach().cpu().clone(), unc.detach().cpu().clone()]
+                for k, (avg, unc) in self._ema.items()
+            },
+            "rank_history": [dict(h) for h in self.rank_history],
+            "skipped_updates": self.skipped_updates,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        devices = {key: p.device for key, p in self._params()}
+        unknown = sorted(set(state.get("ema", {})) - set(devices))
+        if unknown:
+            raise ValueError(f"adalora state has EMAs for modules this trial does not have: {unknown[:3]}")
+        self._ema = {k: (a.to(devices[k]), u.to(devices[k])) for k, (a, u) in state.get("ema", {}).items()}
+        self.rank_history = [dict(h) for h in state.get("rank_history", [])]
+        self.skipped_updates = int(state.get("skipped_updates", 0))

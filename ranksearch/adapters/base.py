@@ -144,6 +144,16 @@ class AdapterLayer(nn.Module):
         self.merged = True
 
     @torch.no_grad()
+    def fold_delta(self, delta_weight: torch.Tensor, delta_bias: torch.Tensor | None) -> None:
+        """Add a precomputed update into the frozen weights for good (a continual task boundary; no unmerge)."""
+        self.base.weight.add_(delta_weight.to(self.base.weight.dtype))
+        if delta_bias is not None:
+            if self.base.bias is None:
+                self.base.bias = nn.Parameter(torch.zeros_like(delta_bias, dtype=self.base.weight.dtype))
+                self.base.bias.requires_grad_(False)
+            self.base.bias.add_(delta_bias.to(self.base.bias.dtype))
+
+    @torch.no_grad()
     def unmerge(self) -> None:
         """Restore the base weights exactly as they were before ``merge``."""
         if not self.merged:
@@ -209,3 +219,21 @@ class AdapterFamily:
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for layer in self.layers for p in layer.parameters() if p.requires_grad]
+
+    def no_decay(self, name: str, param: nn.Parameter) -> bool:
+        """Whether the optimizer's weight decay skips this parameter (``name`` as in ``layer.named_parameters()``).
+
+        Default: nothing is skipped (CLIP-LoRA and CoDyRA decay every adapter parameter). RLRR follows its code's
+        rule instead.
+        """
+        return False
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW parameter groups: ``weight_decay`` for most parameters, 0 for those ``no_decay`` names."""
+        decay, skip = [], []
+        for layer in self.layers:
+            for name, p in layer.named_parameters():
+                if p.requires_grad:
+                    (skip if self.no_decay(name, p) else decay).append(p)
+        groups = [{"params": decay, "weight_decay": weight_decay}] if decay else []
+        return groups + ([{"params": skip, "weight_decay": 0.0}] if skip else [])

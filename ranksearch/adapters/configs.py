@@ -126,8 +126,10 @@ class DraConfig(Section):
         None, gt=0, le=1, description="adapt only this share of channels by |mean|"
     )
     l1_weight: float = Field(1e-4, ge=0, le=1_000, description="λ_L1")
-    l1_target: Literal["adapter", "gate"] = Field(
-        "adapter", description="L1 on U and D, or on the gate weights"
+    l1_target: Literal["gate", "adapter"] = Field(
+        "gate",
+        description="gate: L1 on the per-instance activations (mean |c| of the channel gate; without it, of the "
+        "bottleneck); adapter: on the weights U, D",
     )
     budget: BudgetConfig | None = Field(
         None, description="optional global rank budget (writes dra_rank_mask)"
@@ -174,10 +176,26 @@ class RlrrConfig(Section):
 
     family: Literal["rlrr"] = "rlrr"
     init: Literal["kaiming", "zero"] = Field(
-        "kaiming", description="kaiming: the code (W' != W at init); zero: S_left = 0, identity at init"
+        "kaiming", description="kaiming: the code (W' != W at init); zero: identity at init"
     )
     r: int = Field(1, ge=1, le=64, description="rank of the rescaling multiplier S_left S_right (1 = paper)")
-    ssf: bool = Field(True, description="SSF scale/shift after ln_1 and ln_2 of every adapted block")
+    ssf: bool = Field(
+        True,
+        description="SSF scale/shift after ln_1/ln_2 of every adapted block, after the patch (token) embedding and "
+        "after the final norm of every adapted tower",
+    )
+    sides: Literal["both", "left", "right"] = Field(
+        "both", description="rescale rows (left: diag(s) W), columns (right: W diag(s)) or both (the paper)"
+    )
+    residual: bool = Field(
+        True, description="keep the frozen W next to the rescaled one (W + W ⊙ M); off: W ⊙ M"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> RlrrConfig:
+        if self.sides != "both" and self.r != 1:
+            raise ValueError(f"one-sided rescaling ({self.sides}) is rank 1 by construction; got r={self.r}")
+        return self
 
 
 @register_config

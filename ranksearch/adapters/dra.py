@@ -12,7 +12,11 @@ method. Per adapted block:
    D ∈ R^{r_max×d_in} (Kaiming), U ∈ R^{d_out×r_max} (zeros: identity at init), m_g a prefix mask of r_g ones.
 4. Channel response: ``c = σ(w ⊙ mean_t y_t + b_c)`` multiplies Δ per instance and output channel. y_t is the
    wrapped linear's output token (d_out channels), since c_proj's input has 4d channels.
-5. L1 term λ·‖·‖₁ on the adapter (U, D) or gate weights, returned by ``regularizer()``.
+5. L1 term on the per-instance channel-gate activations c (``l1_target: gate``, the default): λ · mean over layers,
+   instances and channels of |c|, so it pushes each instance to open few channels and is 0.5·λ at init (σ(0)).
+   Without the channel response the same term is taken on the bottleneck activations m_g ⊙ D x. ``l1_target:
+   adapter`` puts λ·(‖U‖₁ + ‖D‖₁) on the bottleneck weights instead; with D Kaiming-initialised that term is large
+   from step 0, which is why it is not the default.
 
 Insertion: ``placement.matrices`` picks it: ``o`` wraps the attention output (out_proj), ``proj`` the MLP
 output (c_proj). The update depends on the tokens and the instance, so it cannot be merged (``mergeable=False``).
@@ -111,6 +115,7 @@ class DraLinear(AdapterLayer):
         if cfg.channel_response:
             self.dra_gate_w = nn.Parameter(torch.zeros(base.out_features, device=dev))
             self.dra_gate_b = nn.Parameter(torch.zeros(base.out_features, device=dev))
+        self.gate_l1: torch.Tensor | None = None  # mean |gate activation| of the latest training forward
         self.reinitialize()
 
     @torch.no_grad()
@@ -132,12 +137,20 @@ class DraLinear(AdapterLayer):
     def _delta(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         if self.token_dim == 0:  # (L, N, d) -> (N, L, d)
             x, y = x.transpose(0, 1), y.transpose(0, 1)
-        h = x.to(self.dra_down.dtype) @ self.dra_down.t()  # (N, L, r_max)
-        delta = (h * self._token_masks(x)) @ self.dra_up.t() * self.cfg.scale  # (N, L, d_out)
+        h = x.to(self.dra_down.dtype) @ self.dra_down.t() * self._token_masks(x)  # (N, L, r_max)
+        record = self.training and torch.is_grad_enabled()
+        if record and not self.cfg.channel_response:
+            self.gate_l1 = h.abs().mean()  # no gate: the L1 term acts on the bottleneck activations
+        delta = h @ self.dra_up.t() * self.cfg.scale  # (N, L, d_out)
         if self.cfg.channel_response or self.cfg.channel_topk is not None:
             m = y.detach().float().mean(1)  # (N, d_out) mean response of each output channel
             if self.cfg.channel_response:
-                delta = delta * torch.sigmoid(self.dra_gate_w * m + self.dra_gate_b).unsqueeze(1)
+                gate = torch.sigmoid(
+                    self.dra_gate_w * m + self.dra_gate_b
+                )  # (N, d_out) per-instance activations
+                if record:
+                    self.gate_l1 = gate.abs().mean()  # read (and cleared) by the family's regularizer
+                delta = delta * gate.unsqueeze(1)
             if self.cfg.channel_topk is not None:
                 k = max(1, round(self.cfg.channel_topk * m.shape[-1]))
                 idx = m.abs().topk(k, dim=-1).indices
@@ -228,10 +241,13 @@ class Dra(AdapterFamily):
         c = self.config
         if c.l1_weight == 0 or not self.layers:
             return None
-        if c.l1_target == "gate" and c.channel_response:
-            norms = [layer.dra_gate_w.abs().sum() for layer in self.layers]
-        else:
-            norms = [layer.dra_up.abs().sum() + layer.dra_down.abs().sum() for layer in self.layers]
+        if c.l1_target == "gate":
+            # the activations of this step's forward (layers that did not run this step contribute nothing)
+            acts = [layer.gate_l1 for layer in self.layers if layer.gate_l1 is not None]
+            for layer in self.layers:
+                layer.gate_l1 = None
+            return c.l1_weight * torch.stack(acts).mean() if acts else None
+        norms = [layer.dra_up.abs().sum() + layer.dra_down.abs().sum() for layer in self.layers]
         return c.l1_weight * torch.stack(norms).sum()
 
     def after_step(self, step: int) -> None:

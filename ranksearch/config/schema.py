@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from ranksearch.adapters.configs import family_configs
 from ranksearch.config.base import Name, Section, Seed, cross_field
+from ranksearch.config.presets import PRESET_NAMES, apply_preset
 
 LAYER_POSITIONS = ("all", "bottom", "mid", "up", "half-up", "half-bottom", "top1", "top2", "top3")
 MATRICES = ("q", "k", "v", "o", "fc", "proj")
@@ -135,6 +136,13 @@ class DataConfig(Section):
         description="real datasets (fashion-mnist, CoOp, imagefolder, eval_tasks): cap the test split at this many "
         "images per class (seeded) for speed; null = the full test split",
     )
+    train_max_side: int | None = Field(
+        None,
+        ge=16,
+        description="training images keep their original pixels for the train-time crop (~3·h·w bytes each); this "
+        "caps their shorter side (bicubic) to save memory, at the price of a crop no longer bit-identical to the "
+        "papers' pipeline; null = whole originals",
+    )
 
     @field_validator("template")
     @classmethod
@@ -221,10 +229,29 @@ class TrainConfig(Section):
     logit_scale: float | None = Field(
         None, gt=0, description="fixed logit scale; null = the model's own (frozen)"
     )
-    augment: bool = Field(True, description="random resized crop + horizontal flip")
+    augment: bool = Field(
+        True,
+        description="train-time augmentation: a random resized crop of the original image (train.crop) and a "
+        "horizontal flip (train.flip); false = CLIP's evaluation preprocessing only",
+    )
+    crop: bool = Field(
+        True,
+        description="torchvision RandomResizedCrop (bicubic) of the original image; false = the evaluation resize "
+        "+ centre crop (then the flip, if on)",
+    )
     crop_scale: tuple[float, float] | None = Field(
         None,
         description="area range of the random crop; null = (0.08, 1) at >= 96 px (CLIP-LoRA), (0.5, 1) below",
+    )
+    crop_ratio: tuple[float, float] = Field(
+        (3 / 4, 4 / 3), description="aspect-ratio range of the random crop (torchvision's default)"
+    )
+    flip: bool = Field(True, description="random horizontal flip with p = 0.5")
+    loss: Literal["ce", "symmetric"] = Field(
+        "ce",
+        description="ce: cross-entropy of each image over the class texts (CLIP-LoRA); symmetric: plus CoDyRA's "
+        "text->image cross-entropy of each class text over the batch's images (added when the vision tower "
+        "is adapted, as in CoDyRA's code)",
     )
     grad_clip: float | None = Field(None, gt=0, le=1e6)
     max_seconds: float | None = Field(
@@ -257,6 +284,13 @@ class TrainConfig(Section):
     def _check_crop_scale(cls, v: tuple[float, float] | None) -> tuple[float, float] | None:
         if v is not None and not 0 < v[0] <= v[1] <= 1:
             raise ValueError(f"crop_scale must be (low, high) with 0 < low <= high <= 1, got {v}")
+        return v
+
+    @field_validator("crop_ratio")
+    @classmethod
+    def _check_crop_ratio(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] <= v[1] <= 100:
+            raise ValueError(f"crop_ratio must be (low, high) with 0 < low <= high, got {v}")
         return v
 
     @model_validator(mode="after")
@@ -325,6 +359,11 @@ def _default_adapter() -> Any:
 class TrialConfig(Section):
     """Everything one trial needs. Load it with ``ranksearch.config.load_trial_config``."""
 
+    preset: Literal[PRESET_NAMES] | None = Field(  # type: ignore[valid-type]
+        None,
+        description="a paper's recipe: sets every field its code sets (ranksearch.config.presets, docs/methods.md); "
+        "fields written in the config override it",
+    )
     seed: Seed = Field(1, description="seed of initialisation, data order and augmentation")
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
@@ -337,7 +376,9 @@ class TrialConfig(Section):
     @model_validator(mode="before")
     @classmethod
     def _default_family(cls, data: Any) -> Any:
-        """An adapter section without ``family`` means the default family (lora), as everywhere else."""
+        """Fill in the preset (if any) under the user's fields; then an adapter section without ``family`` means the
+        default family (lora), as everywhere else."""
+        data = apply_preset(data)
         if (
             isinstance(data, dict)
             and isinstance(data.get("adapter"), dict)

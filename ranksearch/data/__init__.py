@@ -9,17 +9,24 @@ from ranksearch.data.task import Split, Task
 if TYPE_CHECKING:
     from ranksearch.config.schema import DataConfig
 
-__all__ = ["Split", "Task", "build_task", "known_tasks"]
+__all__ = ["MTIL_SEQUENCE", "Split", "Task", "build_task", "known_tasks"]
 
 FASHION_MNIST = "fashion-mnist"
 IMAGEFOLDER = "imagefolder"
+CIFAR100 = "cifar100"
+MNIST = "mnist"
+# the MTIL task order (ZSCL; CoDyRA's 5-shot MTIL table): 11 domains
+MTIL_SEQUENCE = (
+    "fgvc_aircraft", "caltech101", "cifar100", "dtd", "eurosat", "oxford_flowers",
+    "food101", "mnist", "oxford_pets", "stanford_cars", "sun397",
+)  # fmt: skip
 
 
 def known_tasks() -> list[str]:
     """Every task name ranksearch knows. ImageNet variants are test-only: use them in ``data.eval_tasks``."""
     from ranksearch.data.coop import COOP_TASKS
 
-    return ["shapeworld", FASHION_MNIST, IMAGEFOLDER, *COOP_TASKS]
+    return ["shapeworld", FASHION_MNIST, IMAGEFOLDER, CIFAR100, MNIST, *COOP_TASKS]
 
 
 def build_task(cfg: DataConfig, image_size: int) -> Task:
@@ -38,6 +45,14 @@ def build_task(cfg: DataConfig, image_size: int) -> Task:
         from ranksearch.data.fashion_mnist import build_fashion_mnist_task
 
         task = build_fashion_mnist_task(cfg, image_size)
+    elif cfg.task == CIFAR100:
+        from ranksearch.data.cifar import build_cifar100_task
+
+        task = build_cifar100_task(cfg, image_size)
+    elif cfg.task == MNIST:
+        from ranksearch.data.mnist import build_mnist_task
+
+        task = build_mnist_task(cfg, image_size)
     elif cfg.task == IMAGEFOLDER:
         from ranksearch.data.imagefolder import build_imagefolder_task
 

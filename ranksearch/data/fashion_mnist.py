@@ -2,8 +2,9 @@
 
 Few-shot train and validation (disjoint, ``min(K, 4)`` per class by default) are drawn from the 60,000
 training images by the same seeded rule and split file as the other datasets; the test split is the 10,000
-``t10k`` images, optionally capped per class (``data.max_test_per_class``) for speed. Images are 28x28 grey:
-they are resized (bicubic) to the model's input size and repeated to three channels.
+``t10k`` images, optionally capped per class (``data.max_test_per_class``) for speed. Images are 28x28 grey: they
+go through CLIP's evaluation preprocessing (PIL bicubic resize to the model's input size, as RGB), and the training
+images keep their 28x28 originals for the train-time crop.
 
 Nothing is cached on disk here: parsing the idx files and resizing the sampled images takes well under a
 second, less than reading a cached full-resolution test tensor back.
@@ -17,18 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
+from ranksearch.data.arrays import array_split
 from ranksearch.data.cache import data_cache_dir, digest
 from ranksearch.data.fewshot import DatasetSplits, Item, protocol_items
 from ranksearch.data.resources import classname_table, templates_for
-from ranksearch.data.task import Split, Task
+from ranksearch.data.task import Task
 from ranksearch.errors import DataError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from ranksearch.config.schema import DataConfig
 
 TASK_NAME = "fashion-mnist"
@@ -101,33 +99,6 @@ def load_arrays(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, labels
 
 
-def to_rgb(images: np.ndarray, size: int) -> torch.Tensor:
-    """Grey uint8 (N, h, w) -> uint8 (N, 3, size, size): bicubic resize, then the channel repeated 3 times."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).unsqueeze(1).float()
-    if x.shape[-2:] != (size, size) and x.shape[0] > 0:
-        x = F.interpolate(
-            x, size=(size, size), mode="bicubic", align_corners=False, antialias=size < x.shape[-1]
-        )
-    return x.round_().clamp_(0, 255).to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
-
-
-def _split(
-    items: Sequence[Item], images: dict[str, np.ndarray], labels: dict[str, np.ndarray], size: int
-) -> Split:
-    # Item paths are "<split>/<index>" so the shared few-shot split files can describe them.
-    idx = {"train": [], "test": []}
-    order = []
-    for it in items:
-        part, _, i = it.path.partition("/")
-        idx[part].append(int(i))
-        order.append(part)
-    if idx["train"] and idx["test"]:
-        raise DataError("internal: a Fashion-MNIST split mixes train and t10k images")
-    part = order[0] if order else "train"
-    sel = np.asarray(idx[part], dtype=np.int64)
-    return Split(to_rgb(images[part][sel], size), torch.from_numpy(labels[part][sel].copy()))
-
-
 def build_fashion_mnist_task(cfg: DataConfig, image_size: int) -> Task:
     """Fashion-MNIST under the protocol of ``cfg`` (few-shot or base-to-new), at ``image_size``.
 
@@ -154,8 +125,8 @@ def build_fashion_mnist_task(cfg: DataConfig, image_size: int) -> Task:
         name=TASK_NAME,
         classnames=splits.classnames,
         templates=templates_for(TASK_NAME, cfg.template),
-        train=_split(train, images, labels, image_size),
-        val=_split(val, images, labels, image_size),
-        test=_split(test, images, labels, image_size),
+        train=array_split(train, images, labels, image_size, True, cfg.train_max_side),
+        val=array_split(val, images, labels, image_size),
+        test=array_split(test, images, labels, image_size),
         base_classes=base,
     )

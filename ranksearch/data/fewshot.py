@@ -42,7 +42,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ranksearch.data.cache import atomic_write_text, data_cache_dir, load_images_cached
+from ranksearch.data.cache import (
+    atomic_write_text,
+    data_cache_dir,
+    load_images_cached,
+    load_train_images_cached,
+)
 from ranksearch.data.task import Split, Task
 from ranksearch.errors import DataError
 
@@ -266,16 +271,18 @@ def _to_split(
     image_size: int,
     cache_dir: Path,
     key: Sequence[object],
+    max_side: int | None = None,
 ) -> Split:
     paths = [splits.image_dir / it.path for it in items]
-    images = load_images_cached(
-        paths,
-        image_size,
-        key_parts=[splits.name, splits.fingerprint, role, *key],
-        cache_dir=cache_dir,
-        name=f"{splits.name}-{role}",
-    )
-    return Split(images, torch.tensor([it.label for it in items], dtype=torch.long))
+    labels = torch.tensor([it.label for it in items], dtype=torch.long)
+    where = {"key_parts": [splits.name, splits.fingerprint, role, *key], "cache_dir": cache_dir}
+    if role == "train":  # the train-time crop is taken from the original image (ranksearch.training.augment)
+        images, originals = load_train_images_cached(
+            paths, image_size, **where, name=f"{splits.name}-{role}", max_side=max_side
+        )
+        return Split(images, labels, originals)
+    images = load_images_cached(paths, image_size, **where, name=f"{splits.name}-{role}")
+    return Split(images, labels)
 
 
 def resolve_base_classes(splits: DatasetSplits) -> list[int]:
@@ -382,7 +389,9 @@ def splits_to_task(
         name=splits.name,
         classnames=list(splits.classnames),
         templates=templates,
-        train=_to_split(splits, train, "train", image_size, cache_dir, key),
+        train=_to_split(
+            splits, train, "train", image_size, cache_dir, key, getattr(cfg, "train_max_side", None)
+        ),
         val=_to_split(splits, val, "val", image_size, cache_dir, key),
         test=_to_split(splits, test, "test", image_size, cache_dir, [cap, cfg.split_seed if cap else None]),
         base_classes=base,

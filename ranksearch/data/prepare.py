@@ -1,5 +1,8 @@
 """``ranksearch prepare-data NAME --root DIR``: download a benchmark and arrange it into the CoOp layout.
 
+CIFAR-100 and MNIST (the MTIL sequence's two non-CoOp datasets) come from torchvision too and are kept in their
+standard file formats under ``$DATA/cifar100`` and ``$DATA/mnist``.
+
 This is the only code that touches the network for data; training, evaluation and tests never call it.
 torchvision downloads DTD, EuroSAT, Flowers102, Food101, FGVC-Aircraft, Oxford-IIIT Pet, SUN397 and
 Caltech101; the files are then moved into ``$DATA/<dataset>/`` as CoOp expects. CoOp's ``split_zhou_*.json``
@@ -58,7 +61,20 @@ TORCHVISION: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "oxford_pets": ("OxfordIIITPet", "oxford-iiit-pet", ("images", "annotations")),
     "sun397": ("SUN397", "SUN397", ("SUN397",)),
     "caltech101": ("Caltech101", "caltech101", ("101_ObjectCategories",)),
+    # the two MTIL datasets that are not CoOp's: their standard files, loaded from memory (cifar.py, mnist.py)
+    "cifar100": ("CIFAR100", "cifar-100-python", ("train", "test", "meta")),
+    "mnist": (
+        "MNIST",
+        "MNIST/raw",
+        (
+            "train-images-idx3-ubyte",
+            "train-labels-idx1-ubyte",
+            "t10k-images-idx3-ubyte",
+            "t10k-labels-idx1-ubyte",
+        ),
+    ),
 }
+ARRAY_DATASETS = ("cifar100", "mnist")
 
 MANUAL: dict[str, str] = {
     "stanford_cars": (
@@ -120,7 +136,7 @@ def dataset_dir(name: str, root: Path) -> Path:
         return Path(root) / SPLIT_ZHOU[name][0]
     if name in IMAGENET_VARIANTS:
         return Path(root) / IMAGENET_VARIANTS[name][0]
-    if name in (FGVC_AIRCRAFT, IMAGENET):
+    if name in (FGVC_AIRCRAFT, IMAGENET, *ARRAY_DATASETS):
         return Path(root) / name
     raise DataError(f"prepare-data: unknown dataset {name!r}; known: {', '.join(known_preparable())}")
 
@@ -136,6 +152,8 @@ def verify_layout(name: str, root: Path, sample: int = 20) -> list[str]:
     Returns:
         An empty list when the layout is usable, else readable problems.
     """
+    if name in ARRAY_DATASETS:
+        return _verify_arrays(name, root)
     try:
         splits: DatasetSplits = load_coop_splits(name, root)
     except DataError as e:
@@ -149,6 +167,22 @@ def verify_layout(name: str, root: Path, sample: int = 20) -> list[str]:
     if not splits.test:
         problems.append(f"{name}: the test split is empty")
     return problems
+
+
+def _verify_arrays(name: str, root: Path) -> list[str]:
+    """Problems with CIFAR-100 / MNIST under ``root``: the loader must parse them and find both splits."""
+    try:
+        if name == "cifar100":
+            from ranksearch.data.cifar import load_cifar100
+
+            images, labels, _ = load_cifar100(root)
+        else:
+            from ranksearch.data.mnist import load_mnist
+
+            images, labels = load_mnist(root)
+    except DataError as e:
+        return [str(e)]
+    return [f"{name}: the {part} split is empty" for part in ("train", "test") if len(labels[part]) == 0]
 
 
 def arrange(name: str, raw: Path, dest: Path) -> None:

@@ -1,8 +1,9 @@
 """The one task interface every data source produces and the trial runner consumes.
 
 A task is a fixed, fully materialised set of tensors: images are decoded and resized once (at the model's
-input size) and kept as uint8, so no trial re-decodes an image every epoch. Normalisation and augmentation
-happen on the fly in the training loop.
+input size) and kept as uint8, so no trial re-decodes an image every epoch. A training split also keeps the original
+images, which the papers' random resized crop is taken from. Normalisation and augmentation happen on the fly in
+the training loop.
 """
 
 from __future__ import annotations
@@ -17,12 +18,16 @@ class Split:
     """A labelled image set.
 
     Attributes:
-        images: uint8 tensor (N, 3, H, W) at the model's input resolution.
+        images: uint8 tensor (N, 3, H, W) at the model's input resolution (CLIP's evaluation preprocessing).
         labels: int64 tensor (N,), indices into the owning task's ``classnames``.
+        originals: for training splits, the N original images as uint8 (3, h_i, w_i) tensors, which the train-time
+            random resized crop is taken from; ``None`` means ``images`` are the originals (e.g. the shape world,
+            rendered at the model's size).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
+    originals: tuple[torch.Tensor, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
@@ -33,6 +38,14 @@ class Split:
             raise ValueError(
                 f"labels shape {tuple(self.labels.shape)} does not match {self.images.shape[0]} images"
             )
+        if self.originals is not None:
+            if len(self.originals) != self.images.shape[0]:
+                raise ValueError(f"{len(self.originals)} originals for {self.images.shape[0]} images")
+            bad = [o for o in self.originals if o.dtype != torch.uint8 or o.ndim != 3 or o.shape[0] != 3]
+            if bad:
+                raise ValueError(
+                    f"originals must be uint8 (3, h, w), got {bad[0].dtype} {tuple(bad[0].shape)}"
+                )
 
     def __len__(self) -> int:
         return int(self.labels.shape[0])
@@ -40,7 +53,10 @@ class Split:
     def subset(self, classes: list[int] | torch.Tensor) -> Split:
         """The examples whose label is in ``classes`` (labels keep their global indices)."""
         keep = torch.isin(self.labels, torch.as_tensor(classes, dtype=torch.long))
-        return Split(self.images[keep], self.labels[keep])
+        originals = None
+        if self.originals is not None:
+            originals = tuple(o for o, k in zip(self.originals, keep.tolist(), strict=True) if k)
+        return Split(self.images[keep], self.labels[keep], originals)
 
 
 @dataclass

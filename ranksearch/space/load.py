@@ -157,7 +157,13 @@ def _raw_checks(data: dict[str, Any]) -> list[tuple[str, str]]:
                 )
             )
     else:
-        fixed = base_adapter.get("family") or (next(iter(families)) if len(families) == 1 else "lora")
+        from ranksearch.config.presets import preset_family
+
+        fixed = (
+            base_adapter.get("family")
+            or preset_family(base)
+            or (next(iter(families)) if len(families) == 1 else "lora")
+        )
         chosen = [fixed]
         if not isinstance(fixed, str) or fixed not in known:
             problems.append(

@@ -59,6 +59,10 @@ class SearchSpace:
         adapter = self.spec.base.get("adapter") or {}
         if "family" in adapter:
             return str(adapter["family"])
+        from ranksearch.config.presets import preset_family
+
+        if preset_family(self.spec.base):  # base: {preset: codyra} implies its family
+            return str(preset_family(self.spec.base))
         if len(self.spec.families) == 1:  # a one-family space may name its family only under families:
             return next(iter(self.spec.families))
         return DEFAULT_FAMILY

@@ -1,9 +1,11 @@
 """The optimisation loop of one trial: plain PyTorch, no framework, resumable from a state dict.
 
-One step (CLIP-LoRA): sample a batch of few-shot images, augment, encode, cross-entropy over
-``logit_scale · cos(image, class text)`` for the training classes, plus the family's regulariser; AdamW; cosine
-schedule; then the family's ``after_step`` (rank updates). Text features are recomputed every step only when
-the text tower is adapted; otherwise they are computed once.
+One step (CLIP-LoRA): sample a batch of few-shot images, augment them as the papers do (a torchvision random
+resized crop of the original image and a flip, ``ranksearch.training.augment``), encode, cross-entropy over
+``logit_scale · cos(image, class text)`` for the training classes (``train.loss: symmetric`` adds CoDyRA's
+text->image term), plus the family's regulariser; AdamW; cosine schedule; then the family's ``after_step`` (rank
+updates). Text features are recomputed every step only when the text tower is adapted; otherwise they are computed
+once. ``model.precision: amp`` runs fp16 autocast with a GradScaler on CUDA, as CLIP-LoRA and RLRR do.
 
 Work the loop avoids without changing the numbers (``docs/benchmarks.md`` has the measured effect):
 
@@ -23,7 +25,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -34,7 +36,7 @@ from ranksearch.adapters.base import AdapterFamily, AdapterLayer
 from ranksearch.config.schema import TrainConfig
 from ranksearch.data.transforms import normalize
 from ranksearch.errors import ConfigError, TrialError
-from ranksearch.training.augment import random_resized_crop_flip
+from ranksearch.training.augment import AugmentSpec, augment_batch
 from ranksearch.training.text import class_text_features
 
 log = logging.getLogger(__name__)
@@ -252,6 +254,34 @@ def _clip_encode_image():
     return open_clip.CLIP.encode_image
 
 
+def text_to_image_loss(logits: torch.Tensor, labels: torch.Tensor, prior_classes: int = 0) -> torch.Tensor:
+    """CoDyRA's text->image cross-entropy (``models/codyra.py::train_model``, ``loss_ce_t``).
+
+    Each class text is scored against the batch's images, with the multi-hot membership of the images as its soft
+    target: ``F.cross_entropy(s·T·Fᵀ, mask)``, averaged over every class row the code has, i.e. the C current
+    classes plus the ``prior_classes`` of earlier continual tasks (whose rows hold no image: they add nothing but
+    count in the mean). Rows are not normalised by their number of images, as in the code.
+
+    Args:
+        logits: (B, C) image->text logits ``s · f_img · Tᵀ``.
+        labels: (B,) class of each image in [0, C).
+        prior_classes: classes of earlier tasks in the code's embedding table.
+    """
+    classes = torch.arange(logits.shape[1], device=labels.device)
+    mask = (classes.unsqueeze(1) == labels.unsqueeze(0)).to(logits.dtype)  # (C, B) multi-hot targets
+    return F.cross_entropy(logits.t(), mask, reduction="sum") / (logits.shape[1] + prior_classes)
+
+
+def clip_loss(
+    logits: torch.Tensor, labels: torch.Tensor, kind: str = "ce", prior_classes: int = 0
+) -> torch.Tensor:
+    """The training loss over (B, C) image->text logits: ``ce`` (image->text) or ``symmetric`` (CoDyRA's sum)."""
+    loss = F.cross_entropy(logits, labels)
+    if kind == "symmetric":
+        loss = loss + text_to_image_loss(logits, labels, prior_classes)
+    return loss
+
+
 def adam_kwargs(params: list[nn.Parameter]) -> dict:
     """``foreach=True`` for AdamW: one multi-tensor op per update stage instead of ~10 ops per parameter.
 
@@ -312,19 +342,33 @@ class Trainer:
         seed: int,
         text_adapted: bool,
         crop_scale: tuple[float, float] = (0.08, 1.0),
+        train_originals: Sequence[torch.Tensor] | None = None,
+        prior_classes: int = 0,
     ):
         self.model, self.family, self.cfg = model, family, cfg
         self.images, self.targets = train_images, train_targets  # uint8 (N,3,H,W) on CPU; (N,) in [0, C)
+        # the train-time crop is taken from the original images (uint8 (3, h, w) each); the shape world's renders are
+        # their own originals
+        self.originals = train_originals if train_originals is not None else train_images
         self.tokens, self.num_templates = text_tokens.to(device), num_templates
         self.total_steps, self.device, self.text_adapted = total_steps, device, text_adapted
         self.crop_scale = crop_scale
+        self.augment_spec = AugmentSpec(cfg.crop, tuple(crop_scale), tuple(cfg.crop_ratio), cfg.flip)
+        # CoDyRA adds its text->image term only when the vision encoder is adapted (models/codyra.py::train_model)
+        vision_adapted = any(layer.site.tower == "vision" for layer in family.layers)
+        self.loss_kind = "symmetric" if cfg.loss == "symmetric" and vision_adapted else "ce"
+        self.prior_classes = prior_classes
         params = family.trainable_parameters()
         if not params:
             raise ConfigError(
                 [("adapter", "no trainable parameters: check the placement and the family settings")]
             )
         self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, **adam_kwargs(params)
+            family.parameter_groups(cfg.weight_decay),
+            lr=cfg.lr,
+            betas=cfg.betas,
+            weight_decay=cfg.weight_decay,
+            **adam_kwargs(params),
         )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, cosine_lambda(total_steps, cfg.warmup_steps, cfg.lr, cfg.eta_min)
@@ -376,14 +420,16 @@ class Trainer:
         return normalize(self.images[idx].to(self.device, non_blocking=True), self.model)
 
     def batch_inputs(self, idx: torch.Tensor) -> torch.Tensor:
-        """The model input for training images ``idx``: normalised and (with ``train.augment``) augmented."""
-        x = self._images(idx)
-        if self.cfg.augment:
-            x = random_resized_crop_flip(x, self.aug_gen, self.crop_scale)
-        return x
+        """The model input for training images ``idx``: (with ``train.augment``) cropped from the originals and
+        flipped as the papers do, then normalised; (B, 3, size, size) on the device."""
+        if not self.cfg.augment:
+            return self._images(idx)
+        size = self.images.shape[-1]
+        raw = augment_batch(self.originals, idx, size, self.aug_gen, self.augment_spec, images=self.images)
+        return normalize(raw.to(self.device, non_blocking=True), self.model)
 
     def encode_batch(self, idx: torch.Tensor) -> torch.Tensor:
-        """Image features (B, D) of training images ``idx``: normalise, augment, encode (or start from the cache)."""
+        """Image features (B, D) of training images ``idx``: augment, normalise, encode (or start from the cache)."""
         if self.prefix_cache is not None:
             with self.autocast():
                 return self.prefix_cache.encode(self.prefix_cache.hidden(idx, self._images))
@@ -403,7 +449,7 @@ class Trainer:
             img = F.normalize(feats, dim=-1)  # (B, D)
             txt = self.text_features() if txt is None else txt  # (C, D)
             logits = self.logit_scale * img.float() @ txt.float().t()  # (B, C)
-            loss = F.cross_entropy(logits, y)
+            loss = clip_loss(logits, y, self.loss_kind, self.prior_classes)
             reg = self.family.regularizer()
             total = loss if reg is None else loss + reg
         if not torch.isfinite(total):
