@@ -65,6 +65,26 @@ def load_config_file(path: Path, overrides: list[str], params_json: str | None):
     return load_config(path, params=params, overrides=overrides)
 
 
+def resolved_config_text(config) -> str:
+    """The config as YAML, then (as YAML comments) every preset field with its source, marking overridden ones."""
+    from ranksearch.config.load import dump_trial_config
+    from ranksearch.config.presets import PRESETS
+
+    text = dump_trial_config(config)
+    if config.preset is None:
+        return text
+    preset = PRESETS[config.preset]
+    lines = [f"# preset {preset.name}: {preset.summary}"]
+    for path, (value, source) in preset.fields.items():
+        node = config
+        for part in path.split("."):
+            node = getattr(node, part, None)
+        same = node == value or (isinstance(value, tuple) and tuple(node or ()) == value)
+        note = "" if same else f"  [overridden: preset {value!r}]"
+        lines.append(f"#   {path} = {node!r}{note}  <- {source}")
+    return text + "\n".join(lines)
+
+
 def metrics_table(metrics: dict[str, float]) -> Table:
     """Zero-shot vs adapted, per split and metric."""
     table = Table(title="trial metrics", show_lines=False)
@@ -86,7 +106,8 @@ def metrics_table(metrics: dict[str, float]) -> Table:
     epilog=(
         "Examples:\n\n"
         "  ranksearch trial search_spaces/lora.yaml\n\n"
-        "  ranksearch trial search_spaces/codyra.yaml --debug                # 20 steps, verbose, raises\n\n"
+        "  ranksearch trial search_spaces/dra.yaml --debug                   # 20 steps, verbose, raises\n\n"
+        "  ranksearch trial search_spaces/codyra.yaml --show-config          # the resolved config, sources\n\n"
         '  ranksearch trial search_spaces/all.yaml --params \'{"adapter.family": "rlrr"}\'\n\n'
         "  ranksearch trial my_trial.yaml --set adapter.r=8 --set train.lr=1e-3 --no-track"
     )
@@ -116,6 +137,12 @@ def trial(
     seeds: Annotated[
         str | None, typer.Option(help="comma-separated seeds: run the trial once per seed, report mean ± std")
     ] = None,
+    show_config: Annotated[
+        bool,
+        typer.Option(
+            "--show-config", help="print the resolved config (preset filled in, with its sources) and exit"
+        ),
+    ] = False,
 ) -> None:
     """Run ONE trial in this process, without Ray: the sweep's code path, quick and breakpoint-friendly.
 
@@ -125,6 +152,13 @@ def trial(
     """
     _configure_logging(debug)
     config = load_config_file(config_file, set_, params)
+    if show_config:
+        if debug:
+            from ranksearch.api import debug_budget
+
+            config = debug_budget(config)
+        typer.echo(resolved_config_text(config))
+        return
     from ranksearch.api import trial as run
 
     result = run(
