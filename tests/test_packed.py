@@ -54,7 +54,12 @@ MIXED = [
     {"adapter": {"family": "lora", "r": 4, "dropout": 0.0}, "placement": {"towers": "vision"}},
     {"adapter": {"family": "codyra", "r": 4}, "placement": {"matrices": ["q", "v", "fc"]}},
     {"adapter": {"family": "adalora", "init_r": 4, "target_r": 2, "dropout": 0.0}},
-    {"adapter": {"family": "rlrr"}, "placement": {"towers": "text", "layers": "top1"}},
+    # no k: RLRR's shift on the keys has a gradient of exactly 0 in theory (softmax is shift-invariant), ~1e-8 of
+    # float noise in practice, which AdamW turns into lr-sized steps that differ with the batch layout
+    {
+        "adapter": {"family": "rlrr"},
+        "placement": {"towers": "text", "layers": "top1", "matrices": ["q", "v", "o", "fc", "proj"]},
+    },
 ]
 
 

@@ -184,6 +184,7 @@ def test_trainer_feeds_the_reference_pipeline_on_a_coop_task(tmp_path: Path, mon
                 "shots": 2,
             },
             "train": {"iterations": 2, "batch_size": 4, "crop_scale": [0.08, 1.0]},
+            "eval": {"evals": 1},
             "tracking": {"enabled": False},
         }
     )

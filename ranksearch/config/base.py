@@ -19,6 +19,8 @@ def _kinds(annotation: Any) -> set[type]:
     origin = typing.get_origin(annotation)
     if origin is Annotated:
         return _kinds(typing.get_args(annotation)[0])
+    if origin is typing.Literal:
+        return {type(a) for a in typing.get_args(annotation)}
     if origin in (list, tuple, typing.Union, types.UnionType):
         return set().union(*(_kinds(a) for a in typing.get_args(annotation) if a is not Ellipsis))
     return {annotation} if isinstance(annotation, type) else set()
@@ -47,7 +49,7 @@ def exact_kinds(cls: type[BaseModel], data: Any) -> Any:
         items = value if isinstance(value, list | tuple) else [value]
         if numeric and bool not in kinds and any(isinstance(v, bool) for v in items):
             problems.append((name, f"{value!r} is a boolean where a number is meant"))
-        elif kinds <= {bool, type(None)} and not isinstance(value, bool):
+        elif bool in kinds and kinds <= {bool, type(None)} and not isinstance(value, bool):
             problems.append((name, f"{value!r} is not a boolean: write true or false"))
     if problems:
         raise cross_field(problems)

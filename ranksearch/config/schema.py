@@ -139,6 +139,7 @@ class DataConfig(Section):
     train_max_side: int | None = Field(
         None,
         ge=16,
+        le=65_536,
         description="training images keep their original pixels for the train-time crop (~3·h·w bytes each); this "
         "caps their shorter side (bicubic) to save memory, at the price of a crop no longer bit-identical to the "
         "papers' pipeline; null = whole originals",
