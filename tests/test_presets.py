@@ -193,7 +193,7 @@ def test_a_search_space_base_takes_a_preset(tmp_path):
     path = tmp_path / "space.yaml"
     path.write_text(
         "# ranksearch sweep search_spaces/x.yaml\n"
-        "base: {preset: codyra, model: {pretrained: null}}\n"
+        "base: {preset: codyra, model: {pretrained: null}, data: {protocol: fewshot}}\n"
         "params:\n  train.lr: {type: float, low: 1.0e-4, high: 1.0e-3, log: true, default: 5.0e-4}\n"
         "objective: {metric: val/acc, mode: max}\n"
     )

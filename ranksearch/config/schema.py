@@ -169,6 +169,8 @@ class DataConfig(Section):
         """The ``val/`` metrics a trial of this data section reports (objectives must be among them)."""
         if self.protocol == "base2new":
             return ("val/base", "val/new", "val/hm") if self.val_new_fraction > 0 else ("val/base",)
+        if self.protocol == "continual":  # the current task's, and the mean over the tasks learned so far
+            return ("val/acc", "val/seen_acc")
         return ("val/acc",)
 
 
