@@ -372,6 +372,10 @@ from ranksearch.sweep.commands import schema, sweep  # noqa: E402  (light: heavy
 app.command()(sweep)  # its docstring carries the examples
 app.command(epilog="Examples:\n\n  ranksearch schema --out ranksearch-space.schema.json")(schema)
 
+from ranksearch.replay.command import REPLAY_EPILOG, replay  # noqa: E402  (light: heavy imports happen inside)
+
+app.command(epilog=REPLAY_EPILOG)(replay)
+
 
 def _print_version(value: bool) -> None:
     if value:

@@ -3,6 +3,9 @@
 The gate (``noise_report``), measured before any claim:
 
 - ``seed_sd``: the pooled within-configuration standard deviation of the final metric (the table's noise);
+- ``top_seed_sd``: the same over the best 10 % of configurations by true value (at least 3): the noise where a
+  search ends up, and the tolerance of "within one seed-SD of the best" (a long-tailed metric such as a
+  regression loss whose diverged runs reach 1e5 has a pooled SD that says nothing about the top);
 - ``variance_explained``: the share of the final metric's variance that the configuration explains (one-way
   ANOVA R², runs as observations);
 - ``seed_spearman``: Spearman correlation of the configurations' final values between two seeds (the mean over
@@ -15,8 +18,8 @@ observed trial (as ``ranksearch sweep`` picks "best"), scored by the chosen conf
 is the distance to the best true configuration. Several objectives: the choice is the observed feasible
 Pareto front of COMPLETE trials, scored by the hypervolume of those configurations' true values (Optuna's
 ``compute_hypervolume``) over the hypervolume of the table's own true front, on objectives scaled to [0, 1]
-(log10 first for a positive objective spanning more than two decades, such as parameter counts) with the
-reference point 1.1 in every objective.
+from the ideal to the nadir of that true front (log10 first for a positive objective spanning more than two
+decades, such as parameter counts) with the reference point 1.1 in every objective (``ParetoScale``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ class NoiseReport:
     n_configs: int
     n_runs: int
     seed_sd: float
+    top_seed_sd: float
     between_sd: float
     variance_explained: float
     seed_spearman: float
@@ -47,7 +51,8 @@ class NoiseReport:
         ef = ", ".join(f"{v:.2f}" for v in self.early_final_spearman)
         return [
             f"{self.metric}: {self.n_configs} configurations, {self.n_runs} runs",
-            f"  seed SD {self.seed_sd:.4g}, between-configuration SD {self.between_sd:.4g}",
+            f"  seed SD {self.seed_sd:.4g} (best 10 % of configurations: {self.top_seed_sd:.4g}), "
+            f"between-configuration SD {self.between_sd:.4g}",
             f"  variance explained by the configuration {100 * self.variance_explained:.1f} %",
             f"  seed-to-seed Spearman of configurations {self.seed_spearman:.3f}",
             f"  Spearman(value at fidelity f, true final), f = 1..E: {ef}",
@@ -77,8 +82,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(ra, rb)[0, 1])
 
 
-def noise_report(table: Table, metric: str) -> NoiseReport:
-    """The table's noise and signal for ``metric`` (see the module docstring)."""
+def noise_report(table: Table, metric: str, mode: str = "max") -> NoiseReport:
+    """The table's noise and signal for ``metric`` (see the module docstring); ``mode`` says which end is best."""
     final = table.values[metric][:, :, -1]  # [config, seed]
     mask = np.isfinite(final)
     n_runs = int(mask.sum())
@@ -89,6 +94,7 @@ def noise_report(table: Table, metric: str) -> NoiseReport:
     total_ss = float(np.nansum((final - grand) ** 2))
     dof = n_runs - int((counts > 0).sum())
     seed_sd = math.sqrt(within_ss / dof) if dof > 0 else math.nan
+    top_seed_sd = _top_seed_sd(final, means, counts, mode)
     r2 = 1 - within_ss / total_ss if total_ss > 0 else math.nan
     between_sd = float(np.nanstd(means[counts > 0], ddof=1)) if (counts > 0).sum() > 1 else math.nan
     pairs = []
@@ -103,9 +109,21 @@ def noise_report(table: Table, metric: str) -> NoiseReport:
         vals = table.values[metric][:, :, f]
         early.append(spearman(vals.ravel(), np.repeat(means, max_seeds)))
     return NoiseReport(
-        metric, int((counts > 0).sum()), n_runs, seed_sd, between_sd, r2,
+        metric, int((counts > 0).sum()), n_runs, seed_sd, top_seed_sd, between_sd, r2,
         float(np.mean(pairs)) if pairs else math.nan, early,
     )  # fmt: skip
+
+
+def _top_seed_sd(final: np.ndarray, means: np.ndarray, counts: np.ndarray, mode: str) -> float:
+    """Pooled within-configuration SD over the best 10 % of configurations with >= 2 seeds (at least 3)."""
+    ok = np.flatnonzero((counts > 1) & np.isfinite(means))
+    if ok.size == 0:
+        return math.nan
+    order = ok[np.argsort(-sign(mode) * means[ok], kind="stable")]
+    top = order[: max(3, math.ceil(0.1 * ok.size))]
+    ss = float(np.nansum((final[top] - means[top, None]) ** 2))
+    dof = int(counts[top].sum() - top.size)
+    return math.sqrt(ss / dof) if dof > 0 else math.nan
 
 
 def choose_grace_period(report: NoiseReport, threshold: float = 0.5) -> int:
@@ -187,32 +205,44 @@ def cost_to_reach(trace: SweepTrace, table: Table, space: Any, tolerance: float)
 
 # ----------------------------------------------------------------------------------------- hypervolume
 class ParetoScale:
-    """Objectives -> minimisation losses in [0, 1] over the table's true values (see the module docstring)."""
+    """Objectives -> minimisation losses, 0 at the ideal and 1 at the nadir of the table's true Pareto front.
+
+    The table's true front (feasible configurations, seed-mean final values) sets the scale, so the reference
+    point (1.1 in every loss) sits just beyond the front's worst corner and the hypervolume measures how much of
+    the front a sweep found: configurations worse than the nadir add nothing, and a front scaled over the whole
+    table's range instead (down to a 10 % accuracy) would give every method about the same hypervolume.
+    """
 
     def __init__(self, table: Table, space: Any):
+        from ranksearch.sweep.mo_asha import non_domination_rank
+
         self.objectives = space.spec.objectives
+        self.signs = np.array([sign(o.mode) for o in self.objectives])
         self.true = np.stack([table.true_final(o.metric) for o in self.objectives], axis=1)
         self.feasible = true_feasible(table, space) & np.all(np.isfinite(self.true), axis=1)
         self.log = []
-        cols = []
         for k in range(len(self.objectives)):
             col = self.true[self.feasible, k]
-            use_log = bool(col.size and col.min() > 0 and col.max() / col.min() > 100)
-            self.log.append(use_log)
-            cols.append(np.log10(col) if use_log else col)
-        self.lo = np.array([c.min() if c.size else 0.0 for c in cols])
-        self.hi = np.array([c.max() if c.size else 1.0 for c in cols])
+            self.log.append(bool(col.size and col.min() > 0 and col.max() / col.min() > 100))
+        self.lo = np.zeros(len(self.objectives))
+        self.hi = np.ones(len(self.objectives))
+        ok = np.flatnonzero(self.feasible)
+        if ok.size:
+            raw = self._raw(ok)
+            front = raw[non_domination_rank(raw) == 0]
+            self.lo, self.hi = front.min(axis=0), front.max(axis=0)
 
-    def losses(self, configs: np.ndarray) -> np.ndarray:
+    def _raw(self, configs: np.ndarray) -> np.ndarray:
+        """Minimisation values (log10 where chosen), before scaling."""
         v = self.true[configs].astype(float)
         for k, use_log in enumerate(self.log):
             if use_log:
                 v[:, k] = np.log10(v[:, k])
+        return -self.signs * v
+
+    def losses(self, configs: np.ndarray) -> np.ndarray:
         width = np.where(self.hi > self.lo, self.hi - self.lo, 1.0)
-        z = (v - self.lo) / width
-        signs = np.array([sign(o.mode) for o in self.objectives])
-        # a maximised objective: loss 0 at the table's best
-        return np.where(signs > 0, 1.0 - z, z)
+        return (self._raw(configs) - self.lo) / width
 
     def hypervolume(self, configs: list[int]) -> float:
         from optuna._hypervolume import compute_hypervolume  # Optuna's WFG; no public alias in 5.0
@@ -220,8 +250,8 @@ class ParetoScale:
         configs = [c for c in configs if self.feasible[c]]
         if not configs:
             return 0.0
-        losses = self.losses(np.array(sorted(set(configs))))
-        ref = np.full(losses.shape[1], 1.1)
+        ref = np.full(len(self.objectives), 1.1)
+        losses = np.minimum(self.losses(np.array(sorted(set(configs)))), ref)  # past the reference: adds 0
         return float(compute_hypervolume(losses, ref))
 
     def table_hypervolume(self) -> float:
@@ -274,9 +304,8 @@ def bootstrap_ratio(
     rng = np.random.default_rng(seed)
     ma = np.median(a[rng.integers(len(a), size=(n, len(a)))], axis=1)
     mb = np.median(b[rng.integers(len(b), size=(n, len(b)))], axis=1)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratios = ma / mb
-    ratios = np.where(np.isnan(ratios), np.inf, ratios)
+    ratios = np.array([_div(x, y) for x, y in zip(ma, mb, strict=True)])
+    ratios = np.where(np.isnan(ratios), np.inf, ratios)  # both never reached: no evidence of a gain
     q = (1 - level) / 2
     point = _div(float(np.median(a)), float(np.median(b)))
     return (
@@ -287,7 +316,12 @@ def bootstrap_ratio(
 
 
 def _div(a: float, b: float) -> float:
-    if b == 0 or not math.isfinite(b):
+    """a / b where either may be inf (a sweep that never reached its target): finite/inf = 0, inf/inf = nan."""
+    if math.isinf(a) and math.isinf(b):
+        return math.nan
+    if math.isinf(b):
+        return 0.0
+    if b == 0:
         return math.inf if a > 0 else math.nan
     return a / b
 

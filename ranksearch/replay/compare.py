@@ -12,7 +12,8 @@ Methods (each a variant of the given space, so only the named difference changes
 - ``nsga2`` (several objectives only): Optuna's NSGA-II, no early stopping.
 
 Every ASHA variant gets the same grace period and reduction factor as ``default`` (the baselines at the same
-settings). ``compare`` runs ``seeds`` sweeps per method at the same compute budget and workers, and
+settings); ``compare(grace="auto")`` sets that grace period from the table: the first fidelity whose values rank
+runs like their true final values (``analysis.choose_grace_period``). ``compare`` runs ``seeds`` sweeps per method at the same compute budget and workers, and
 ``Comparison.summary`` reports medians over sweep seeds with 95 % bootstrap intervals.
 """
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -149,6 +151,10 @@ class Comparison:
     def multi(self) -> bool:
         return len(self.space.spec.objectives) > 1
 
+    def grace_period(self) -> int:
+        """The ASHA methods' grace period (capped at the table's fidelities, as the scheduler caps it)."""
+        return min(self.space.spec.early_stopping.grace_period, self.table.fidelities)
+
     def regret(self, name: str) -> np.ndarray:
         """``[seeds, grid]`` regret curves of a method."""
         return np.array(
@@ -172,9 +178,11 @@ class Comparison:
         hypervolume at the full budget (several objectives); medians over seeds with 95 % bootstrap CIs."""
         out: dict[str, Any] = {
             "budget_s": self.budget_s, "seeds": len(next(iter(self.traces.values()))),
-            "noise": self.noise.__dict__, "best_true": analysis.best_true(self.table, self.space), "methods": {},
+            "noise": self.noise.__dict__, "best_true": analysis.best_true(self.table, self.space),
+            "tolerance": self.noise.top_seed_sd, "grace_period": self.grace_period(),
+            "grace_period_auto": analysis.choose_grace_period(self.noise), "notes": self.notes, "methods": {},
         }  # fmt: skip
-        sd = self.noise.seed_sd
+        sd = self.noise.top_seed_sd
         ref = self.regret("random") if "random" in self.traces else None
         rand_reach = self.reach_costs("random", sd) if "random" in self.traces else None
         stock_reach = self.reach_costs("ray-stock", sd) if "ray-stock" in self.traces else None
@@ -243,9 +251,11 @@ def compare(
     workers: int = 4,
     budget_s: float | None = None,
     names: list[str] | None = None,
+    grace: int | str | None = None,
+    first_seed: int = 0,
     progress: Callable[[str, int, int], None] | None = None,
 ) -> Comparison:
-    """Replay ``seeds`` sweeps of each method (sweep seeds 0..seeds-1) at the same compute budget.
+    """Replay ``seeds`` sweeps of each method (sweep seeds first_seed..first_seed+seeds-1) at one compute budget.
 
     Args:
         table, space: as for ``replay_sweep``.
@@ -254,9 +264,27 @@ def compare(
         budget_s: compute per sweep in trial-seconds (default: 50 full runs of the median configuration, or the
             space's CPU/GPU-hour budget).
         names: methods (default: all that apply).
+        grace: ASHA's grace period for every ASHA method: evaluations, ``"auto"`` (chosen from the table's
+            early/final rank correlation) or None (the space's ``early_stopping.grace_period``).
+        first_seed: the first sweep seed (another range of seeds: an A/A check of the spread).
         progress: called as ``progress(method, done, total)`` after each sweep.
     """
+    import optuna
+
     t0 = time.perf_counter()
+    first = space.spec.objectives[0]
+    noise = analysis.noise_report(table, first.metric, first.mode)
+    notes = []
+    if grace is not None:
+        g = analysis.choose_grace_period(noise) if grace == "auto" else int(grace)
+        if not 1 <= g <= table.fidelities:
+            raise ConfigError(
+                [("--grace", f"{grace}: give 1..{table.fidelities} (the table's fidelities) or auto")]
+            )
+        space = variant(space, early_stopping={"grace_period": g})
+        notes.append(
+            f"grace period {g}" + (" (auto: first fidelity with Spearman >= 0.5)" if grace == "auto" else "")
+        )
     ms = methods(space, names)
     if budget_s is None and space.spec.budget is not None and space.spec.budget.trials is None:
         b = space.spec.budget
@@ -267,13 +295,20 @@ def compare(
     traces: dict[str, list[SweepTrace]] = {}
     total = len(ms) * seeds
     done = 0
-    for name, method in ms.items():
-        traces[name] = []
-        for s in range(seeds):
-            traces[name].append(run_method(table, method, s, workers=workers, budget_s=budget_s))
-            done += 1
-            if progress is not None:
-                progress(name, done, total)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one "study created" line per replayed sweep
+    with warnings.catch_warnings():
+        # Ray's OptunaSearch times the define-by-run call, sampling included, and warns about training there
+        warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument")
+        try:
+            for name, method in ms.items():
+                traces[name] = []
+                for s in range(first_seed, first_seed + seeds):
+                    traces[name].append(run_method(table, method, s, workers=workers, budget_s=budget_s))
+                    done += 1
+                    if progress is not None:
+                        progress(name, done, total)
+        finally:
+            optuna.logging.set_verbosity(verbosity)
     grid = np.linspace(0.0, budget_s, 101)
-    noise = analysis.noise_report(table, space.spec.objectives[0].metric)
-    return Comparison(table, space, traces, budget_s, grid, noise, time.perf_counter() - t0)
+    return Comparison(table, space, traces, budget_s, grid, noise, time.perf_counter() - t0, notes)

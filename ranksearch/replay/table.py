@@ -256,6 +256,72 @@ def _build(
     return Table(list(params), list(metrics), configs, uids, vals_a, cost_a, step_a, n_seeds, seeds_a, meta)
 
 
+def from_arrays(
+    configs: dict[str, list[Any]],
+    values: dict[str, np.ndarray],
+    cost: np.ndarray,
+    *,
+    steps: np.ndarray | None = None,
+    seeds: np.ndarray | None = None,
+    n_seeds: np.ndarray | None = None,
+    meta: dict[str, Any] | None = None,
+) -> Table:
+    """A ``Table`` from dense arrays (large third-party tables; ``from_rows`` is for rows).
+
+    Args:
+        configs: parameter -> value per configuration (None where it does not apply).
+        values: metric -> ``[n_configs, n_seeds, E]`` (NaN: no value).
+        cost: ``[n_configs, n_seeds, E]`` cumulative seconds.
+        steps: ``[n_configs, n_seeds, E]`` (default: the fidelity index).
+        seeds: ``[n_configs, n_seeds]`` seed numbers (default 0..n_seeds-1).
+        n_seeds: seeds per configuration (default: all).
+
+    Raises:
+        ConfigError: inconsistent shapes, non-finite or negative or decreasing cost, duplicate configurations.
+    """
+    cost = np.asarray(cost, dtype=float)
+    problems: list[tuple[str, str]] = []
+    if cost.ndim != 3:
+        raise ConfigError(
+            [("cost_s", f"expected [configs, seeds, fidelities], got shape {cost.shape}")], "arrays"
+        )
+    n, k, e = cost.shape
+    n_seeds = np.full(n, k, dtype=np.int64) if n_seeds is None else np.asarray(n_seeds, dtype=np.int64)
+    valid = np.arange(k)[None, :] < n_seeds[:, None]
+    for name, col in configs.items():
+        if len(col) != n:
+            problems.append((name, f"{len(col)} values for {n} configurations"))
+    for m, v in values.items():
+        if np.shape(v) != cost.shape:
+            problems.append((m, f"shape {np.shape(v)} is not the cost's {cost.shape}"))
+    c = cost[valid]
+    if not np.all(np.isfinite(c)) or np.any(c < 0):
+        problems.append(("cost_s", "cost must be finite and >= 0 seconds"))
+    elif np.any(np.diff(c, axis=-1) < 0):
+        problems.append(("cost_s", "cumulative cost decreases along the fidelities"))
+    cfg = {p: np.array([_scalar(x) for x in col], dtype=object) for p, col in configs.items()}
+    keys = list(zip(*(map(_key, cfg[p]) for p in cfg), strict=True)) if cfg else []
+    if len(set(keys)) != len(keys):
+        problems.append(("config_id", "two configurations have the same parameters"))
+    if problems:
+        raise ConfigError(problems, "arrays")
+    steps_a = np.broadcast_to(np.arange(1, e + 1), cost.shape).copy() if steps is None else np.asarray(steps)
+    seeds_a = np.broadcast_to(np.arange(k), (n, k)).copy() if seeds is None else np.asarray(seeds)
+    seeds_a = np.where(valid, seeds_a, -1)
+    cost = np.where(valid[:, :, None], cost, np.nan)
+    vals = {m: np.where(valid[:, :, None], np.asarray(v, dtype=float), np.nan) for m, v in values.items()}
+    meta = {
+        "format": FORMAT,
+        "version": VERSION,
+        **(meta or {}),
+        "params": list(cfg),
+        "metrics": list(values),
+    }
+    _check_meta(meta, list(values), "arrays")
+    return Table(list(cfg), list(values), cfg, np.arange(n, dtype=np.int64), vals, cost, steps_a.astype(np.int64),
+                 n_seeds, seeds_a.astype(np.int64), meta)  # fmt: skip
+
+
 def _check_meta(meta: dict[str, Any], metrics: list[str], source: str) -> None:
     problems = []
     for i, o in enumerate(meta.get("objectives") or []):
@@ -315,16 +381,19 @@ def write_table(
         if params is None or metrics is None:
             raise ConfigError([("params/metrics", "name the parameter and metric columns")], str(path))
         table = from_rows(rows, params=params, metrics=metrics, meta=meta)
-    out = table.to_rows()
-    cols: dict[str, Any] = {}
-    for k in ["config_id", *table.params, "seed", "fidelity", "step", *table.metrics, "cost_s"]:
-        vals = [r[k] for r in out]
-        if k in ("config_id", "seed", "fidelity", "step"):
-            cols[k] = pa.array(vals, pa.int64())
-        elif k in table.metrics or k == "cost_s":
-            cols[k] = pa.array(vals, pa.float64())
-        else:
-            cols[k] = _param_array(vals)
+    valid = np.arange(table.cost.shape[1])[None, :] < table.n_seeds[:, None]
+    ci, si, fi = np.nonzero(
+        np.broadcast_to(valid[:, :, None], table.cost.shape)
+    )  # rows in (config, seed, fid)
+    cols: dict[str, Any] = {"config_id": pa.array(table.config_ids[ci], pa.int64())}
+    for p in table.params:
+        cols[p] = _param_array(list(table.configs[p][ci]))
+    cols["seed"] = pa.array(table.seeds[ci, si], pa.int64())
+    cols["fidelity"] = pa.array(fi + 1, pa.int64())
+    cols["step"] = pa.array(table.steps[ci, si, fi], pa.int64())
+    for m in table.metrics:
+        cols[m] = pa.array(table.values[m][ci, si, fi], pa.float64())
+    cols["cost_s"] = pa.array(table.cost[ci, si, fi], pa.float64())
     schema_meta = {META_KEY: json.dumps(table.meta, default=str).encode()}
     arrow = pa.table(cols).replace_schema_metadata(schema_meta)
     path = Path(path)
@@ -386,7 +455,7 @@ def read_table(path: str | Path) -> Table:
 
     path = Path(path)
     if not path.is_file():
-        raise ConfigError([("table", f"{path} does not exist")], str(path))
+        raise ConfigError([("<file>", "no such file (a replay table: docs/replay.md)")], str(path))
     meta = read_meta(path)
     params, metrics = list(meta.get("params") or []), list(meta.get("metrics") or [])
     arrow = pq.read_table(str(path))

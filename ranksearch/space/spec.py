@@ -271,8 +271,10 @@ _Startup = Field(None, ge=0, le=100_000, description="trials sampled at random b
 
 
 class TpeOptions(_Options):
-    n_startup_trials: int | None = _Startup
-    n_ei_candidates: int | None = Field(None, ge=1, le=10_000)
+    n_startup_trials: int | None = Field(
+        None, ge=0, le=100_000, description="random trials before TPE models the space; ranksearch default: 5"
+    )
+    n_ei_candidates: int | None = Field(None, ge=1, le=10_000, description="ranksearch default: 64")
     multivariate: bool | None = Field(None, description="ranksearch default: true")
     group: bool | None = Field(None, description="ranksearch default: true (needs multivariate)")
     constant_liar: bool | None = Field(None, description="ranksearch default: true")
