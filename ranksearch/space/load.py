@@ -84,6 +84,7 @@ def validate_space(
             problems += _bound_checks(space)
         problems += _sampler_checks(space)
         problems += _objective_checks(space)
+        problems += _pack_checks(space)
         if not problems:
             return space
     raise ConfigError(_dedupe(problems), source)
@@ -372,6 +373,20 @@ def _sampler_checks(space: SearchSpace) -> list[tuple[str, str]]:
         build_sampler(space)
     except ConfigError as e:
         return e.problems
+    return []
+
+
+def _pack_checks(space: SearchSpace) -> list[tuple[str, str]]:
+    """A pack trains ``resources.pack`` trials at once: the sweep must run at least that many together."""
+    pack, concurrency = space.spec.resources.pack, space.spec.concurrency
+    if pack > concurrency:
+        return [
+            (
+                "concurrency",
+                f"{concurrency} is below resources.pack={pack}: a pack trains {pack} trials at once, so run at "
+                f"least {pack} together (concurrency: {pack}, or a multiple of it)",
+            )
+        ]
     return []
 
 

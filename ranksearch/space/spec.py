@@ -432,8 +432,28 @@ class Constraint(_Model):
 class Resources(_Model):
     """Per-trial resources. Fractional GPUs pack several trials on one GPU (e.g. 0.5: two per GPU)."""
 
-    gpu: float = Field(0.0, ge=0, le=64, description="GPUs per trial (fractions allowed)")
-    cpu: float = Field(1.0, gt=0, le=1024, description="CPUs per trial; also the trial's torch thread count")
+    gpu: float = Field(0.0, ge=0, le=64, description="GPUs per trial (fractions allowed); per pack with pack > 1")
+    cpu: float = Field(
+        1.0,
+        gt=0,
+        le=1024,
+        description="CPUs per trial (per pack with pack > 1); torch threads follow model.threads (auto: 1 for "
+        "small models, else these CPUs)",
+    )
+    pack: int = Field(
+        1,
+        ge=1,
+        le=256,
+        description="train this many trials in one process on one shared frozen model (packed trials); Tune, "
+        "Optuna and MLflow still see ordinary trials, each stopped early on its own; cpu/gpu are then per pack",
+    )
+    pack_group: int | None = Field(
+        None,
+        ge=1,
+        le=256,
+        description="at most this many members of a pack share one forward/backward pass (memory grows with "
+        "it); null = all",
+    )
 
     @field_validator("gpu")
     @classmethod
