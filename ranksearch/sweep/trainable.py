@@ -63,7 +63,14 @@ def sweep_trainable(
     """Tune function trainable. ``params``: the Optuna parameter values of this trial."""
     from ray import tune
 
-    run = RUNNERS[runner]
+    options = dict(runner_options or {})
+    broker = options.pop("pack_broker", None)
+    if broker is not None:  # packed trials: a pack host trains this configuration, we relay its reports
+        from ranksearch.sweep.packed import relay
+
+        run = relay(broker, runner)
+    else:
+        run = RUNNERS[runner]
     trial_id = tune.get_context().get_trial_id()
     seeds: list[int | None] = list(space.spec.seeds or [None])
     objectives = [o.metric for o in space.spec.objectives]
@@ -95,7 +102,7 @@ def sweep_trainable(
 
         result = run(
             config, output_dir=out, tracker=None, on_eval=on_eval, resume=resume_state, progress=False,
-            **(runner_options or {}),
+            **options,
         )  # fmt: skip
         resume_state = None
         if result.status != "completed":

@@ -160,6 +160,12 @@ def _run_sweep(
     # what a reliable --resume wants; its warning about that is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
+    broker = None
+    if space.spec.resources.pack > 1:  # packed trials: pack hosts train, the Tune trials relay (sweep.packed)
+        from ranksearch.sweep.packed import start_broker
+
+        broker_name, broker = start_broker(space, runner, runner_options)
+        runner_options = {**(runner_options or {}), "pack_broker": broker_name}
     trainable = _trainable(space, folder, runner, runner_options)
     callbacks = [
         LiveView(space, name, total, live=live),
@@ -190,6 +196,10 @@ def _run_sweep(
         manifest.save(folder)
         if status != "interrupted":
             _end_parent(manifest, status)
+        if broker is not None:
+            from ranksearch.sweep.packed import stop_broker
+
+            stop_broker(broker)
         if started_ray:
             ray.shutdown()
 
@@ -234,7 +244,7 @@ def _start_manifest(
         "sweep": name, "space_file": str(space_file), "trials": trials or s.trial_count, "concurrency": s.concurrency,
         "sampler": s.sampler.type, "sampler_seed": s.sampler.seed, "early_stopping": s.early_stopping.type,
         "objectives": ",".join(f"{o.metric}:{o.mode}" for o in s.objectives), "families": ",".join(space.families),
-        "seeds": ",".join(map(str, s.seeds or [])), "resources": f"cpu={s.resources.cpu},gpu={s.resources.gpu}",
+        "seeds": ",".join(map(str, s.seeds or [])), "resources": f"cpu={s.resources.cpu},gpu={s.resources.gpu},pack={s.resources.pack}",
     }  # fmt: skip
     parent = create_parent_run(uri, experiment, name, params, artifacts)
     manifest = Manifest(name, str(space_file), uri, experiment, parent, study_name="ranksearch")
@@ -268,6 +278,10 @@ def _trainable(space: SearchSpace, folder: Path, runner: str, runner_options: di
         runner_options=runner_options or {},
     )  # fmt: skip
     res = space.spec.resources
+    if res.pack > 1:  # the pack hosts hold the CPUs/GPUs; a trial only relays (ranksearch.sweep.packed)
+        from ranksearch.sweep.packed import TRIAL_RESOURCES
+
+        return tune.with_resources(fn, TRIAL_RESOURCES)
     return tune.with_resources(fn, {"cpu": res.cpu, "gpu": res.gpu})
 
 

@@ -260,6 +260,7 @@ class Pack:
 
         from ranksearch.models.clip import build_model
         from ranksearch.session import resolve_device
+        from ranksearch.training.threads import apply_threads
         from ranksearch.trial import seed_everything
 
         self.key = pack_key(self.key_config)
@@ -270,6 +271,7 @@ class Pack:
         seed_everything(self.key_config.seed)  # a random-init model is built from the seed, as run_trial does
         model, self.image_size = build_model(m.name, m.pretrained, device=str(self.device))
         self.packed = PackedModel(model)
+        apply_threads(model, m.threads, self.device)
         self.tokenizer = open_clip.get_tokenizer(m.name)
         self._tasks: dict[str, Any] = {}
         self._next_id = 0
