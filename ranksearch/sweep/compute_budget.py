@@ -1,7 +1,8 @@
 """The space's compute budget (``budget: {cpu_hours | gpu_hours}``) as a Ray Tune ``Stopper``.
 
 Every result's ``time_this_iter_s`` (the seconds the trial spent since its previous report) is charged at the
-trial's resources: CPU-hours = seconds × ``resources.cpu`` / 3600, GPU-hours likewise. Once the total reaches
+trial's resources: CPU-hours = seconds × ``resources.cpu`` / 3600, GPU-hours likewise (packed trials share a
+pack's resources: each is charged ``resources.cpu / resources.pack``). Once the total reaches
 the budget the whole experiment stops, running trials included (Tune ends them as it does at
 ``time_budget_s``); those trials end as ``pruned`` in Optuna, which learns from their intermediate values.
 The spent amount is kept in the stopper (Tune pickles it with the experiment, so ``--resume`` continues the
@@ -26,8 +27,8 @@ class ComputeBudget(Stopper):
     def from_space(cls, space: Any) -> ComputeBudget:
         b, res = space.spec.budget, space.spec.resources
         if b.gpu_hours is not None:
-            return cls(b.gpu_hours, res.gpu, "gpu_hours")
-        return cls(b.cpu_hours, res.cpu, "cpu_hours")
+            return cls(b.gpu_hours, res.gpu / res.pack, "gpu_hours")
+        return cls(b.cpu_hours, res.cpu / res.pack, "cpu_hours")
 
     def charge(self, seconds: float) -> None:
         """Add one report's seconds (the replay calls this too)."""

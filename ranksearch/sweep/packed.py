@@ -25,9 +25,12 @@ trial may sit on different nodes. Tune trials reserve no CPU (``TRIAL_RESOURCES`
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
+import os
 import queue
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -39,11 +42,14 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+PACK_RECORD = "pack.json"  # in every member's trial folder: which host trained it, with how many others
 # What each Tune trial of a packed sweep reserves: nothing that counts (Ray needs some resource in a request).
 TRIAL_RESOURCES = {"cpu": 0, "memory": 1}
-# A member whose relay has not asked for events for this long is taken to be gone (its Ray worker died).
-LOST_AFTER_S = 600.0
-POLL_S = 5.0
+# A member whose relay has not asked for events for this long is taken to be gone (a relay blocks only while
+# Tune stores its checkpoint); a relay whose actor died is noticed sooner (``PackHost._watch``).
+LOST_AFTER_S = 300.0
+POLL_S = 1.0  # how long one event request waits: also how soon a stopped trial leaves
+WATCH_S = 2.0  # how often a host checks that its members' trial actors are alive
 
 
 @dataclass
@@ -92,12 +98,14 @@ def relay(broker_name: str, runner: str):
 
         broker = ray.get_actor(broker_name)
         data = config.model_dump(mode="json")
-        host, mid = ray.get(broker.join.remote(member_key(config, runner), data, resume))
+        host, mid = ray.get(broker.join.remote(member_key(config, runner), data, resume, _own_actor()))
         finished = False
         try:
             while True:
                 event: Event | None = ray.get(host.next_event.remote(mid, POLL_S))
                 if event is None:
+                    if _stop_requested():  # ASHA stopped this trial: leave now (Tune waits ~2 s to reuse us)
+                        sys.exit(0)  # what Tune's own report does on a stop: a graceful end of the thread
                     continue
                 if event.kind == "eval" and on_eval is not None:
                     on_eval(EvalEvent(event.step, event.total_steps, event.metrics, lambda s=event.state: s))
@@ -118,6 +126,28 @@ def relay(broker_name: str, runner: str):
     return run
 
 
+def _own_actor() -> Any:
+    """The Ray actor this trial runs in (the host watches it: a killed trial frees its slot), or None."""
+    import ray
+
+    try:
+        return ray.get_runtime_context().current_actor
+    except Exception:  # not inside an actor (a trainable run in the driver, as in unit tests)
+        return None
+
+
+def _stop_requested() -> bool:
+    """Whether Tune has asked this trial to stop (its session's stop event; False where Ray has none)."""
+    try:
+        from ray.train._internal.session import get_session
+
+        session = get_session()
+    except Exception:  # pragma: no cover - a Ray without the private session module: rely on the host's watch
+        return False
+    event = getattr(session, "stop_event", None)
+    return bool(event is not None and event.is_set())
+
+
 # --- the broker ----------------------------------------------------------------------------------------------------
 @dataclass
 class _Host:
@@ -136,9 +166,10 @@ class PackBroker:
         self.runner, self.options, self.capacity, self.group = runner, runner_options, capacity, group
         self.cpu, self.gpu = cpu, gpu
         self.hosts: list[_Host] = []
+        self.started = 0
         self.lock = threading.Lock()
 
-    def join(self, key: tuple, config: dict, resume: dict | None) -> tuple[Any, int]:
+    def join(self, key: tuple, config: dict, resume: dict | None, owner: Any = None) -> tuple[Any, int]:
         """(host, member id) for a new member; starts a host when none of this kind has a free slot."""
         import ray
 
@@ -148,7 +179,7 @@ class PackBroker:
             room = [(load, h) for h, load in self._loads() if h.key == key and load < capacity]
             host = min(room, key=lambda t: t[0])[1] if room else self._start_host(key, capacity)
             host.pending += 1
-            ref = host.handle.add.remote(config, resume)
+            ref = host.handle.add.remote(config, resume, owner)
         try:
             # a new host may wait for CPUs/GPUs that empty hosts of other kinds still hold: end those meanwhile
             while not ray.wait([ref], timeout=2.0)[0]:
@@ -160,12 +191,23 @@ class PackBroker:
                 host.pending -= 1
 
     def _loads(self) -> list[tuple[_Host, int]]:
-        """(host, members + joins in flight); a host that has not started yet counts its joins in flight."""
+        """(host, members + joins in flight); a host that has not started yet counts its joins in flight.
+
+        A host that died (its node was lost, it ran out of memory) is forgotten: its members' relays see the
+        error, Tune retries those trials from their checkpoints, and they join a new host.
+        """
         import ray
 
-        started = [h for h in self.hosts if ray.wait([h.ready], timeout=0)[0]]
-        loads = dict(zip(map(id, started), ray.get([h.handle.load.remote() for h in started]), strict=True))
-        return [(h, loads.get(id(h), 0) + h.pending) for h in self.hosts]
+        out = []
+        for h in list(self.hosts):
+            if not ray.wait([h.ready], timeout=0)[0]:
+                out.append((h, h.pending))
+                continue
+            try:
+                out.append((h, ray.get(h.handle.load.remote()) + h.pending))
+            except ray.exceptions.RayError:
+                self.hosts.remove(h)
+        return out
 
     def _end_idle(self, keep: tuple) -> None:
         import ray
@@ -184,10 +226,12 @@ class PackBroker:
         handle = actor.remote(self.runner, self.options, capacity, self.group)
         host = _Host(key, handle, handle.load.remote())
         self.hosts.append(host)
+        self.started += 1
         return host
 
     def hosts_started(self) -> int:
-        return len(self.hosts)
+        """How many hosts this broker has started so far (tests and the benchmark read it)."""
+        return self.started
 
 
 def start_broker(space: Any, runner: str, runner_options: dict | None) -> tuple[str, Any]:
@@ -213,16 +257,22 @@ def stop_broker(broker: Any) -> None:
         ray.kill(broker)
 
 
+class _MemberLeft(Exception):
+    """Ends a member that runs alone once its Tune trial has stopped."""
+
+
 # --- the host ------------------------------------------------------------------------------------------------------
 @dataclass
 class _Slot:
     config: dict
     resume: dict | None
+    owner: Any = None  # the member's trial actor (watched: a killed trial frees its slot)
     events: queue.Queue = field(default_factory=queue.Queue)
     folder: Path | None = None
     member: Any = None  # ranksearch.training.packed.Member (runner "trial")
     left: bool = False
     polled: float = field(default_factory=time.monotonic)
+    probe: Any = None  # a pending call on ``owner``: it fails once the actor is dead
 
 
 class PackHost:
@@ -231,22 +281,27 @@ class PackHost:
 
     def __init__(self, runner: str, runner_options: dict, capacity: int, group: int | None):
         self.runner, self.options, self.capacity, self.group = runner, runner_options, capacity, group
+        self.id = uuid.uuid4().hex[:12]
         self.slots: dict[int, _Slot] = {}
         self.joining: list[int] = []
         self.next_id = 0
         self.lock = threading.Condition()
         self.root = Path(tempfile.mkdtemp(prefix="rs-pack-"))
         self.pack: Any = None
+        self.watched, self.watch_lock = time.monotonic(), threading.Lock()
         if runner == "trial":
             threading.Thread(target=self._train, name="pack", daemon=True).start()
 
     # calls from the broker and the relays
-    def add(self, config: dict, resume: dict | None) -> int:
+    def add(self, config: dict, resume: dict | None, owner: Any = None) -> int:
         with self.lock:
             mid = self.next_id
             self.next_id += 1
-            slot = self.slots[mid] = _Slot(config, resume)
+            slot = self.slots[mid] = _Slot(config, resume, owner)
             slot.folder = self.root / str(mid)
+            slot.folder.mkdir(parents=True)
+            record = {"host": self.id, "pid": os.getpid(), "member": mid, "joined_with": len(self.slots) - 1}
+            (slot.folder / PACK_RECORD).write_text(json.dumps(record))
             if self.runner == "trial":
                 self.joining.append(mid)
                 self.lock.notify_all()
@@ -255,6 +310,7 @@ class PackHost:
         return mid
 
     def load(self) -> int:
+        self._watch()
         with self.lock:
             return sum(1 for s in self.slots.values() if not s.left)
 
@@ -277,6 +333,30 @@ class PackHost:
                 self.slots[mid].left = True
                 self.lock.notify_all()
 
+    def _watch(self) -> None:
+        """Mark members gone whose trial actor died (Tune killed it) or whose relay stopped asking for events."""
+        import ray
+
+        now = time.monotonic()
+        with self.watch_lock:
+            if now - self.watched < WATCH_S:
+                return
+            self.watched = now
+        for _, slot in self._snapshot():
+            if slot.left:
+                continue
+            if now - slot.polled > LOST_AFTER_S:
+                slot.left = True
+            elif slot.owner is not None:
+                if slot.probe is None:  # answered only when the actor is idle; an error as soon as it is dead
+                    slot.probe = slot.owner.__ray_ready__.remote()
+                elif ray.wait([slot.probe], timeout=0)[0]:
+                    try:
+                        ray.get(slot.probe)
+                        slot.probe = None
+                    except ray.exceptions.RayError:
+                        slot.left = True
+
     # the work
     def _forget(self, mid: int) -> None:
         with self.lock:
@@ -287,8 +367,13 @@ class PackHost:
     def _put(self, mid: int, event: Event) -> None:
         with self.lock:
             slot = self.slots.get(mid)
-        if slot is not None:  # a member that left takes no more events
-            slot.events.put(event)
+        if slot is None:
+            return
+        if slot.left:  # nobody listens any more (a synthetic member that ran on after its trial stopped)
+            if event.kind in ("done", "error"):
+                self._forget(mid)
+            return
+        slot.events.put(event)
 
     def _send_result(self, mid: int, result: Any) -> None:
         with self.lock:
@@ -314,8 +399,15 @@ class PackHost:
         detail = "".join(traceback.format_exception_only(type(e), e)).strip()
         self._put(mid, Event("error", error=detail, exception=exc))
 
-    def _on_eval(self, mid: int):
+    def _on_eval(self, mid: int, stop_when_left: bool = False):
+        """The member's ``on_eval``: its evaluations go to its relay. A member running alone (``stop_when_left``)
+        is ended here once its trial stopped; a pack member is dropped between steps instead."""
+
         def on_eval(event: Any) -> None:
+            with self.lock:
+                slot = self.slots.get(mid)
+            if stop_when_left and (slot is None or slot.left):
+                raise _MemberLeft
             self._put(mid, Event("eval", event.step, event.total_steps, dict(event.metrics), event.state()))
 
         return on_eval
@@ -330,10 +422,12 @@ class PackHost:
         try:
             config = TrialConfig.model_validate(slot.config)
             result = RUNNERS[self.runner](
-                config, output_dir=slot.folder, tracker=None, on_eval=self._on_eval(mid), resume=slot.resume,
-                progress=False, **self.options,
+                config, output_dir=slot.folder, tracker=None, on_eval=self._on_eval(mid, stop_when_left=True),
+                resume=slot.resume, progress=False, **self.options,
             )  # fmt: skip
             self._send_result(mid, result)
+        except _MemberLeft:
+            self._forget(mid)
         except BaseException as e:
             self._send_error(mid, e)
 
@@ -375,10 +469,14 @@ class PackHost:
             try:
                 config = TrialConfig.model_validate(slot.config)
                 if pack_key(config) is None:  # a solo host: the ordinary trial, in this thread
-                    result = run_trial(
-                        config, output_dir=slot.folder, on_eval=self._on_eval(mid), resume=slot.resume,
-                        progress=False,
-                    )  # fmt: skip
+                    try:
+                        result = run_trial(
+                            config, output_dir=slot.folder, on_eval=self._on_eval(mid, stop_when_left=True),
+                            resume=slot.resume, progress=False,
+                        )  # fmt: skip
+                    except _MemberLeft:
+                        self._forget(mid)
+                        continue
                     self._send_result(mid, result)
                     continue
                 if self.pack is None:
@@ -417,8 +515,8 @@ class PackHost:
         return [mid for mid, s in items if s.member is not None and s.member.active]
 
     def _drop_leavers(self) -> None:
-        now = time.monotonic()
-        lost = [(mid, s) for mid, s in self._snapshot() if s.left or now - s.polled > LOST_AFTER_S]
+        self._watch()
+        lost = [(mid, s) for mid, s in self._snapshot() if s.left]
         for mid, slot in lost:
             if slot.member is not None:
                 self.pack.remove(slot.member)
