@@ -184,3 +184,23 @@ def test_pack_key_refuses_what_cannot_be_stacked():
     pack = Pack(config())
     with pytest.raises(ValueError, match="does not fit"):
         pack.add(config(seed=5), "unused")
+
+
+def test_a_space_whose_concurrency_cannot_hold_a_pack_is_refused_naming_the_field():
+    from ranksearch.errors import ConfigError
+    from ranksearch.space.load import validate_space
+
+    space = {
+        "base": {"model": {"pretrained": None}},
+        "params": {"train.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}},
+        "objective": {"metric": "val/hm", "mode": "max"},
+        "trials": 8,
+        "resources": {"cpu": 1, "pack": 4},
+    }
+    assert validate_space({**space, "concurrency": 4}).spec.resources.pack == 4
+    with pytest.raises(ConfigError) as e:
+        validate_space({**space, "concurrency": 2})
+    assert e.value.problems == [("concurrency", e.value.problems[0][1])]
+    assert "resources.pack=4" in e.value.problems[0][1]
+    with pytest.raises(ConfigError, match="resources.pack"):
+        validate_space({**space, "concurrency": 300, "resources": {"pack": 300}})  # over its bound
