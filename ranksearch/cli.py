@@ -370,6 +370,9 @@ app.command(epilog=_report_cmds.BEST_EPILOG)(_report_cmds.best)
 from ranksearch.sweep.commands import schema, sweep  # noqa: E402  (light: heavy imports happen inside)
 
 app.command()(sweep)  # its docstring carries the examples
+from ranksearch.submit import submit  # noqa: E402  (light: ray loads inside the command)
+
+app.command()(submit)
 app.command(epilog="Examples:\n\n  ranksearch schema --out ranksearch-space.schema.json")(schema)
 
 from ranksearch.replay.command import REPLAY_EPILOG, replay  # noqa: E402  (light: heavy imports happen inside)

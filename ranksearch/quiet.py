@@ -24,6 +24,9 @@ CHATTER = {
     "ray.tune": logging.WARNING,  # "Wrote the latest version of all result files ..."
     "optuna.storages.journal._storage": logging.WARNING,  # "A new study created in Journal with name: ..."
 }
+# Loggers whose error records come with a traceback the user cannot act on (Tune's "Trial task failed" when a
+# node is lost or a trial raises): shown as one line; the traceback stays in the trial's error.txt and --debug.
+ONE_LINE = ("ray.tune.execution.tune_controller",)
 # Tune's new console output prints its configuration box and TensorBoard hint whatever ``verbose`` says; its
 # legacy output with verbose=0 prints nothing (ranksearch draws its own progress).
 TUNE_OUTPUT = {"RAY_AIR_NEW_OUTPUT": "0"}
@@ -42,14 +45,31 @@ def quiet_libraries(debug: bool = False) -> Iterator[None]:
         logger.setLevel(max(level, logger.level))
     for k, v in TUNE_OUTPUT.items():
         os.environ.setdefault(k, v)  # a user's own choice wins
+    one_line = _OneLine()
+    for name in ONE_LINE:
+        logging.getLogger(name).addFilter(one_line)
     try:
         yield
     finally:
+        for name in ONE_LINE:
+            logging.getLogger(name).removeFilter(one_line)
         for name, level in saved.items():
             logging.getLogger(name).setLevel(level)
         for k, v in env.items():
             if v is None:
                 os.environ.pop(k, None)
+
+
+class _OneLine(logging.Filter):
+    """A record's traceback becomes its last line (``Type: message``, first line of the message)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            error = record.exc_info[1]
+            detail = (str(error).strip().splitlines() or [""])[0][:300]
+            record.msg = f"{record.getMessage()}: {type(error).__name__}: {detail}"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
 
 
 class _Drop(logging.Filter):

@@ -23,6 +23,8 @@ BEGIN, END = "<!-- figures:begin -->", "<!-- figures:end -->"
 # (scenario, what was injected); the order of the table
 SCENARIOS = {
     "node_loss": "worker node removed while its trials ran (2-worker `ray.cluster_utils.Cluster`)",
+    "real_cluster_node_loss": "worker raylet SIGKILLed mid-trial (`ray start` head + 2 workers, token auth, "
+    "`ranksearch sweep --address`)",
     "driver_loss": "sweep driver SIGKILLed mid-sweep, then `--resume`",
     "tracking_outage": "real `mlflow server` stopped mid-sweep, restarted on the same store",
     "failing_trials": "NaN/inf loss, exception, time budget, memory budget (synthetic runner)",

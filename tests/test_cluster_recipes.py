@@ -226,7 +226,8 @@ def test_launcher_installs_checkout_and_mounts_shared_storage(path):
     assert config["file_mounts"].get("~/ranksearch") == "."
     assert "**/.venv" in config.get("rsync_exclude", []), "do not upload the local virtualenv"
     setup = "\n".join(config["setup_commands"])
-    assert "pip install -c constraints.txt ." in setup
+    # the [cluster] extra: ray[default] (dashboard, Jobs API for ranksearch submit) and the PostgreSQL driver
+    assert "pip install -c constraints.txt '.[cluster]'" in setup
     assert re.search(r"mountpoint -q /shared\b", setup), "the sweep folder must be on shared storage"
     assert "/shared/ranksearch" in setup
 
@@ -411,7 +412,7 @@ def test_dockerfile_matches_the_pins(path):
     text = path.read_text()
     base = re.search(r"^FROM\s+rayproject/ray:(\S+)", text, re.M)
     assert base and base.group(1).startswith(_ray_pin() + "-"), "base image Ray must equal constraints.txt"
-    assert "pip install --no-cache-dir -c constraints.txt ." in text
+    assert 'pip install --no-cache-dir -c constraints.txt ".[cluster]"' in text  # + the PostgreSQL driver
     assert re.search(r"^COPY .*search_spaces", text, re.M)
     assert not re.search(r"^COPY\s+(--\S+\s+)*\.\s", text, re.M), "copy named files only (keeps .venv out)"
 

@@ -56,9 +56,14 @@ def sweep(
             help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite in the sweep folder)"
         ),
     ] = None,
-    storage: Annotated[
-        Path | None, typer.Option(help="parent folder of sweep folders (default: ./ranksearch-runs/sweeps)")
+    runs_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="parent folder of sweep folders (default: ./ranksearch-runs/sweeps); on a cluster: "
+            "shared storage every node mounts at the same path"
+        ),
     ] = None,
+    storage: Annotated[Path | None, typer.Option(help="the same as --runs-dir (older spelling)")] = None,
     warm_start: Annotated[
         Path | None,
         typer.Option(help="earlier sweep folder or optuna.journal: its completed trials seed the sampler"),
@@ -107,7 +112,7 @@ def sweep(
     logging.getLogger("ray.tune").setLevel(logging.INFO if debug else logging.WARNING)
     result = run_sweep(
         space, gpus=gpus, address=address, trials=trials, name=name, resume=resume, tracking_uri=tracking_uri,
-        storage=storage, warm_start=warm_start, live=live, overrides=set_, debug=debug,
+        storage=runs_dir or storage, warm_start=warm_start, live=live, overrides=set_, debug=debug,
     )  # fmt: skip
     out = Console()
     out.print(leaderboard(result.rows, result.space, width=out.width))
@@ -132,7 +137,7 @@ def sweep(
             f"[yellow]interrupted[/yellow]: continue with  ranksearch sweep {space} --name {result.name} --resume"
         )
     # last, so it is what the terminal shows: the two commands to look at the results
-    target = result.name if storage is None else _shortest(result.folder)
+    target = result.name if (runs_dir or storage) is None else _shortest(result.folder)
     out.print("look at the results:", highlight=False)
     # never wrapped by rich (a wrapped command does not paste); short enough to fit as a rule
     out.print(f"  ranksearch report {target}\n  ranksearch ui {target}", highlight=False, soft_wrap=True)

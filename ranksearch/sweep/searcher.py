@@ -84,9 +84,21 @@ class PruneAwareOptunaSearch(OptunaSearch):
             else:
                 self._ot_study.tell(ot_trial, state=state)
         except optuna_errors() as e:
-            # e.g. the trial was already told before the driver was killed and is now re-run from a checkpoint
-            log.warning("Optuna did not accept the result of trial %s: %s", trial_id, e)
+            if self._stored(ot_trial, state):
+                # Optuna stored the result and then a sampler hook raised: GridSampler calls study.stop() once
+                # the grid is used up, which raises outside study.optimize (tell stores the trial regardless)
+                log.debug("Optuna stored trial %s; its sampler then raised: %s", trial_id, e)
+            else:
+                # e.g. the trial was already told before the driver was killed and is re-run from a checkpoint
+                log.warning("Optuna did not accept the result of trial %s: %s", trial_id, e)
         self._completed_trials.add(trial_id)
+
+    def _stored(self, ot_trial: Any, state: Any) -> bool:
+        """Whether the study holds ``ot_trial`` in ``state`` (told, whatever raised afterwards)."""
+        try:
+            return self._ot_study._storage.get_trial(ot_trial._trial_id).state == state
+        except Exception:
+            return False
 
     def _failure(self, trial_id: str, result: dict | None) -> str | None:
         """Why the trial failed: the runner's error (diverged, over budget) or the exception Tune recorded."""
