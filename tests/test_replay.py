@@ -237,22 +237,41 @@ def test_mo_asha_keeps_cheap_pareto_trials_that_first_objective_asha_stops():
     assert mo.on_trial_result(None, t, {"training_iteration": 1, "acc": 50.0, "params": 2000.0}) == "STOP"
 
 
-def test_mo_asha_with_one_recorded_trial_decides_as_ray():
+def test_mo_asha_with_one_objective_decides_exactly_as_rays_asha():
+    """Random result streams (reduction factors, rungs, brackets, ties): every decision equals Ray's."""
     from ray.tune.schedulers import ASHAScheduler
 
     from ranksearch.replay.engine import SimTrial
     from ranksearch.sweep.mo_asha import MultiObjectiveASHA
 
-    for a, b in [(1.0, 2.0), (2.0, 1.0), (1.0, 1.0)]:
-        mo = MultiObjectiveASHA(["acc"], ["max"], max_t=4, grace_period=1, reduction_factor=2)
-        ray = ASHAScheduler(metric="acc", mode="max", max_t=4, grace_period=1, reduction_factor=2)
-        got = []
+    rng = np.random.default_rng(0)
+    decisions = 0
+    for _ in range(60):
+        rf, max_t = float(rng.choice([2, 3, 4])), int(rng.choice([4, 8, 9, 16]))
+        brackets = int(rng.choice([1, 2]))
+        kw = dict(max_t=max_t, grace_period=1, reduction_factor=rf, brackets=brackets)
+        np.random.seed(int(rng.integers(2**31)))  # both draw a new trial's bracket from NumPy's generator
+        state = np.random.get_state()
+        mo = MultiObjectiveASHA(["acc"], ["max"], **kw)
+        ray = ASHAScheduler(metric="acc", mode="max", **kw)
+        n = int(rng.integers(3, 16))
         for sched in (mo, ray):
-            for tid, v in (("x", a), ("y", b)):
-                sched.on_trial_add(None, SimTrial(tid, {}))
-                d = sched.on_trial_result(None, SimTrial(tid, {}), {"training_iteration": 1, "acc": v})
-            got.append(d)
-        assert got[0] == got[1], (a, b, got)
+            np.random.set_state(state)
+            for i in range(n):
+                sched.on_trial_add(None, SimTrial(f"t{i}", {}))
+        alive = set(range(n))
+        base = rng.normal(size=n)
+        for it in range(1, max_t + 1):
+            for i in sorted(alive):
+                value = round(float(base[i] + 0.1 * it + rng.normal(0, 0.3)), int(rng.choice([1, 3])))  # ties
+                result = {"training_iteration": it, "acc": value}
+                a = mo.on_trial_result(None, SimTrial(f"t{i}", {}), result)
+                b = ray.on_trial_result(None, SimTrial(f"t{i}", {}), result)
+                assert a == b, (rf, max_t, brackets, it, i, value)
+                decisions += 1
+                if b == "STOP":
+                    alive.discard(i)
+    assert decisions > 1000
 
 
 def test_default_multi_objective_early_stopping_is_mo_asha(table):

@@ -8,8 +8,10 @@ with the NSGA-II ranking that Syne Tune's MOASHA also offers):
 - the trials recorded at the rung, the new one included, are ranked by non-domination rank (Optuna's
   ``_fast_non_domination_rank``, the one its NSGA-II sampler uses), ties broken by crowding distance within
   the front (larger first: the front's ends and sparse regions survive);
-- the new trial continues if it ranks in the top ``1/reduction_factor`` of them; with one recorded trial this
-  is Ray's rule (continue if not worse than it).
+- the new trial continues if it ranks in the top ``1/reduction_factor`` of them;
+- with a single objective the rung decides exactly as Ray's (its interpolated-percentile cutoff, called as
+  Ray calls it), so ``MultiObjectiveASHA`` with one metric is Ray's ASHA (tests/test_replay.py checks it on
+  random result streams).
 
 Objectives that do not change with training (``trainable_params``) simply enter the sort as they are.
 """
@@ -77,6 +79,8 @@ class _ParetoBracket(_Bracket):
         action = TrialScheduler.CONTINUE
         if cur_rew is None:
             return action
+        if len(cur_rew) == 1:  # one objective: Ray's own rung rule on the scalar reward
+            return super().on_result(trial, cur_iter, float(cur_rew[0]))
         for milestone, recorded in self._rungs:
             if cur_iter >= milestone and trial.trial_id in recorded and not self._stop_last_trials:
                 break
