@@ -319,3 +319,29 @@ def test_noise_report_sees_the_tables_noise(table):
     assert quiet.variance_explained > 0.99 > loud.variance_explained
     assert quiet.seed_spearman > 0.99 > loud.seed_spearman
     assert analysis.choose_grace_period(quiet) == 1
+
+
+def test_an_extended_replay_continues_the_study(table):
+    """What ``sweep --extend`` relies on: a searcher built on an existing study continues it (no second round of
+    defaults, trial numbers continue, the sampler sees the earlier trials)."""
+    import optuna
+
+    s = space(sampler={"type": "tpe", "seed": 0, "enqueue_defaults": True}, params={
+        "train.lr": {"type": "float", "low": 1e-3, "high": 3e-2, "log": True, "default": 1e-2},
+        "adapter.r": {"type": "categorical", "choices": RANKS, "default": 8},
+        "placement.towers": {"type": "categorical", "choices": TOWERS, "default": "both"},
+    })  # fmt: skip
+    storage = optuna.storages.InMemoryStorage()
+    first = replay_sweep(table, s, seed=0, max_trials=6, storage=storage)
+    more = replay_sweep(table, s, seed=0, max_trials=4, storage=storage)
+    study = more.study
+    assert len(study.trials) == 10 and [t.number for t in study.trials] == list(range(10))
+    defaults = [
+        t for t in study.trials if t.params == {"train.lr": 1e-2, "adapter.r": 8, "placement.towers": "both"}
+    ]
+    assert [t.number for t in defaults][:1] == [0] and all(t.number < 6 for t in defaults)  # enqueued once
+    assert sorted(int(r.trial_id) for r in more.records) == list(range(6, 10))
+    assert {int(r.trial_id) for r in first.records} == set(range(6))
+    # the extension differs from a fresh sweep of 4: the sampler modelled the first 6 trials
+    fresh = replay_sweep(table, s, seed=0, max_trials=4)
+    assert [r.params for r in fresh.records] != [r.params for r in more.records]

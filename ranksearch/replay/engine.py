@@ -217,6 +217,7 @@ def replay_sweep(
     scheduler: Any = "space",
     stopper: Any = "space",
     on_trial_end: Callable[[TrialRecord], None] | None = None,
+    storage: Any = None,
 ) -> SweepTrace:
     """Replay one sweep of ``space`` against ``table`` (see the module docstring).
 
@@ -232,6 +233,9 @@ def replay_sweep(
         scheduler: a Ray ``TrialScheduler``, None for none, or ``"space"``: the production one for the space.
         stopper: a Tune ``Stopper``, None, or ``"space"``: the space's budget (or ``budget_s``).
         on_trial_end: called with each ``TrialRecord`` as the trial ends (progress).
+        storage: an Optuna storage holding the study of an earlier replay: this sweep continues it, as
+            ``ranksearch sweep --extend`` continues a finished sweep's study (defaults are not enqueued again;
+            trial ids continue after the study's trials).
 
     Returns:
         A ``SweepTrace``.
@@ -243,7 +247,7 @@ def replay_sweep(
     E = table.fidelities
     seeded = with_sampler_seed(space, seed)
     if searcher is None:
-        searcher = build_searcher(seeded)
+        searcher = build_searcher(seeded, storage=storage)
     if scheduler == "space":
         scheduler = build_scheduler(seeded, max_t=E)
     if stopper == "space":
@@ -262,6 +266,11 @@ def replay_sweep(
     heap: list[tuple[float, int, _Run]] = []
     running: dict[str, _Run] = {}
     now, busy_done, asked, seq, stop_all, exhausted = 0.0, 0.0, 0, 0, False, False
+    study = getattr(searcher, "_ot_study", None)
+    # an extended study's trials come first (enqueued defaults are WAITING: they become this sweep's first trials)
+    first_id = (
+        sum(t.state.name != "WAITING" for t in study.get_trials(deepcopy=False)) if study is not None else 0
+    )
 
     def compute_at(t: float) -> float:
         return busy_done + sum(t - r.start for r in running.values())
@@ -294,7 +303,7 @@ def replay_sweep(
                 and len(running) < workers
                 and (max_trials is None or asked < max_trials)
             ):
-                trial_id = f"{asked:05d}"
+                trial_id = f"{first_id + asked:05d}"
                 params = searcher.suggest(trial_id)
                 if params is None or params == "FINISHED":
                     exhausted = True

@@ -206,8 +206,13 @@ def report_lines(summary: dict[str, Any]) -> list[str]:
     noise = NoiseReport(**summary["noise"])
     lines = ["gate (measured before any claim):", *("  " + line for line in noise.lines())]
     lines.append(
+        f"  ASHA grace period {summary['grace_period']}; from this table's early/final correlation: "
+        f"{summary['grace_period_auto']} (--grace auto)"
+    )
+    lines.append(
         f"{summary['seeds']} sweep seeds per method, {summary['workers']} workers, budget "
-        f"{summary['budget_s'] / 3600:.3g} trial-hours; best true value {summary['best_true']:.4g}"
+        f"{summary['budget_s'] / 3600:.3g} trial-hours; best true value {summary['best_true']:.4g}; "
+        f"'within 1 seed-SD' = within {summary['tolerance']:.3g}"
     )
     for name, m in summary["methods"].items():
         parts = [f"final regret {format_ci(m['final_regret'])}"]
