@@ -94,6 +94,15 @@ def test_ray_stock_tells_optuna_complete_where_ranksearch_tells_pruned(table):
     assert ours_stopped and all(
         ours.study.trials[int(r.trial_id)].state.name == "PRUNED" for r in ours_stopped
     )
+    # the same sampler and scheduler in Ray's own OptunaSearch: only the state of a stopped trial differs
+    complete = run_method(table, methods(space(), ["tpe+asha-complete"])["tpe+asha-complete"], 0, workers=4,
+                          budget_s=400)  # fmt: skip
+    sampler = complete.searcher._ot_study.sampler
+    assert type(sampler) is type(ours.study.sampler) and sampler._n_ei_candidates == 64
+    stopped = [r for r in complete.records if r.state == "PRUNED" and r.end_s < complete.wall_s]
+    assert stopped and all(
+        complete.searcher._ot_study.trials[int(r.trial_id)].state.name == "COMPLETE" for r in stopped
+    )
 
 
 def test_grace_auto_is_the_first_fidelity_that_ranks_like_the_final(table):

@@ -36,7 +36,10 @@ def replay(
     ] = None,
     methods: Annotated[
         str | None,
-        typer.Option(help="comma-separated: random, random+asha, tpe, tpe+asha, default, ray-stock, nsga2"),
+        typer.Option(
+            help="comma-separated: random, random+asha, tpe, tpe+asha, default, ray-stock, nsga2, "
+            "tpe+asha-complete (default: all but the last)"
+        ),
     ] = None,
     grace: Annotated[
         str | None,

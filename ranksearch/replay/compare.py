@@ -9,7 +9,10 @@ Methods (each a variant of the given space, so only the named difference changes
 - ``default``: the space exactly as ``ranksearch sweep`` runs it (its sampler, prior, early stopping);
 - ``ray-stock``: Ray Tune's own ``OptunaSearch`` (its default TPESampler; a scheduler-stopped trial is told
   COMPLETE with its last value) with Ray's ``ASHAScheduler``;
-- ``nsga2`` (several objectives only): Optuna's NSGA-II, no early stopping.
+- ``nsga2`` (several objectives only): Optuna's NSGA-II, no early stopping;
+- ``tpe+asha-complete`` (by name only): ``tpe+asha`` with Ray's own ``OptunaSearch`` around ranksearch's sampler,
+  so a stopped trial is told COMPLETE with its truncated value: ``tpe+asha`` against it is the worth of the
+  PRUNED handling alone.
 
 Every ASHA variant gets the same grace period and reduction factor as ``default`` (the baselines at the same
 settings); ``compare(grace="auto")`` sets that grace period from the table: the first fidelity whose values rank
@@ -36,6 +39,7 @@ from ranksearch.space.space import SearchSpace
 
 SINGLE = ("random", "random+asha", "tpe", "tpe+asha", "default", "ray-stock")
 MULTI = ("random", "random+asha", "tpe", "tpe+asha", "default", "ray-stock", "nsga2")
+KNOWN = (*MULTI, "tpe+asha-complete")
 
 
 def variant(
@@ -65,9 +69,9 @@ def methods(space: SearchSpace, names: tuple[str, ...] | list[str] | None = None
     """The comparison's methods for this space (see the module docstring)."""
     multi = len(space.spec.objectives) > 1
     names = list(names or (MULTI if multi else SINGLE))
-    unknown = [n for n in names if n not in MULTI]
+    unknown = [n for n in names if n not in KNOWN]
     if unknown:
-        raise ConfigError([("--methods", f"unknown method(s) {unknown}; known: {', '.join(MULTI)}")])
+        raise ConfigError([("--methods", f"unknown method(s) {unknown}; known: {', '.join(KNOWN)}")])
     if "nsga2" in names and not multi:
         raise ConfigError([("--methods", "nsga2 is for several objectives")])
     es = space.spec.early_stopping
@@ -87,6 +91,10 @@ def methods(space: SearchSpace, names: tuple[str, ...] | list[str] | None = None
             searcher=_ray_stock_searcher, scheduler=_ray_stock_scheduler if es.type == "asha" else None,
         ),
         "nsga2": Method("nsga2", variant(space, sampler={"type": "nsga2", "options": {}}, early_stopping=none)),
+        "tpe+asha-complete": Method(
+            "tpe+asha-complete", variant(space, sampler=tpe, early_stopping=asha), searcher=_ray_searcher_our_sampler,
+            scheduler=lambda s, max_t: _space_scheduler(s, max_t),
+        ),
     }  # fmt: skip
     return {n: table[n] for n in names}
 
@@ -99,6 +107,23 @@ def _ray_stock_searcher(space: SearchSpace, seed: int) -> Any:
 
     metric, mode = objective_args(space)
     return OptunaSearch(space=DefineByRun(space), metric=metric, mode=mode, seed=seed)
+
+
+def _ray_searcher_our_sampler(space: SearchSpace, seed: int) -> Any:
+    """Ray's own OptunaSearch (stopped trials told COMPLETE) around the sampler ranksearch builds."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    from ranksearch.space.optuna_space import DefineByRun, build_sampler
+    from ranksearch.sweep.search import objective_args
+
+    metric, mode = objective_args(space)
+    return OptunaSearch(space=DefineByRun(space), metric=metric, mode=mode, sampler=build_sampler(space))
+
+
+def _space_scheduler(space: SearchSpace, max_t: int) -> Any:
+    from ranksearch.sweep.search import build_scheduler
+
+    return build_scheduler(space, max_t=max_t)
 
 
 def _ray_stock_scheduler(space: SearchSpace, max_t: int) -> Any:

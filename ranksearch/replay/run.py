@@ -95,16 +95,16 @@ def run_replay(
     Raises:
         ConfigError: every problem with the table, space, seeds, workers, budget, methods and grace at once.
     """
-    from ranksearch.replay.compare import MULTI, compare, parse_budget
+    from ranksearch.replay.compare import KNOWN, compare, parse_budget
 
     problems: list[tuple[str, str]] = []
     if seeds < 1:
         problems.append(("--seeds", f"give at least 1 sweep seed, got {seeds}"))
     if workers is not None and workers < 1:
         problems.append(("--workers", f"give at least 1 worker, got {workers}"))
-    unknown = [m for m in methods or [] if m not in MULTI]
+    unknown = [m for m in methods or [] if m not in KNOWN]
     if unknown:
-        problems.append(("--methods", f"unknown method(s) {unknown}; known: {', '.join(MULTI)}"))
+        problems.append(("--methods", f"unknown method(s) {unknown}; known: {', '.join(KNOWN)}"))
     if grace is not None and grace != "auto" and not (isinstance(grace, int) and grace >= 1):
         problems.append(("--grace", f"{grace!r}: give evaluations (>= 1) or auto"))
     t: Table | None = None
