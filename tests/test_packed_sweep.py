@@ -152,7 +152,8 @@ def test_a_packed_real_trial_trains_exactly_like_the_same_trial_alone(ray_sessio
         a = load_file(str(alone.output_dir / "adapter.safetensors"))
         b = load_file(str(folder / "adapter.safetensors"))
         assert a.keys() == b.keys() and a
-        for k in a:  # stacked rows change the float summation order; AdamW's normalised steps carry ~1e-6 of it
+        # stacked rows change the float summation order; AdamW's normalised steps carry ~1e-6 of it
+        for k in a:
             torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0)
     for child in children(result.tracking_uri, result.experiment):
         assert "test/hm" in child.data.metrics

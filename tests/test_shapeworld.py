@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pydantic
 import pytest
 import torch
 
@@ -123,5 +124,8 @@ def test_normalize_uses_openai_stats():
     assert out[0, 0, 0, 0].item() == pytest.approx((1 - OPENAI_MEAN[0]) / 0.26862954, rel=1e-5)
 
 
-def test_negative_split_seed_is_accepted():
-    assert len(build_task(_cfg(split_seed=-3, shots=1, val_shots=1, test_per_class=1), 32).train) == 36
+def test_split_seed_bounds():
+    """Seeds live in [0, 2**32 - 1] (numpy's range): a negative one is a config error, the largest one builds."""
+    with pytest.raises(pydantic.ValidationError, match="split_seed"):
+        _cfg(split_seed=-3)
+    assert len(build_task(_cfg(split_seed=2**32 - 1, shots=1, val_shots=1, test_per_class=1), 32).train) == 36

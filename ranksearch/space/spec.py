@@ -432,7 +432,9 @@ class Constraint(_Model):
 class Resources(_Model):
     """Per-trial resources. Fractional GPUs pack several trials on one GPU (e.g. 0.5: two per GPU)."""
 
-    gpu: float = Field(0.0, ge=0, le=64, description="GPUs per trial (fractions allowed); per pack with pack > 1")
+    gpu: float = Field(
+        0.0, ge=0, le=64, description="GPUs per trial (fractions allowed); per pack with pack > 1"
+    )
     cpu: float = Field(
         1.0,
         gt=0,
