@@ -44,7 +44,7 @@ def run_continual(
     from ranksearch.data import build_task
     from ranksearch.session import TrialSession
     from ranksearch.tracking.allocation import allocation_rows
-    from ranksearch.trial import EvalEvent, TrialResult, _progress, _write_artifacts
+    from ranksearch.trial_record import EvalEvent, TrialResult, progress_bar, write_artifacts
 
     steps_per_task = config.train.total_steps(config.data.shots)
     session = TrialSession(config, steps_per_task)
@@ -59,7 +59,7 @@ def run_continual(
     for t, task in enumerate(tasks):
         trainer = session.trainer_for(task, steps_per_task, prior_classes=offsets[t])
         offset = t * steps_per_task
-        with _progress(
+        with progress_bar(
             progress, steps_per_task, 0, f"{session.family.name} task {t + 1}/{T} ({names[t]})"
         ) as bar:
             for stats in trainer.steps():
@@ -93,7 +93,7 @@ def run_continual(
             {"tasks": names, "A": acc.tolist(), "A_xtail": xtail.tolist(), "folded_ranks": folded}, indent=2
         )
     )
-    _write_artifacts(output_dir, session.model, config, final, history, rows)
+    write_artifacts(output_dir, session.model, config, final, history, rows)
     return TrialResult("completed", final, history, output_dir)
 
 

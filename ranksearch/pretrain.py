@@ -96,7 +96,7 @@ def _create(model_name: str) -> tuple[nn.Module, Any, int]:
     """A randomly initialised open_clip model, its tokenizer and its input side."""
     import open_clip
 
-    from ranksearch.models.clip import register_tiny_configs
+    from ranksearch.models.builtin import register_tiny_configs
     from ranksearch.quiet import no_random_init_warning
 
     register_tiny_configs()
@@ -369,9 +369,9 @@ def _file_lock(path: Path) -> Iterator[None]:
 
 
 def _tiny_model_names() -> list[str]:
-    from ranksearch.models.clip import CONFIG_DIR
+    from ranksearch.models.builtin import builtin_model_names
 
-    return sorted(p.stem for p in CONFIG_DIR.glob("*.json"))
+    return builtin_model_names()
 
 
 def ensure_checkpoint(model_name: str, cfg: PretrainConfig | None = None, progress: bool = True) -> Path:

@@ -7,14 +7,12 @@ and every trial of a sweep (inside a Ray worker). The sweep passes ``on_eval`` t
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,38 +20,9 @@ import torch
 from ranksearch.config.schema import TrialConfig
 from ranksearch.errors import TrialError
 from ranksearch.training.loop import StepStats
+from ranksearch.trial_record import EvalEvent, Tracker, TrialResult, progress_bar, write_artifacts
 
 log = logging.getLogger(__name__)
-
-
-class Tracker(Protocol):
-    """Where a trial's params, metrics and artifacts go (MLflow in debug mode; nothing in a sweep worker)."""
-
-    def start(self, params: dict, tags: dict) -> None: ...
-    def log_metrics(self, metrics: dict[str, float], step: int) -> None: ...
-    def log_artifact(self, path: Path) -> None: ...
-    def end(self, status: str) -> None: ...
-
-
-@dataclass
-class EvalEvent:
-    """Passed to ``on_eval`` after each validation evaluation; ``state()`` builds a resumable checkpoint."""
-
-    step: int
-    total_steps: int
-    metrics: dict[str, float]
-    state: Callable[[], dict]
-
-
-@dataclass
-class TrialResult:
-    """Outcome of a trial. ``status`` is "completed" or "failed" (diverged / over its time budget)."""
-
-    status: str
-    metrics: dict[str, float]
-    history: list[dict] = field(default_factory=list)
-    output_dir: Path | None = None
-    error: str | None = None
 
 
 def seed_everything(seed: int) -> None:
@@ -104,7 +73,7 @@ def run_trial(
             _finish(tracker, output_dir, result.metrics, config.train.total_steps(config.data.shots))
             return result
         run = TrialRun(config, output_dir, tracker=tracker, on_eval=on_eval, resume=resume)
-        with _progress(progress, run.total_steps, run.trainer.step, run.family.name) as bar:
+        with progress_bar(progress, run.total_steps, run.trainer.step, run.family.name) as bar:
             for stats in run.trainer.steps():
                 bar(stats)
                 run.after_step(stats)
@@ -242,7 +211,7 @@ class TrialRun:
         final.update(self.history[-1] if self.history else {})
         final.update(self.evaluate("test"))
         final.update(protocol_summary(self.config.data.protocol, final, list(self.task.extra_tests)))
-        _write_artifacts(
+        write_artifacts(
             self.output_dir,
             self.model,
             self.config,
@@ -293,64 +262,3 @@ def task_classes(task: Any) -> dict[str, list[int] | None]:
         "train": task.train_classes,
         "val_new": list(task.val_new_classes),
     }
-
-
-def _write_artifacts(
-    output_dir: Path,
-    model,
-    config: TrialConfig,
-    final,
-    history,
-    rows: list[dict],
-    classes: dict | None = None,
-) -> None:
-    """metrics.json, the allocation table (parquet), the adapter (safetensors), rank pattern and plots."""
-    import pyarrow.parquet as pq
-
-    from ranksearch.adapters.io import save_adapter
-    from ranksearch.tracking.allocation import allocation_table, rank_pattern
-    from ranksearch.tracking.plots import plot_allocation_heatmap, plot_rank_over_time
-
-    doc: dict[str, Any] = {"final": final, "history": history}
-    if classes is not None:
-        doc["classes"] = classes
-    (output_dir / "metrics.json").write_text(json.dumps(doc, indent=2))
-    pq.write_table(allocation_table(rows), output_dir / "allocation.parquet")
-    (output_dir / "rank_pattern.json").write_text(json.dumps(rank_pattern(rows), indent=2))
-    save_adapter(model, output_dir / "adapter.safetensors", {"config": config.model_dump(mode="json")})
-    plot_allocation_heatmap(rows, output_dir / "allocation_heatmap.png")
-    plot_rank_over_time(rows, output_dir / "rank_over_time.png")
-
-
-class _progress:
-    """A rich progress bar (step, loss, lr, it/s) or a no-op; used as ``with _progress(...) as update:``."""
-
-    def __init__(self, enabled: bool, total: int, start: int, label: str):
-        self.enabled, self.total, self.start, self.label = enabled, total, start, label
-
-    def __enter__(self) -> Callable:
-        if not self.enabled:
-            return lambda stats: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        self.bar = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  lr {task.fields[lr]:.2e}  {task.fields[ips]:.1f} it/s"),
-            TimeRemainingColumn(), transient=False,
-        )  # fmt: skip
-        self.bar.start()
-        self.task = self.bar.add_task(
-            f"train {self.label}", total=self.total, completed=self.start, loss=0.0, lr=0.0, ips=0.0
-        )
-        self.t0, self.n = time.perf_counter(), 0
-
-        def update(stats) -> None:
-            self.n += 1
-            ips = self.n / max(1e-9, time.perf_counter() - self.t0)
-            self.bar.update(self.task, completed=stats.step, loss=stats.loss, lr=stats.lr, ips=ips)
-
-        return update
-
-    def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self.bar.stop()

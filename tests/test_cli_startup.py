@@ -64,7 +64,7 @@ def test_trial_config_names_every_family_without_torch():
     code = (
         "import sys; from ranksearch.config.schema import TrialConfig; from ranksearch.adapters.configs import "
         "family_names; names = family_names(); assert 'torch' not in sys.modules, 'torch imported'; "
-        "from ranksearch.adapters.registry import family_names as registered; assert registered() == names, "
+        "from ranksearch.adapters.families import family_names as registered; assert registered() == names, "
         "(registered(), names); print(names)"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)

@@ -9,7 +9,7 @@ import optuna
 import pytest
 import yaml
 
-from ranksearch.adapters.registry import family_names
+from ranksearch.adapters.families import family_names
 from ranksearch.errors import ConfigError
 from ranksearch.space import load_space, looks_like_space, space_json_schema, validate_space
 from ranksearch.space.optuna_space import DefineByRun, build_sampler, distributions

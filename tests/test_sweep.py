@@ -1,6 +1,6 @@
 """Sweeps on a real Ray, real Optuna (journal) and real MLflow (sqlite).
 
-Most tests use the ``synthetic`` runner (registered in ``ranksearch.sweep.trainable.RUNNERS``): same trainable,
+Most tests use the ``synthetic`` runner (registered in ``ranksearch.sweep.runners.RUNNERS``): same trainable,
 reports, checkpoints and tracking, but a cheap deterministic function instead of training. One test runs the
 real tiny model.
 

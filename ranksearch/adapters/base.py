@@ -11,27 +11,16 @@ Two pieces, so that a new family plugs in without touching the loop:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
+from ranksearch.adapters.placement import Site
+from ranksearch.adapters.sites import replace_linear
 from ranksearch.errors import AdapterError
 
-
-@dataclass(frozen=True, order=True)
-class Site:
-    """Where an adapter sits: tower ("vision"/"text"), block index and matrix ("q","k","v","o","fc","proj")."""
-
-    tower: str
-    layer: int
-    module: str
-
-    @property
-    def key(self) -> str:
-        """Stable string id, e.g. ``vision.3.q``; used in tables, rank patterns and state-dict names."""
-        return f"{self.tower}.{self.layer}.{self.module}"
+__all__ = ["AdapterFamily", "AdapterLayer", "Site"]
 
 
 class AdapterLayer(nn.Module):
@@ -118,6 +107,14 @@ class AdapterLayer(nn.Module):
             return out
         return out + self.adapter_forward(x).to(out.dtype)
 
+    def fusable_linear(self) -> nn.Linear | None:
+        """The frozen linear when this layer's forward is the generic ``base(x) + adapter_forward(x)``, else None.
+
+        Fused attention computes q, k and v of such layers with one matmul of the three base weights.
+        """
+        generic = type(self).forward is AdapterLayer.forward
+        return self.base if generic and type(self.base) is nn.Linear else None
+
     def num_trainable(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
@@ -195,8 +192,6 @@ class AdapterFamily:
         Families that also touch other modules (LayerNorm scale/shift, attention hooks) override this and
         call ``super().attach``.
         """
-        from ranksearch.adapters.inject import replace_linear
-
         self.layers = [
             replace_linear(model, site, lambda base, s=site: self.make_layer(base, s)) for site in sites
         ]

@@ -32,8 +32,8 @@ from torch import nn
 from ranksearch.adapters.base import AdapterFamily, AdapterLayer, Site
 from ranksearch.adapters.budget import budget_after_step
 from ranksearch.adapters.configs import DraConfig
-from ranksearch.adapters.inject import unfuse_block_attention
 from ranksearch.adapters.registry import register_family
+from ranksearch.adapters.sites import unfuse_block_attention
 from ranksearch.errors import AdapterError
 from ranksearch.models.clip import tower_blocks
 

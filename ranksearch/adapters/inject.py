@@ -7,55 +7,13 @@ result is a plain open_clip model (same class, same state-dict keys) with the up
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from torch import nn
 
 from ranksearch.adapters.base import AdapterFamily, AdapterLayer, Site
-from ranksearch.adapters.placement import ATTENTION_MATRICES
+from ranksearch.adapters.sites import unfuse_block_attention
 from ranksearch.models.attention import UnfusedAttention, fuse_attention
-from ranksearch.models.clip import tower_blocks
 
-_ATTR = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "out_proj", "fc": "c_fc", "proj": "c_proj"}
-
-
-def block_at(model: nn.Module, site: Site) -> nn.Module:
-    return tower_blocks(model)[site.tower][site.layer]
-
-
-def _parent_and_attr(model: nn.Module, site: Site) -> tuple[nn.Module, str]:
-    block = block_at(model, site)
-    parent = block.attn if site.module in ATTENTION_MATRICES else block.mlp
-    return parent, _ATTR[site.module]
-
-
-def linear_at(model: nn.Module, site: Site) -> nn.Module:
-    parent, attr = _parent_and_attr(model, site)
-    return getattr(parent, attr)
-
-
-def unfuse_block_attention(block: nn.Module) -> UnfusedAttention:
-    """Replace a block's ``nn.MultiheadAttention`` by ``UnfusedAttention`` (no-op if already unfused)."""
-    if not isinstance(block.attn, UnfusedAttention):
-        if not isinstance(block.attn, nn.MultiheadAttention):
-            raise TypeError(f"cannot unfuse attention of type {type(block.attn).__name__}")
-        block.attn = UnfusedAttention(block.attn)
-    return block.attn
-
-
-def replace_linear(
-    model: nn.Module, site: Site, factory: Callable[[nn.Linear], AdapterLayer]
-) -> AdapterLayer:
-    """Swap the linear at ``site`` for ``factory(linear)``; unfuses the block's attention first if needed."""
-    if site.module in ATTENTION_MATRICES:
-        unfuse_block_attention(block_at(model, site))
-    parent, attr = _parent_and_attr(model, site)
-    base = getattr(parent, attr)
-    if isinstance(base, AdapterLayer):
-        raise ValueError(f"site {site.key} is already adapted")
-    layer = factory(base)
-    setattr(parent, attr, layer)
-    return layer
+__all__ = ["adapter_layers", "attach_adapters", "merge_to_stock", "unfuse_block_attention"]
 
 
 def attach_adapters(model: nn.Module, family: AdapterFamily, sites: list[Site]) -> list[AdapterLayer]:

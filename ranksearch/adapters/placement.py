@@ -8,13 +8,24 @@ exactly CLIP-LoRA's index tables (bottom = 0-3, mid = 4-7, up = 8-11, half-up = 
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:  # torch-free at import: ``ranksearch validate`` checks layer selections with layer_indices
-    from ranksearch.adapters.base import Site
+from dataclasses import dataclass
 
 ATTENTION_MATRICES = ("q", "k", "v", "o")
 MLP_MATRICES = ("fc", "proj")
+
+
+@dataclass(frozen=True, order=True)
+class Site:
+    """Where an adapter sits: tower ("vision"/"text"), block index and matrix ("q","k","v","o","fc","proj")."""
+
+    tower: str
+    layer: int
+    module: str
+
+    @property
+    def key(self) -> str:
+        """Stable string id, e.g. ``vision.3.q``; used in tables, rank patterns and state-dict names."""
+        return f"{self.tower}.{self.layer}.{self.module}"
 
 
 def layer_indices(selection: str | list[int], depth: int) -> list[int]:
@@ -58,8 +69,6 @@ def resolve_sites(
         matrices: subset of q, k, v, o, fc, proj.
         depths: number of blocks per available tower, from ``tower_blocks``.
     """
-    from ranksearch.adapters.base import Site
-
     wanted = ["vision", "text"] if towers == "both" else [towers]
     sites = []
     for tower in wanted:

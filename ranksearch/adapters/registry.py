@@ -1,9 +1,8 @@
 """Registry of adapter families. Registration is explicit (a class decorator) and rejects duplicates.
 
-No family is ever looked up by an import path from user YAML: only names registered in code are valid. The
-built-in families (torch code) are imported on the first lookup, not when this module is imported, so the
-config layer can name families without importing torch (their config sections live in
-``ranksearch.adapters.configs``).
+No family is ever looked up by an import path from user YAML: only names registered in code are valid. Families
+import this module to register; lookups live one level up, in ``ranksearch.adapters.families``, which imports the
+built-in families first (so the import order is a straight line: registry <- each family <- families).
 """
 
 from __future__ import annotations
@@ -32,25 +31,3 @@ def register_family(cls: type[AdapterFamily]) -> type[AdapterFamily]:
         register_config(cls.config_cls)
     _FAMILIES[name] = cls
     return cls
-
-
-def _load_builtins() -> None:
-    from ranksearch.adapters import adalora, codyra, dra, lora, rlrr  # noqa: F401  (each registers on import)
-
-
-def get_family(name: str) -> type[AdapterFamily]:
-    _load_builtins()
-    try:
-        return _FAMILIES[name]
-    except KeyError:
-        raise KeyError(f"unknown adapter family {name!r}; known: {', '.join(sorted(_FAMILIES))}") from None
-
-
-def family_names() -> list[str]:
-    _load_builtins()
-    return sorted(_FAMILIES)
-
-
-def all_families() -> dict[str, type[AdapterFamily]]:
-    _load_builtins()
-    return dict(_FAMILIES)

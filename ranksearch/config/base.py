@@ -112,3 +112,11 @@ def check_name(value: str | None, folder: bool = False, limit: int = 200) -> str
 
 
 Name = Annotated[str, AfterValidator(lambda v: check_name(v))]
+
+
+def suggest(word: str, known: list[str] | tuple[str, ...] | set[str]) -> str:
+    """' (did you mean 'x'?)' for the closest known word, or ''."""
+    import difflib
+
+    match = difflib.get_close_matches(str(word), sorted(known), n=1, cutoff=0.6)
+    return f" (did you mean {match[0]!r}?)" if match else ""

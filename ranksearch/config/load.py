@@ -34,7 +34,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from ranksearch.config.base import CROSS_FIELD
+from ranksearch.config.base import CROSS_FIELD, suggest
 from ranksearch.errors import ConfigError
 
 MAX_CONFIG_BYTES = 1 << 20  # 1 MiB: a config is a few KiB; anything larger is a mistake or an attack
@@ -507,14 +507,6 @@ def blame_overrides(error: ConfigError, overrides: list[str] | tuple[str, ...]) 
 
 
 # ------------------------------------------------------------------------------------------ validation
-def suggest(word: str, known: list[str] | tuple[str, ...] | set[str]) -> str:
-    """' (did you mean 'x'?)' for the closest known word, or ''."""
-    import difflib
-
-    match = difflib.get_close_matches(str(word), sorted(known), n=1, cutoff=0.6)
-    return f" (did you mean {match[0]!r}?)" if match else ""
-
-
 def problems_from_validation(err: ValidationError, prefix: str = "") -> list[tuple[str, str]]:
     """Turn a pydantic error into (dotted field path, message) pairs, hiding union tags such as ``adapter.lora``."""
     from ranksearch.adapters.configs import family_configs, family_names

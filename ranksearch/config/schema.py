@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from ranksearch.adapters.configs import family_configs
-from ranksearch.config.base import Name, Section, Seed, cross_field
+from ranksearch.config.base import Name, Section, Seed, cross_field, suggest
 from ranksearch.config.presets import PRESET_NAMES, apply_preset
 
 LAYER_POSITIONS = ("all", "bottom", "mid", "up", "half-up", "half-bottom", "top1", "top2", "top3")
@@ -58,7 +58,6 @@ class ModelConfig(Section):
     @field_validator("name")
     @classmethod
     def _check_name(cls, v: str) -> str:
-        from ranksearch.config.load import suggest
         from ranksearch.config.models import known_models
 
         known = known_models()

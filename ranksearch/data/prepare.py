@@ -273,7 +273,9 @@ def _flowers_classes(dest: Path) -> tuple[dict[int, list[Item]], list[str]]:
     try:
         from scipy.io import loadmat
     except ImportError as e:
-        raise DataError("reading oxford_flowers/imagelabels.mat needs scipy: pip install scipy") from e
+        raise DataError(
+            "reading oxford_flowers/imagelabels.mat needs scipy: pip install 'ranksearch[flowers]'"
+        ) from e
     labels = loadmat(str(dest / "imagelabels.mat"))["labels"][0]
     cat = json.loads(names_file.read_text())
     by_class: dict[int, list[Item]] = {}

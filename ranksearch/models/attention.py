@@ -64,23 +64,16 @@ class UnfusedAttention(nn.Module):
     def _fusable_bases(self) -> list[nn.Linear] | None:
         """The frozen q/k/v linears when all three can share one matmul, else None.
 
-        A projection qualifies when it is a plain ``nn.Linear`` or an adapter layer whose forward is the generic
-        ``base(x) + adapter_forward(x)`` around a plain ``nn.Linear`` (LoRA, CoDyRA, AdaLoRA, RLRR).
+        A projection qualifies when it is a plain ``nn.Linear`` or an adapter layer whose ``fusable_linear()`` returns
+        its frozen ``nn.Linear`` (forward is the generic ``base(x) + adapter_forward(x)``: LoRA, CoDyRA, AdaLoRA,
+        RLRR). Asked by duck typing so that models never import adapters (adapters build on models).
         """
-        from ranksearch.adapters.base import AdapterLayer  # here: ranksearch.adapters imports this module
-
         bases = []
         for proj in (self.q_proj, self.k_proj, self.v_proj):
-            if type(proj) is nn.Linear:
-                bases.append(proj)
-            elif (
-                isinstance(proj, AdapterLayer)
-                and type(proj).forward is AdapterLayer.forward
-                and type(proj.base) is nn.Linear
-            ):
-                bases.append(proj.base)
-            else:
+            base = proj if type(proj) is nn.Linear else getattr(proj, "fusable_linear", lambda: None)()
+            if base is None:
                 return None
+            bases.append(base)
         return bases
 
     def _fused_weights(self, bases: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:

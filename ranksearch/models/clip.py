@@ -14,22 +14,11 @@ from pathlib import Path
 from torch import nn
 
 from ranksearch.errors import ModelLoadError
+from ranksearch.models.builtin import BUILTIN_PRETRAINED, CONFIG_DIR, register_tiny_configs
+
+__all__ = ["BUILTIN_PRETRAINED", "CONFIG_DIR", "build_model", "register_tiny_configs", "tower_blocks"]
 
 log = logging.getLogger(__name__)
-
-CONFIG_DIR = Path(__file__).parent / "configs"
-BUILTIN_PRETRAINED = "shapeworld"
-_registered = False
-
-
-def register_tiny_configs() -> None:
-    """Register the shipped tiny architectures with open_clip (idempotent)."""
-    global _registered
-    if not _registered:
-        import open_clip
-
-        open_clip.add_model_config(CONFIG_DIR)
-        _registered = True
 
 
 def build_model(name: str, pretrained: str | None = None, device: str = "cpu") -> tuple[nn.Module, int]:

@@ -4,7 +4,7 @@ Every file goes through the sweep code's own writers so the format cannot drift:
 (sweep.json), ``sweep.results.write_parquet`` (trials.parquet, rows shaped as ``trial_rows`` makes them),
 ``tracking.allocation.allocation_table`` (allocation.parquet), ``dump_trial_config`` (config.yaml), an Optuna
 ``JournalStorage`` (optuna.journal) and, optionally, ``sweep.mlflow_sweep.create_parent_run`` (mlflow.db).
-Per-trial ``metrics.json`` follows ``ranksearch.trial._write_artifacts``: ``{"final": ..., "history": [...]}``;
+Per-trial ``metrics.json`` follows ``ranksearch.trial_record.write_artifacts``: ``{"final": ..., "history": [...]}``;
 ``tune/<trial>/result.json`` holds every report of every trial (pruned ones too) with Tune's timing keys, as a
 real sweep's Tune folder does.
 Values are made up but shaped like a real sweep: base/new/HM learning curves, ASHA-pruned trials with short

@@ -141,7 +141,7 @@ def build_sampler(space: SearchSpace) -> Any:
                 import cmaes  # noqa: F401
             except ImportError:
                 raise ConfigError(
-                    [("sampler.type", "cmaes needs the 'cmaes' package: pip install cmaes")]
+                    [("sampler.type", "cmaes needs the 'cmaes' package: pip install 'ranksearch[cmaes]'")]
                 ) from None
             return samplers.CmaEsSampler(seed=s.seed, **kw)
         if s.type == "nsga2":

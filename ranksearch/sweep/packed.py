@@ -415,7 +415,7 @@ class PackHost:
     def _run_alone(self, mid: int) -> None:
         """A member that shares nothing: the ordinary runner in a thread of its own."""
         from ranksearch.config.schema import TrialConfig
-        from ranksearch.sweep.trainable import RUNNERS
+        from ranksearch.sweep.runners import RUNNERS
 
         with self.lock:
             slot = self.slots[mid]

@@ -3,7 +3,7 @@
 Same signature and callbacks as ``run_trial``; instead of training it sleeps ``seconds_per_eval`` per
 evaluation and returns a smooth function of the config. It records when and where it ran (``synthetic.json``
 in its output folder: start/end wall times, Ray node id, pid) so tests can check concurrency and placement.
-Registered in code as runner ``synthetic`` (``ranksearch.sweep.trainable.RUNNERS``).
+Registered in code as runner ``synthetic`` (``ranksearch.sweep.runners.RUNNERS``).
 """
 
 from __future__ import annotations

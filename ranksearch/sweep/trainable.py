@@ -19,28 +19,13 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ranksearch.seeds import aggregate, sample_std
 from ranksearch.space.space import SearchSpace
 from ranksearch.sweep.folder import safe_name
-
-
-def _real_trial(config: Any, **kwargs: Any) -> Any:
-    from ranksearch.trial import run_trial
-
-    return run_trial(config, **kwargs)
-
-
-def _synthetic(config: Any, **kwargs: Any) -> Any:
-    from ranksearch.sweep.synthetic import synthetic_trial
-
-    return synthetic_trial(config, **kwargs)
-
-
-RUNNERS: dict[str, Callable[..., Any]] = {"trial": _real_trial, "synthetic": _synthetic}
+from ranksearch.sweep.runners import RUNNERS
 
 # Keys Tune adds to every result; the driver logs only what the trainable reported.
 TUNE_KEYS = {

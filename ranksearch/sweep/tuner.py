@@ -210,7 +210,7 @@ def _run_sweep(
 
 
 def _runners() -> dict[str, Any]:
-    from ranksearch.sweep.trainable import RUNNERS
+    from ranksearch.sweep.runners import RUNNERS
 
     return RUNNERS
 
