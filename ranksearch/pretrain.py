@@ -352,22 +352,6 @@ def checkpoint_path(cfg: PretrainConfig) -> Path:
     return cache_dir() / "pretrained" / f"{cfg.model_name}-shapeworld-{cfg.cache_key()}.pt"
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (POSIX); elsewhere only the atomic rename protects the cache."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
-    with open(path, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _tiny_model_names() -> list[str]:
     from ranksearch.models.builtin import builtin_model_names
 
@@ -401,7 +385,9 @@ def ensure_checkpoint(model_name: str, cfg: PretrainConfig | None = None, progre
     if path.is_file():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(path.with_suffix(".lock")):
+    from filelock import FileLock  # the same lock as the data cache (ranksearch.data.cache)
+
+    with FileLock(str(path.with_suffix(".lock"))):
         if path.is_file():  # another process built it while we waited
             return path
         minutes = cfg.steps * cfg.batch_size / _NOMINAL_IMG_PER_S / 60

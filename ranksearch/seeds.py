@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import math
+import statistics
 from collections.abc import Iterable
 
 
 def sample_std(values: list[float]) -> float:
     """Sample standard deviation (n - 1); 0 for fewer than two values."""
-    if len(values) < 2:
-        return 0.0
-    m = sum(values) / len(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    return statistics.stdev(values) if len(values) >= 2 else 0.0
 
 
 def aggregate(done: list[dict[str, float]], std_keys: Iterable[str] | None = None) -> dict[str, float]:

@@ -214,7 +214,7 @@ class ParetoScale:
     """
 
     def __init__(self, table: Table, space: Any):
-        from ranksearch.sweep.mo_asha import non_domination_rank
+        from ranksearch.pareto import non_domination_rank
 
         self.objectives = space.spec.objectives
         self.signs = np.array([sign(o.mode) for o in self.objectives])
@@ -260,7 +260,7 @@ class ParetoScale:
 
 def observed_front(trace: SweepTrace, space: Any, compute: float) -> list[int]:
     """Configurations of the observed feasible Pareto front of COMPLETE trials ended by ``compute``."""
-    from ranksearch.sweep.mo_asha import non_domination_rank
+    from ranksearch.pareto import non_domination_rank
 
     recs = [
         r for r in trace.records

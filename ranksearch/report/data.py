@@ -274,24 +274,10 @@ def param_importances(data: SweepData, objective: int = 0) -> dict[str, float] |
 
 
 def total_trials(data: SweepData) -> int | None:
-    """The sweep's trial count: the parent run's ``trials`` param (it knows a ``--trials`` override), else the
-    space's ``trials``. sweep.json does not record it, so a sqlite store is read directly (fast, no MLflow)."""
-    uri = str(getattr(data.manifest, "tracking_uri", "") or "")
-    run_id = getattr(data.manifest, "parent_run_id", None)
-    if uri.startswith("sqlite:///") and run_id:
-        import sqlite3
-
-        db = Path(uri[len("sqlite:///") :])
-        if db.is_file():
-            try:
-                with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as con:
-                    row = con.execute(
-                        "SELECT value FROM params WHERE run_uuid = ? AND key = 'trials'", (run_id,)
-                    ).fetchone()
-                if row:
-                    return int(row[0])
-            except (sqlite3.Error, ValueError):
-                pass
+    """The sweep's trial count: sweep.json's (it knows a ``--trials`` override), else the space's ``trials``."""
+    recorded = getattr(data.manifest, "trials", None)
+    if recorded is not None:
+        return int(recorded)
     return int(data.space.spec.trials) if data.space is not None else None
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from ranksearch.pareto import pareto_mask
 from ranksearch.report.data import SweepData, final_allocation
 
 MODULE_ORDER = ("q", "k", "v", "o", "fc", "proj", "ln_1", "ln_2")
@@ -152,15 +153,7 @@ def log_ticks(lo: float, hi: float) -> list[float]:
 
 
 # ------------------------------------------------------------------------------------------------- Pareto
-def pareto_mask(values: np.ndarray, maximize: list[bool]) -> np.ndarray:
-    """Rows of ``values`` (n × k) that no other row dominates. O(n² k) in numpy: fine for thousands."""
-    v = np.where(np.asarray(maximize), values, -values)  # all "higher is better"
-    ge = (v[:, None, :] >= v[None, :, :]).all(-1)  # ge[i, j]: i at least as good as j everywhere
-    gt = (v[:, None, :] > v[None, :, :]).any(-1)
-    dominated = (ge & gt).any(0)
-    return ~dominated
-
-
+# pareto_mask: ranksearch.pareto (Optuna's non-dominated sort)
 def multi_objective(data: SweepData) -> bool:
     return len(data.objectives) >= 2
 

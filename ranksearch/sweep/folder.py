@@ -2,7 +2,7 @@
 
 Layout of ``./ranksearch-runs/sweeps/<name>/``::
 
-    sweep.json       manifest: name, space file, parent MLflow run id, tracking URI, started, status
+    sweep.json       manifest: name, space file, parent MLflow run id, tracking URI, started, status, trials
     space.yaml       a copy of the search-space file as it was when the sweep started
     optuna.journal   the Optuna study (optuna-dashboard optuna.journal)
     mlflow.db        MLflow tracking store (default; --tracking-uri / $MLFLOW_TRACKING_URI to use another)
@@ -40,6 +40,7 @@ class Manifest:
     status: str = "running"  # running | interrupted | finished | failed
     resumes: int = 0
     study_name: str = "ranksearch"
+    trials: int | None = None  # the sweep's trial count (a --trials override included); None in old folders
 
     def save(self, folder: Path) -> None:
         tmp = folder / (MANIFEST + ".tmp")

@@ -55,8 +55,7 @@ def create_parent_run(
               **reproducibility_tags(source=params.get("space_file"))},
     )  # fmt: skip
     items = [Param(k, v) for k, v in param_values(params).items()]
-    for i in range(0, len(items), 100):
-        client.log_batch(run.info.run_id, params=items[i : i + 100])
+    client.log_batch(run.info.run_id, params=items)  # MlflowClient.log_batch splits into the server's limits
     return run.info.run_id
 
 

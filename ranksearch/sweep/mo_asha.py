@@ -25,13 +25,7 @@ import numpy as np
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 from ray.tune.schedulers.async_hyperband import _Bracket
 
-
-def non_domination_rank(losses: np.ndarray) -> np.ndarray:
-    """Rank 0 for the Pareto front of ``losses`` (n × k, lower is better), 1 for the next front, ... (Optuna)."""
-    # Optuna has no public non-dominated sort; this is the function its NSGA-II and TPE samplers call.
-    from optuna.study._multi_objective import _fast_non_domination_rank
-
-    return _fast_non_domination_rank(losses)
+from ranksearch.pareto import non_domination_rank
 
 
 def crowding_distance(losses: np.ndarray) -> np.ndarray:

@@ -66,21 +66,15 @@ def best_trial(rows: list[dict[str, Any]], space: Any) -> dict[str, Any] | None:
 
 def pareto_front(rows: list[dict[str, Any]], space: Any) -> list[dict[str, Any]]:
     """Completed trials no other completed trial dominates on all objectives."""
+    from ranksearch.pareto import pareto_mask
+
     objs = space.spec.objectives
     done = [r for r in rows if r["status"] == "completed" and all(_finite(r.get(o.metric)) for o in objs)]
-
-    def key(r: dict[str, Any]) -> list[float]:
-        return [r[o.metric] if o.mode == "max" else -r[o.metric] for o in objs]
-
-    front = []
-    for r in done:
-        kr = key(r)
-        dominated = any(
-            all(a >= b for a, b in zip(key(s), kr, strict=True)) and key(s) != kr for s in done if s is not r
-        )
-        if not dominated:
-            front.append(r)
-    return front
+    if not done:
+        return []
+    values = [[r[o.metric] for o in objs] for r in done]
+    mask = pareto_mask(values, [o.mode == "max" for o in objs])
+    return [r for r, keep in zip(done, mask, strict=True) if keep]
 
 
 def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:

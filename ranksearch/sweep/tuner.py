@@ -247,7 +247,9 @@ def _start_manifest(
         "seeds": ",".join(map(str, s.seeds or [])), "resources": f"cpu={s.resources.cpu},gpu={s.resources.gpu},pack={s.resources.pack}",
     }  # fmt: skip
     parent = create_parent_run(uri, experiment, name, params, artifacts)
-    manifest = Manifest(name, str(space_file), uri, experiment, parent, study_name="ranksearch")
+    manifest = Manifest(
+        name, str(space_file), uri, experiment, parent, study_name="ranksearch", trials=params["trials"]
+    )
     manifest.save(folder)
     from mlflow.tracking import MlflowClient
 
@@ -258,7 +260,9 @@ def _start_manifest(
 
 
 def _recorded_trials(space: SearchSpace, manifest: Manifest) -> int:
-    """Trial count of a resumed sweep, as the parent run recorded it."""
+    """Trial count of a resumed sweep: sweep.json's, or (folders from before it recorded one) the parent run's."""
+    if manifest.trials is not None:
+        return manifest.trials
     try:
         from mlflow.tracking import MlflowClient
 

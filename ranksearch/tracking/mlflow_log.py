@@ -191,8 +191,7 @@ class MlflowTracker:
         run = self.client.create_run(self.experiment_id, run_name=self.run_name, tags=all_tags)
         self.run_id = run.info.run_id
         items = [Param(k, v) for k, v in param_values(flatten(params)).items()]
-        for i in range(0, len(items), 100):  # MLflow: at most 100 params per batch
-            self.client.log_batch(self.run_id, params=items[i : i + 100])
+        self.client.log_batch(self.run_id, params=items)  # log_batch splits into MLflow's per-request limits
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         import time
@@ -201,8 +200,7 @@ class MlflowTracker:
 
         ts = int(time.time() * 1000)
         items = [Metric(k, v, ts, step) for k, v in metric_values(metrics).items()]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(self.run_id, metrics=items[i : i + 1000])
+        self.client.log_batch(self.run_id, metrics=items)
 
     def log_artifact(self, path: Path) -> None:
         self.client.log_artifact(self.run_id, str(path))
