@@ -1,7 +1,7 @@
 """Render the sweep dashboard: one self-contained HTML file (plotly.js inlined once, no network to view it).
 
-The Jinja2 template lives in ``dashboards/templates/report.html.j2`` (``$RANKSEARCH_DASHBOARDS`` points
-elsewhere). ``build_report`` writes ``<sweep folder>/report.html``; ``log_to_parent`` adds it to the sweep's
+The Jinja2 template lives in ``dashboards/templates/report.html.j2``, which the wheel installs as the package
+``ranksearch.dashboards`` (``$RANKSEARCH_DASHBOARDS`` points elsewhere). ``build_report`` writes ``<sweep folder>/report.html``; ``log_to_parent`` adds it to the sweep's
 parent MLflow run.
 """
 
@@ -32,9 +32,18 @@ MAX_ROWS = 500  # leaderboard rows in the page; the rest stay in trials.parquet
 
 
 def dashboards_dir() -> Path:
-    """The repository's ``dashboards/`` folder (templates, saved views), or ``$RANKSEARCH_DASHBOARDS``."""
+    """The ``dashboards/`` folder (templates, saved views): ``$RANKSEARCH_DASHBOARDS``, else the one installed with
+    the package (``ranksearch.dashboards``, the repository's top-level ``dashboards/`` in an editable install)."""
     env = os.environ.get("RANKSEARCH_DASHBOARDS")
-    return Path(env) if env else Path(__file__).resolve().parents[2] / "dashboards"
+    if env:
+        return Path(env)
+    repo = Path(__file__).resolve().parents[2] / "dashboards"
+    if repo.is_dir():  # a checkout (editable install or PYTHONPATH): the working copy, never a stale install
+        return repo
+    import importlib
+
+    # a folder of data, not code: a namespace package, whose __path__ is the installed folder
+    return Path(next(iter(importlib.import_module("ranksearch.dashboards").__path__)))
 
 
 @dataclass
