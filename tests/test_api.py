@@ -188,6 +188,7 @@ def test_example_script_runs_every_step(example_run):
 
 
 @pytest.mark.ray
+@pytest.mark.slow  # a Jupyter kernel start-up on top of the example sweep
 def test_example_notebook_runs_on_that_sweep(example_run):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

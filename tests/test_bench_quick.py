@@ -46,6 +46,7 @@ EXPECTED_ROWS = [
 
 
 @pytest.mark.ray  # search_overhead starts a local Ray in the subprocess
+@pytest.mark.slow  # every benchmark once, in subprocesses
 def test_quick_suite_runs_every_benchmark(tmp_path):
     out = tmp_path / "bench.md"
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))

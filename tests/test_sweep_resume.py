@@ -79,6 +79,7 @@ def kill_session(proc: subprocess.Popen) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+@pytest.mark.slow  # a real sweep, killed and resumed in subprocesses
 def test_resume_after_sigkill(tmp_path):
     t0 = time.time()
     space = {

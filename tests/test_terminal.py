@@ -147,7 +147,7 @@ def assert_clean(term: Terminal, rc: int) -> None:
     assert "display error" not in out, out[-4000:]
 
 
-@pytest.mark.parametrize("cols", [80, 200])
+@pytest.mark.parametrize("cols", [80, pytest.param(200, marks=pytest.mark.slow)])
 def test_live_sweep_in_a_terminal(tmp_path: Path, cols: int) -> None:
     term = sweep_in_terminal(tmp_path, cols)
     rc = term.wait(240)

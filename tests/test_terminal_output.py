@@ -70,7 +70,7 @@ def params_of(folder: Path) -> list[dict]:
     return [r for r in rows if r["status"] == "completed"]
 
 
-@pytest.mark.parametrize("cols", [80, 200])
+@pytest.mark.parametrize("cols", [80, pytest.param(200, marks=pytest.mark.slow)])
 def test_sweep_output_is_readable_and_quiet(tmp_path: Path, cols: int) -> None:
     """80 columns as users run it: no chatter; 200 columns with --debug: the chatter is back (and the
     leaderboard is the same)."""
