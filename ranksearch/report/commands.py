@@ -169,7 +169,7 @@ def ui(
     Runs until Ctrl-C, then stops the server. Bound to 127.0.0.1 by default: MLflow's server has no login
     unless started with --app-name basic-auth, so expose it (--host 0.0.0.0) only on a trusted network.
     """
-    from ranksearch.report import ui as server_mod
+    import ranksearch.report.ui as server_mod
 
     run_id, uri, name = None, tracking_uri, None
     if tracking_uri is None or sweep is not None:

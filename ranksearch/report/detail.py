@@ -16,7 +16,7 @@ from typing import Any
 
 import pandas as pd
 
-from ranksearch.report import figures as F
+import ranksearch.report.figures as F
 from ranksearch.report.data import SweepData, final_allocation
 
 log = logging.getLogger(__name__)

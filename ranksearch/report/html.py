@@ -19,9 +19,10 @@ from typing import Any
 
 import pandas as pd
 
+import ranksearch.report.detail as detail
+import ranksearch.report.figures as F
+import ranksearch.report.importance as importance
 from ranksearch.errors import RanksearchError
-from ranksearch.report import detail, importance
-from ranksearch.report import figures as F
 from ranksearch.report.data import SweepData, load_sweep, open_sweep
 
 log = logging.getLogger(__name__)
