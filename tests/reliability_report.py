@@ -12,11 +12,15 @@ so ordinary test runs leave no files. Render the table with::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 from pathlib import Path
+
+try:  # run as tests.<name> (CI) or imported from tests/ (pytest puts tests/ on sys.path)
+    from tests.markdown_block import block_main
+except ImportError:  # pragma: no cover
+    from markdown_block import block_main
 from typing import Any
 
 BEGIN, END = "<!-- figures:begin -->", "<!-- figures:end -->"
@@ -81,23 +85,7 @@ def _cell(v: Any) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="the RANKSEARCH_RELIABILITY_OUT folder")
-    parser.add_argument("--write", type=Path, help="replace the figures block of this markdown file")
-    args = parser.parse_args(argv)
-    text = table(args.folder)
-    if args.write is None:
-        print(text)
-        return 0
-    doc = args.write.read_text()
-    if BEGIN not in doc or END not in doc:
-        print(f"{args.write} has no {BEGIN} ... {END} block", file=sys.stderr)
-        return 1
-    before, rest = doc.split(BEGIN, 1)
-    after = rest.split(END, 1)[1]
-    args.write.write_text(f"{before}{BEGIN}\n{text}\n{END}{after}")
-    print(f"wrote the figures into {args.write}")
-    return 0
+    return block_main(argv, __doc__, table, BEGIN, END, "figures")
 
 
 if __name__ == "__main__":
