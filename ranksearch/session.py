@@ -78,7 +78,18 @@ class TrialSession:
             sites = resolve_sites(p.towers, p.layers, p.matrices, depths)
         except ValueError as e:
             raise ConfigError([("placement", str(e))]) from None
-        self.family = get_family(config.adapter.family)(config.adapter, total_steps)
+        pattern = getattr(config.adapter, "rank_pattern", None) or {}
+        unknown = sorted(set(pattern) - {s.key for s in sites})
+        if unknown:
+            raise ConfigError(
+                [
+                    (
+                        "adapter.rank_pattern",
+                        f"{unknown[:3]} are not sites of this placement ({len(sites)} sites)",
+                    )
+                ]
+            )
+        self.family = self.family_class(get_family(config.adapter.family))(config.adapter, total_steps)
         # the adapter's initialisation depends on the seed only, not on how (or whether) this process built the
         # model: a member of a pack (ranksearch.training.packed) starts exactly like the same trial alone
         torch.manual_seed(adapter_init_seed(config.seed))
@@ -93,6 +104,14 @@ class TrialSession:
             len(self.layers),
             self.trainable_params,
         )
+
+    def trainer_type(self, default: type) -> type:
+        """The ``Trainer`` class to build (hook: a one-shot supernet trains with the sandwich rule)."""
+        return default
+
+    def family_class(self, registered: type) -> type:
+        """The family class to build (hook: a one-shot supernet swaps in its nested-rank layers)."""
+        return registered
 
     @property
     def trainable_params(self) -> int:
@@ -112,7 +131,7 @@ class TrialSession:
         to_train[torch.as_tensor(train_classes)] = torch.arange(len(train_classes))
         tokens = tokenize_prompts(self.tokenizer, [task.classnames[c] for c in train_classes], task.templates)
         c = self.config
-        return Trainer(
+        return self.trainer_type(Trainer)(
             self.model, self.family, task.train.images, to_train[task.train.labels], tokens, len(task.templates),
             c.train, total_steps, self.device, c.model.precision, c.seed, self.text_adapted,
             crop_scale=c.train.crop_scale or crop_scale_for(self.image_size),

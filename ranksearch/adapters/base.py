@@ -192,10 +192,16 @@ class AdapterFamily:
         Families that also touch other modules (LayerNorm scale/shift, attention hooks) override this and
         call ``super().attach``.
         """
+        sites = [site for site in sites if self.site_rank(site) != 0]  # rank 0 in a rank pattern: not adapted
         self.layers = [
             replace_linear(model, site, lambda base, s=site: self.make_layer(base, s)) for site in sites
         ]
         return self.layers
+
+    def site_rank(self, site: Site, default: int | None = None) -> int | None:
+        """The site's rank from ``adapter.rank_pattern`` (families that have one), else ``default``."""
+        pattern = getattr(self.config, "rank_pattern", None) or {}
+        return pattern.get(site.key, default)
 
     def regularizer(self) -> torch.Tensor | None:
         """An extra loss term (e.g. AdaLoRA's orthogonality, DRA's L1); None when the family has none."""

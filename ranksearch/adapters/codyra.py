@@ -131,7 +131,7 @@ class Codyra(AdapterFamily):
 
     def make_layer(self, base: nn.Linear, site: Site) -> CodyraLinear:
         c = self.config
-        return CodyraLinear(base, site, c.r, c.gate_init, c.dropout)
+        return CodyraLinear(base, site, self.site_rank(site, c.r), c.gate_init, c.dropout)
 
     def kappa(self, step: int) -> float:
         """κ after loop step ``step`` (1-based: the loop passes the number of completed steps)."""

@@ -9,9 +9,10 @@ implementation with ``ranksearch.adapters.registry.register_family``.
 
 from __future__ import annotations
 
-from typing import Literal
+import re
+from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from ranksearch.config.base import Section
 
@@ -88,6 +89,28 @@ class BudgetConfig(Section):
         return "total_params" if self.total_params is not None else "total_rank"
 
 
+_SITE_KEY = re.compile(r"^(vision|text)\.\d{1,4}\.(q|k|v|o|fc|proj)$")
+
+
+def _check_rank_pattern(v: dict[str, int] | None) -> dict[str, int] | None:
+    if v is None:
+        return v
+    if len(v) > 100_000:
+        raise ValueError("a rank pattern holds at most 100,000 sites")
+    for key, r in v.items():
+        if not _SITE_KEY.match(key):
+            raise ValueError(f"{key!r} is not a site key such as 'vision.3.q' (tower.layer.matrix)")
+        if not 0 <= r <= 1024:
+            raise ValueError(f"{key}: rank {r} is outside [0, 1024]")
+    if not any(v.values()):
+        raise ValueError("every rank is 0: nothing would be adapted")
+    return v
+
+
+# per-site ranks (site key -> rank); the sites still come from ``placement``, the pattern only sets their ranks
+RankPattern = Annotated[dict[str, int] | None, AfterValidator(_check_rank_pattern)]
+
+
 @register_config
 class LoraConfig(Section):
     """CLIP-LoRA settings (defaults from the paper's code)."""
@@ -100,6 +123,11 @@ class LoraConfig(Section):
     )
     dropout: float = Field(0.25, ge=0, lt=1, description="dropout on the LoRA input only")
     budget: BudgetConfig | None = Field(None, description="optional global rank budget (writes lora_mask)")
+    rank_pattern: RankPattern = Field(
+        None,
+        description="per-site ranks {'vision.3.q': 4, ...} overriding r (0: the site is not adapted); a "
+        "one-shot search's allocation retrained as an ordinary trial",
+    )
 
 
 @register_config
@@ -168,6 +196,9 @@ class CodyraConfig(Section):
     gate_init: Literal["randn", "ones"] = Field("randn", description="g ~ N(0,1) (code) or ones")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the adapter input")
     budget: BudgetConfig | None = Field(None, description="optional global rank budget (writes codyra_mask)")
+    rank_pattern: RankPattern = Field(
+        None, description="per-site ranks {'vision.3.q': 4, ...} overriding r (0: the site is not adapted)"
+    )
 
 
 @register_config

@@ -82,7 +82,7 @@ class Lora(AdapterFamily):
 
     def make_layer(self, base: nn.Linear, site: Site) -> LoraLinear:
         c = self.config
-        return LoraLinear(base, site, c.r, c.alpha, c.scaling, c.dropout)
+        return LoraLinear(base, site, self.site_rank(site, c.r), c.alpha, c.scaling, c.dropout)
 
     def after_step(self, step: int) -> None:
         budget_after_step(self, step)  # no-op without a budget

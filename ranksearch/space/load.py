@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from ranksearch.config.base import CROSS_FIELD
 from ranksearch.errors import ConfigError
+from ranksearch.oneshot.spec import space_problems as oneshot_problems
 from ranksearch.space.space import FAMILY_PATH, SearchSpace
 from ranksearch.space.spec import SearchSpaceSpec, budget_problems
 
@@ -85,6 +86,7 @@ def validate_space(
         problems += _sampler_checks(space)
         problems += _objective_checks(space)
         problems += _pack_checks(space)
+        problems += oneshot_problems(spec)
         if not problems:
             return space
     raise ConfigError(_dedupe(problems), source)

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ranksearch.config.base import MAX_SEED, Seed, check_name, exact_kinds
+from ranksearch.oneshot.spec import OneShotSpec
 
 MAX_INT = 2**53  # integer bounds stay exact as floats (Optuna, JSON, parquet)
 MAX_CHOICES = 10_000
@@ -503,6 +504,11 @@ class SearchSpaceSpec(_Model):
     constraints: list[Constraint] = Field(
         default_factory=list, description="outcome constraints on final metrics (feasible-only Pareto front)"
     )
+    search: OneShotSpec | None = Field(
+        None,
+        description="search mode: {mode: one-shot, ranks: [...], ...} trains one max-rank supernet and searches "
+        "per-site rank allocations by evaluation alone (ranksearch.oneshot); default: every trial trained",
+    )
 
     _expand = field_validator("params", mode="before")(classmethod(lambda cls, v: _shorthand(v)))
 
@@ -544,6 +550,11 @@ class SearchSpaceSpec(_Model):
     @property
     def objectives(self) -> list[Objective]:
         return self.objective if isinstance(self.objective, list) else [self.objective]
+
+    @property
+    def one_shot(self) -> bool:
+        """Whether this space runs a one-shot rank search (``search.mode: one-shot``)."""
+        return self.search is not None and self.search.mode == "one-shot"
 
 
 def budget_problems(data: Any) -> list[tuple[str, str]]:

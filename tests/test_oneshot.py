@@ -1,0 +1,207 @@
+"""One-shot rank search: nested ranks are truncated adapters, the sandwich-trained supernet, export, budgets."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from ranksearch.config.load import validate_trial_config
+from ranksearch.oneshot.nested import NestedCodyraLinear, NestedLoraLinear
+from ranksearch.oneshot.spec import OneShotSpec
+
+SPEC = OneShotSpec(ranks=[0, 1, 2, 4], sandwich_random=1, evaluations=4, top_k=1)
+
+
+def tiny_config(family: str = "lora", **adapter) -> object:
+    return validate_trial_config(
+        {
+            "model": {"name": "rs-tiny-clip", "pretrained": None, "device": "cpu"},
+            "data": {"task": "shapeworld", "shots": 2, "test_per_class": 2},
+            "adapter": {"family": family, **adapter},
+            "placement": {"towers": "both", "matrices": ["q", "v", "o"]},
+            "train": {"iterations": 4, "batch_size": 8, "augment": False},
+            "eval": {"evals": 1, "zero_shot": False},
+            "seed": 3,
+        }
+    )
+
+
+def randomise(layers) -> None:
+    """Non-zero B (a trained adapter's state) so every component changes the output."""
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for layer in layers:
+            for name, p in layer.named_parameters():
+                if name.endswith("_B") or name.endswith("_gate"):
+                    p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+
+def supernet_session(family: str):
+    from ranksearch.oneshot.supernet import SupernetSession
+    from ranksearch.trial import seed_everything
+
+    config = tiny_config(family, r=SPEC.max_rank)
+    seed_everything(config.seed)
+    session = SupernetSession(config, 4, SPEC)
+    randomise(session.layers)
+    session.model.eval()
+    return session
+
+
+def random_allocation(keys: list[str], seed: int) -> dict[str, int]:
+    g = torch.Generator().manual_seed(seed)
+    ranks = torch.as_tensor(SPEC.ranks)[torch.randint(len(SPEC.ranks), (len(keys),), generator=g)].tolist()
+    ranks[0] = max(ranks[0], 1)  # at least one adapted site (a rank pattern of zeros adapts nothing)
+    return dict(zip(keys, ranks, strict=True))
+
+
+def encode(model, tiny_inputs):
+    images, tokens = tiny_inputs
+    with torch.no_grad():
+        return model.encode_image(images), model.encode_text(tokens)
+
+
+@pytest.mark.parametrize("family", ["lora", "codyra"])
+def test_nested_layer_equals_truncated_layer_exactly(family):
+    from ranksearch.adapters.base import Site
+    from ranksearch.adapters.codyra import CodyraLinear
+    from ranksearch.adapters.lora import LoraLinear
+
+    torch.manual_seed(0)
+    base, site, R = nn.Linear(24, 20), Site("vision", 0, "q"), 6
+    if family == "lora":
+        nested = NestedLoraLinear(base, site, R, alpha=2.0, scaling="sqrt", dropout=0.0)
+    else:
+        nested = NestedCodyraLinear(base, site, R, gate_init="randn", dropout=0.0)
+    randomise([nested])
+    x = torch.randn(3, 5, 24)
+    for k in range(R + 1):
+        nested.set_rank(k)
+        if k == 0:
+            assert torch.equal(nested(x), base(x)) and nested.rank() == 0
+            continue
+        if family == "lora":
+            plain = LoraLinear(base, site, k, alpha=2.0, scaling="sqrt", dropout=0.0)
+            plain.lora_A.data.copy_(nested.lora_A[:k])
+            plain.lora_B.data.copy_(nested.lora_B[:, :k])
+        else:
+            plain = CodyraLinear(base, site, k, gate_init="randn", dropout=0.0)
+            plain.codyra_A.data.copy_(nested.codyra_A[:k])
+            plain.codyra_B.data.copy_(nested.codyra_B[:, :k])
+            plain.codyra_gate.data.copy_(nested.codyra_gate[:k])
+        assert torch.equal(nested(x), plain(x)), k
+        assert torch.equal(nested.delta_weight(), plain.delta_weight()), k
+        assert nested.rank() == k and int(nested.rank_mask().sum()) == k
+
+
+@pytest.mark.parametrize("family", ["lora", "codyra"])
+def test_masked_supernet_equals_plain_rank_pattern_model(family, tiny_inputs):
+    """A whole supernet at an allocation == an ordinary trial's model with that rank_pattern and the first r
+    components of every site (bit for bit), both towers."""
+    from ranksearch.adapters.inject import adapter_layers
+    from ranksearch.oneshot.export import truncated_state
+    from ranksearch.session import TrialSession
+    from ranksearch.trial import seed_everything
+
+    session = supernet_session(family)
+    keys = [layer.site.key for layer in session.layers]
+    alloc = random_allocation(keys, seed=1)
+    assert 0 in alloc.values()  # the allocation drops a site: the plain model has fewer layers
+    session.set_allocation(alloc)
+    want = encode(session.model, tiny_inputs)
+
+    config = tiny_config(family, r=SPEC.max_rank, rank_pattern=alloc)
+    seed_everything(config.seed)
+    plain = TrialSession(config, 4)
+    assert len(adapter_layers(plain.model)) == sum(1 for r in alloc.values() if r > 0)
+    assert {ly.site.key: ly.rank() for ly in plain.layers} == {k: r for k, r in alloc.items() if r > 0}
+    missing, unexpected = plain.model.load_state_dict(truncated_state(session.model, alloc), strict=False)
+    assert not unexpected
+    plain.model.eval()
+    got = encode(plain.model, tiny_inputs)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
+    assert plain.trainable_params == sum(
+        r * ly.params_per_rank() for ly, r in zip(session.layers, alloc.values(), strict=True)
+    )
+
+
+def test_rank_pattern_validation():
+    from ranksearch.errors import ConfigError
+    from ranksearch.session import TrialSession
+
+    with pytest.raises(ConfigError, match="not a site key"):
+        tiny_config(rank_pattern={"vision.x.q": 2})
+    with pytest.raises(ConfigError, match="every rank is 0"):
+        tiny_config(rank_pattern={"vision.0.q": 0})
+    with pytest.raises(ConfigError, match=r"adapter.rank_pattern: \['vision.0.k'\] are not sites"):
+        TrialSession(tiny_config(rank_pattern={"vision.0.k": 2}), 4)
+
+
+def test_sandwich_draws_max_min_random_and_resume_exactly():
+    from ranksearch.oneshot.supernet import SandwichSampler
+
+    s = SandwichSampler(5, [0, 2, 4, 8], n_random=3, seed=1)
+    d = s.draws()
+    assert d[0] == [8] * 5 and d[1] == [2] * 5 and len(d) == 5
+    assert all(r in (0, 2, 4, 8) for draw in d[2:] for r in draw)
+    state = s.generator.get_state()
+    nxt = s.draws()
+    s2 = SandwichSampler(5, [0, 2, 4, 8], n_random=3, seed=99)
+    s2.generator.set_state(state)
+    assert s2.draws() == nxt
+
+
+@pytest.mark.parametrize("family", ["lora", "codyra"])
+def test_merged_export_of_an_allocation_equals_masked_forward(family, tmp_path, tiny_inputs):
+    """Supernet trained (a few sandwich steps), one allocation exported as a stock open_clip checkpoint: the
+    checkpoint loaded by open_clip alone gives the masked supernet's features within 1e-5."""
+    import open_clip
+
+    from ranksearch.models.attention import UnfusedAttention
+    from ranksearch.oneshot.export import export_allocation
+    from ranksearch.oneshot.supernet import rebuild_supernet, run_supernet
+
+    config = tiny_config(family, r=SPEC.max_rank)
+    result = run_supernet(config, SPEC, output_dir=tmp_path / "supernet")
+    assert result.status == "completed"
+    # 4 steps x (max, min, 1 random) passes
+    assert result.metrics["supernet/passes"] == 12
+    session = rebuild_supernet(tmp_path / "supernet")
+    alloc = random_allocation([ly.site.key for ly in session.layers], seed=2)
+    session.set_allocation(alloc)
+    want = encode(session.model, tiny_inputs)
+    manifest = export_allocation(tmp_path / "supernet", alloc, tmp_path / "export")
+    assert manifest["merged"] and manifest["allocation"] == alloc
+    model = open_clip.create_model(f"local-dir:{tmp_path / 'export'}")
+    model.eval()
+    assert not any(isinstance(m, UnfusedAttention) for m in model.modules())
+    got = encode(model, tiny_inputs)
+    torch.testing.assert_close(got[0], want[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=0)
+    # the supernet's update is not the max allocation's only: a different allocation gives different features
+    session.set_allocation({k: SPEC.max_rank for k in alloc})
+    assert not torch.allclose(encode(session.model, tiny_inputs)[0], want[0], atol=1e-5)
+    assert json.loads((tmp_path / "export" / "rank_pattern.json").read_text())
+
+
+def test_supernet_resumes_exactly(tmp_path):
+    """Killed after its first evaluation and resumed from that checkpoint, the supernet ends bit-identical."""
+    from safetensors.torch import load_file
+
+    from ranksearch.oneshot.supernet import run_supernet
+
+    config = tiny_config("lora", r=SPEC.max_rank, dropout=0.25)
+    config = config.model_copy(update={"eval": config.eval.model_copy(update={"evals": 2})})
+    states = []
+    run_supernet(config, SPEC, output_dir=tmp_path / "a", on_eval=lambda e: states.append(e.state()))
+    assert [s["step"] for s in states] == [2, 4]
+    resumed = run_supernet(config, SPEC, output_dir=tmp_path / "b", resume=states[0])
+    assert resumed.metrics["supernet/passes"] == 12
+    a, b = (
+        load_file(tmp_path / "a" / "adapter.safetensors"),
+        load_file(tmp_path / "b" / "adapter.safetensors"),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
