@@ -165,7 +165,8 @@ def run_supernet(
     search is charged for. ``output_dir`` holds the usual trial artifacts; ``adapter.safetensors`` is the supernet.
     """
     from ranksearch.errors import TrialError
-    from ranksearch.trial import TrialRun, _progress, failed_result, seed_everything
+    from ranksearch.trial import TrialRun, failed_result, seed_everything
+    from ranksearch.trial_record import progress_bar
 
     run = None
     output_dir = Path(output_dir)
@@ -176,7 +177,7 @@ def run_supernet(
         seed_everything(config.seed)  # before the model is built, as run_trial does (random-init models)
         session = SupernetSession(config, total, oneshot)
         run = TrialRun(config, output_dir, tracker=tracker, on_eval=on_eval, resume=resume, session=session)
-        with _progress(progress, run.total_steps, run.trainer.step, "supernet") as bar:
+        with progress_bar(progress, run.total_steps, run.trainer.step, "supernet") as bar:
             for stats in run.trainer.steps():
                 bar(stats)
                 run.after_step(stats)
