@@ -50,6 +50,15 @@ def sweep(
             "--resume", help="continue the interrupted sweep of this name (no trial lost or re-run)"
         ),
     ] = False,
+    extend: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=100_000,
+            metavar="N",
+            help="add N trials to the finished sweep of this name (same Optuna study, MLflow parent run, folder)",
+        ),
+    ] = None,
     tracking_uri: Annotated[
         str | None,
         typer.Option(
@@ -98,6 +107,8 @@ def sweep(
 
         ranksearch sweep search_spaces/lora.yaml --name lora-b16 --resume
 
+        ranksearch sweep search_spaces/lora.yaml --name lora-b16 --extend 20
+
         ranksearch sweep search_spaces/dra.yaml --gpus 8 --set model.name=ViT-B-16 --set model.pretrained=openai
     """
     import logging
@@ -111,7 +122,8 @@ def sweep(
     # Tune's INFO lines ("Wrote the latest version of all result files ...") would break into the live view
     logging.getLogger("ray.tune").setLevel(logging.INFO if debug else logging.WARNING)
     result = run_sweep(
-        space, gpus=gpus, address=address, trials=trials, name=name, resume=resume, tracking_uri=tracking_uri,
+        space, gpus=gpus, address=address, trials=trials, name=name, resume=resume, extend=extend,
+        tracking_uri=tracking_uri,
         storage=runs_dir or storage, warm_start=warm_start, live=live, overrides=set_, debug=debug,
     )  # fmt: skip
     out = Console()
@@ -132,7 +144,7 @@ def sweep(
                 f"  {r['trial_id']} {r['status']}: {r.get('error') or 'no reason recorded'}", highlight=False
             )
     unfinished = [r for r in result.rows if r["status"] in ("pending", "running")]
-    if unfinished or len(result.rows) < (trials or result.space.spec.trials):
+    if unfinished or (extend is None and len(result.rows) < (trials or result.space.spec.trials)):
         out.print(
             f"[yellow]interrupted[/yellow]: continue with  ranksearch sweep {space} --name {result.name} --resume"
         )

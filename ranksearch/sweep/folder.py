@@ -41,6 +41,10 @@ class Manifest:
     resumes: int = 0
     study_name: str = "ranksearch"
     trials: int | None = None  # the sweep's trial count (a --trials override included); None in old folders
+    # --extend: how often the finished sweep was extended, and the trials of the Tune experiments before the
+    # current one (Tune's tune/ state holds only the current one; ``trials`` counts them too)
+    extensions: int = 0
+    earlier_trials: list[str] = field(default_factory=list)
 
     def save(self, folder: Path) -> None:
         tmp = folder / (MANIFEST + ".tmp")
@@ -83,6 +87,21 @@ def prepare_folder(folder: Path, resume: bool) -> Manifest | None:
         )
     folder.mkdir(parents=True, exist_ok=True)
     return None
+
+
+def finished_manifest(folder: Path) -> Manifest:
+    """The manifest of the finished sweep in ``folder`` (what ``--extend`` continues); one-line error otherwise."""
+    if not (folder / MANIFEST).is_file() or not (folder / "tune").is_dir():
+        raise ConfigError(
+            [("--extend", f"{folder} holds no sweep to extend (no {MANIFEST} or tune/ folder)")]
+        )
+    manifest = Manifest.load(folder)
+    if manifest.status != "finished":
+        hint = "; continue it with --resume first" if manifest.status in ("interrupted", "running") else ""
+        raise ConfigError(
+            [("--extend", f"{folder} is not a finished sweep (status {manifest.status}){hint}")]
+        )
+    return manifest
 
 
 def safe_name(text: str, limit: int = 100) -> str:

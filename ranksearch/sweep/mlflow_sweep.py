@@ -60,11 +60,19 @@ def create_parent_run(
 
 
 class MlflowSweepCallback(Callback):
-    """Driver-side MLflow logging of a sweep (see module docstring), buffered by a ``TrackingJournal``."""
+    """Driver-side MLflow logging of a sweep (see module docstring), buffered by a ``TrackingJournal``.
 
-    def __init__(self, uri: str, parent_run_id: str, space: Any, sweep: str, folder: str):
+    ``earlier``: the rows of trials that earlier Tune experiments of this sweep ran (``--extend``): kept in
+    trials.parquet and the best-trial tags, and their runs are never taken for orphans.
+    """
+
+    def __init__(
+        self, uri: str, parent_run_id: str, space: Any, sweep: str, folder: str,
+        earlier: list[dict[str, Any]] | None = None,
+    ):  # fmt: skip
         self.uri, self.parent_run_id, self.space, self.sweep = uri, parent_run_id, space, sweep
         self.folder = folder
+        self.earlier = list(earlier or [])
         self._journal: Any = None
         self._cleaned = False
         self._context: dict[str, str] | None = None  # MLflow context tags of every child run
@@ -132,6 +140,7 @@ class MlflowSweepCallback(Callback):
     def remove_orphans(self, known: set[str]) -> None:
         """Delete child runs of trials the restored Tune experiment does not know (started after its last
         checkpoint, before the driver died): Tune runs those points again as new trials."""
+        known = known | {str(r["trial_id"]) for r in getattr(self, "earlier", [])}
         self._send("orphans", PARENT, known=sorted(known))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -204,7 +213,7 @@ class MlflowSweepCallback(Callback):
         """Rewrite the parent's trials.parquet and best-trial tags/metrics."""
         from ranksearch.sweep.results import best_trial, trial_rows, write_parquet
 
-        rows = trial_rows(trials, self.space, ended)
+        rows = list(getattr(self, "earlier", [])) + trial_rows(trials, self.space, ended)
         path = Path(self.folder) / "trials.parquet"
         write_parquet(rows, path)
         self._send("artifact", PARENT, path=str(path))

@@ -47,6 +47,12 @@ class PruneAwareOptunaSearch(OptunaSearch):
         super().__init__(*args, **kwargs)
         self.tune_dir = tune_dir
         self.constraints = list(constraints or [])
+        # trials the study held before this searcher's Tune experiment (``--extend``): not lost by its Tune state
+        # (the defaults this searcher enqueued are WAITING and belong to it)
+        study = self._ot_study
+        self.earlier_trials = (
+            sum(t.state.name != "WAITING" for t in study.get_trials(deepcopy=False)) if study else 0
+        )
 
     def suggest(self, trial_id: str) -> dict | None:
         config = super().suggest(trial_id)
@@ -142,6 +148,7 @@ class PruneAwareOptunaSearch(OptunaSearch):
             and t.number not in owned
             and t.user_attrs.get("ranksearch_status") != "orphaned"
             and "warm_start_from" not in t.user_attrs
+            and t.number >= getattr(self, "earlier_trials", 0)
         ]
         if lost and self.tune_dir:
             path = Path(self.tune_dir).parent / LOST_FILE

@@ -17,7 +17,13 @@ from typing import Any
 
 from ranksearch.errors import ConfigError, RanksearchError
 from ranksearch.space import SearchSpace, load_space
-from ranksearch.sweep.folder import Manifest, default_tracking_uri, prepare_folder, sweep_folder
+from ranksearch.sweep.folder import (
+    Manifest,
+    default_tracking_uri,
+    finished_manifest,
+    prepare_folder,
+    sweep_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +53,7 @@ def run_sweep(
     trials: int | None = None,
     name: str | None = None,
     resume: bool = False,
+    extend: int | None = None,
     tracking_uri: str | None = None,
     storage: Path | None = None,
     warm_start: Path | None = None,
@@ -68,6 +75,9 @@ def run_sweep(
         overrides: ``a.b=value`` fixed values set in the space's ``base`` (new sweeps only).
         name: sweep name (folder and default MLflow experiment); default the space's ``name`` or file stem.
         resume: continue the interrupted sweep of this name.
+        extend: add this many trials to the finished sweep of this name: the same Optuna study (the sampler
+            learns from every earlier trial; the defaults are not enqueued again), MLflow parent run and folder,
+            with the recorded space (a compute budget applies to the extension on its own).
         tracking_uri: MLflow URI; default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<sweep folder>/mlflow.db``.
         storage: parent folder of sweep folders (default ``./ranksearch-runs/sweeps``).
         warm_start: an earlier sweep folder or Optuna journal whose completed trials seed the sampler.
@@ -81,13 +91,14 @@ def run_sweep(
         A ``SweepResult`` (rows, best trial, locations).
 
     Raises:
-        ConfigError: an invalid space, an existing folder without ``--resume``, nothing to resume.
+        ConfigError: an invalid space, an existing folder without ``--resume``, nothing to resume, nothing
+            finished to extend.
     """
     from ranksearch.quiet import quiet_libraries
 
     with quiet_libraries(debug):
         return _run_sweep(
-            space_file, gpus=gpus, address=address, trials=trials, name=name, resume=resume,
+            space_file, gpus=gpus, address=address, trials=trials, name=name, resume=resume, extend=extend,
             tracking_uri=tracking_uri, storage=storage, warm_start=warm_start, runner=runner,
             runner_options=runner_options, live=live, ray_init=ray_init, overrides=overrides,
         )  # fmt: skip
@@ -101,6 +112,7 @@ def _run_sweep(
     trials: int | None,
     name: str | None,
     resume: bool,
+    extend: int | None,
     tracking_uri: str | None,
     storage: Path | None,
     warm_start: Path | None,
@@ -121,25 +133,40 @@ def _run_sweep(
     t0 = time.time()
     if runner not in _runners():
         raise ConfigError([("runner", f"unknown runner {runner!r}; known: {', '.join(_runners())}")])
+    if extend is not None:
+        _check_extend(extend, resume, trials, overrides, warm_start)
     given = space_file if isinstance(space_file, SearchSpace) else None  # the Python API passes the object
     if given is not None:
         space_file = Path(given.source or "space.yaml")
-    space = (given or load_space(space_file, overrides)) if not resume or name is None else None
+    reuse = resume or extend is not None  # the folder's recorded space is run, not the given one
+    space = (given or load_space(space_file, overrides)) if not reuse or name is None else None
     name = name or (space.spec.name if space else None) or Path(space_file).stem
     folder = sweep_folder(name, storage)
-    manifest = prepare_folder(folder, resume)
-    if manifest is not None:  # resume: the recorded space and tracking store, whatever the arguments say
+    earlier: list[dict[str, Any]] = []  # rows of the trials of earlier Tune experiments (--extend)
+    if extend is not None:  # a new Tune experiment for the finished sweep's study, parent run and folder
+        manifest = finished_manifest(folder)
+        space = load_space(folder / SPACE_COPY)
+        earlier = _earlier_rows(folder)
+        manifest.earlier_trials = [str(r["trial_id"]) for r in earlier]
+        manifest.extensions += 1
+        manifest.trials = len(earlier) + extend
+        _reopen_parent(manifest, added=extend)
+    elif (manifest := prepare_folder(folder, resume)) is not None:
+        # resume: the recorded space and tracking store, whatever the arguments say
         space = load_space(folder / SPACE_COPY)
         if tracking_uri and tracking_uri != manifest.tracking_uri:
             log.warning("--tracking-uri ignored on resume; the sweep logs to %s", manifest.tracking_uri)
         manifest.resumes += 1
         _reopen_parent(manifest)
+        if manifest.earlier_trials:  # an interrupted extension
+            earlier = _earlier_rows(folder, manifest.earlier_trials)
     else:
         assert space is not None
         manifest = _start_manifest(space, Path(space_file), folder, name, tracking_uri, trials)
     manifest.status = "running"
     manifest.save(folder)
     total = trials if (trials and manifest.resumes == 0) else _recorded_trials(space, manifest)
+    total -= len(manifest.earlier_trials)  # this Tune experiment's share (--extend)
 
     if runner == "trial":
         ensure_builtin_weights(space)
@@ -169,16 +196,19 @@ def _run_sweep(
     trainable = _trainable(space, folder, runner, runner_options)
     callbacks = [
         LiveView(space, name, total, live=live),
-        MlflowSweepCallback(manifest.tracking_uri, manifest.parent_run_id, space, name, str(folder)),
+        MlflowSweepCallback(
+            manifest.tracking_uri, manifest.parent_run_id, space, name, str(folder), earlier=earlier
+        ),
     ]
     status = "failed"
     try:
-        if manifest.resumes:
+        if resume:
             tuner = tune.Tuner.restore(
                 str(folder / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=True
             )
             _use_callbacks(tuner, callbacks)
         else:
+            # a new Tune experiment in the same tune/ folder (the newest state is what --resume restores)
             tuner = _new_tuner(space, folder, manifest, trainable, callbacks, total, warm_start)
         grid = tuner.fit()
         trials_done = _grid_trials(grid)
@@ -188,6 +218,7 @@ def _run_sweep(
         unfinished = len(rows) < total or any(r["status"] in ("pending", "running") for r in rows)
         unfinished = unfinished and not budget_spent(space, trials_done)
         status = "interrupted" if unfinished else "finished"
+        rows = earlier + rows
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -207,6 +238,39 @@ def _run_sweep(
         name, folder, rows, best_trial(rows, space), manifest.parent_run_id, manifest.tracking_uri,
         manifest.experiment, time.time() - t0, space,
     )  # fmt: skip
+
+
+def _check_extend(
+    extend: int, resume: bool, trials: int | None, overrides: Any, warm_start: Path | None
+) -> None:
+    """--extend N: a trial count, and none of the options that only a new sweep takes."""
+    if isinstance(extend, bool) or not isinstance(extend, int) or not 1 <= extend <= 100_000:
+        raise ConfigError([("--extend", f"{extend!r}: give the number of trials to add (1 to 100000)")])
+    clash = [o for o, v in (("--resume", resume), ("--trials", trials), ("--set", overrides),
+                            ("--warm-start", warm_start)) if v]  # fmt: skip
+    if clash:
+        raise ConfigError(
+            [
+                (
+                    "--extend",
+                    f"continues a finished sweep with its recorded space; {', '.join(clash)} does not apply",
+                )
+            ]
+        )
+
+
+def _earlier_rows(folder: Path, ids: list[str] | None = None) -> list[dict[str, Any]]:
+    """The trial rows in the folder's trials.parquet (those of ``ids`` when given), as ``trial_rows`` has them."""
+    import pyarrow.parquet as pq
+
+    path = folder / "trials.parquet"
+    if not path.is_file():
+        return []
+    table = pq.read_table(path)
+    table = table.select([n for n in table.column_names if n != "config"])
+    rows = [{k: v for k, v in r.items() if v is not None} for r in table.to_pylist()]
+    wanted = None if ids is None else set(ids)
+    return [r for r in rows if wanted is None or str(r.get("trial_id")) in wanted]
 
 
 def _runners() -> dict[str, Any]:
@@ -370,12 +434,17 @@ def _grid_trials(grid: Any) -> list:
     return list(trials)
 
 
-def _reopen_parent(manifest: Manifest) -> None:
+def _reopen_parent(manifest: Manifest, added: int = 0) -> None:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=manifest.tracking_uri)
     client.update_run(manifest.parent_run_id, status="RUNNING")
-    client.set_tag(manifest.parent_run_id, "ranksearch.resumes", str(manifest.resumes))
+    if added:  # --extend: the parent's "trials" param is immutable: the tag says how many were added since
+        client.set_tag(manifest.parent_run_id, "ranksearch.extensions", str(manifest.extensions))
+        before = int(client.get_run(manifest.parent_run_id).data.tags.get("ranksearch.extended_trials", 0))
+        client.set_tag(manifest.parent_run_id, "ranksearch.extended_trials", str(before + added))
+    else:
+        client.set_tag(manifest.parent_run_id, "ranksearch.resumes", str(manifest.resumes))
 
 
 def _end_parent(manifest: Manifest, status: str) -> None:

@@ -1,0 +1,168 @@
+"""``ranksearch sweep --extend N``: N more trials for a finished sweep, in its study, parent run and folder.
+
+Real Ray (one local runtime for the module), real Optuna journal, real MLflow (sqlite), the ``synthetic``
+runner. The refusals (no sweep, not finished, bad N, options that only a new sweep takes) are one line, exit 2,
+and leave the folder as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from ranksearch.errors import ConfigError
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]
+
+SPACE = {
+    "base": {"model": {"pretrained": None}, "eval": {"evals": 3}},
+    "params": {
+        "train.lr": {"type": "float", "low": 1.0e-4, "high": 1.0e-2, "log": True, "default": 1.0e-3},
+        "adapter.r": {"type": "categorical", "choices": [1, 2, 4, 8], "default": 4},
+    },
+    "objective": {"metric": "val/hm", "mode": "max"},
+    "sampler": {"type": "tpe", "seed": 0, "options": {"n_startup_trials": 2}, "enqueue_defaults": True},
+    "early_stopping": {"type": "asha", "grace_period": 1, "reduction_factor": 2},
+    "trials": 5,
+    "concurrency": 2,
+    "resources": {"cpu": 0.5, "gpu": 0.5},
+}
+OPTS = {"seconds_per_eval": 0.05}
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    import ray
+
+    tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")  # short: Ray's socket paths must stay under 107 bytes
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, _temp_dir=tmp)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def finished(ray_session, tmp_path_factory):
+    from ranksearch.sweep.tuner import run_sweep
+
+    tmp = tmp_path_factory.mktemp("extend")
+    space = tmp / "space.yaml"
+    space.write_text(yaml.safe_dump(SPACE))
+    first = run_sweep(
+        space, name="ext", storage=tmp / "runs", runner="synthetic", runner_options=OPTS, live=False
+    )
+    return tmp, space, first
+
+
+def study_trials(folder: Path) -> list:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    storage = JournalStorage(JournalFileBackend(str(folder / "optuna.journal")))
+    return optuna.load_study(study_name="ranksearch", storage=storage).get_trials(deepcopy=False)
+
+
+def mlflow_runs(result) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    exp = client.get_experiment_by_name(result.experiment)
+    return client.search_runs([exp.experiment_id], max_results=1000)
+
+
+def test_extend_adds_trials_to_the_same_study_parent_run_and_folder(finished):
+    from ranksearch.sweep.tuner import run_sweep
+
+    tmp, space, first = finished
+    before = {t.number: (t.state.name, t.params) for t in study_trials(first.folder)}
+    assert len(before) == 5 and len(first.rows) == 5
+    result = run_sweep(
+        space, name="ext", storage=tmp / "runs", runner="synthetic", runner_options=OPTS, live=False, extend=3
+    )
+    assert result.folder == first.folder and result.parent_run_id == first.parent_run_id
+    trials = study_trials(result.folder)
+    # one study: the first five trials untouched, three more numbered after them; the defaults ran once
+    assert [t.number for t in trials] == list(range(8))
+    assert {t.number: (t.state.name, t.params) for t in trials[:5]} == before
+    assert all(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
+    defaults = {"train.lr": 1.0e-3, "adapter.r": 4}
+    assert sum(t.params == defaults for t in trials) == 1
+    # the sweep's rows: every trial of both runs; trials.parquet likewise (what report/status read)
+    old_ids = {r["trial_id"] for r in first.rows}
+    new_ids = {r["trial_id"] for r in result.rows} - old_ids
+    assert len(result.rows) == 8 and len(new_ids) == 3
+    table = pq.read_table(result.folder / "trials.parquet").to_pydict()
+    assert set(table["trial_id"]) == old_ids | new_ids
+    assert {t.user_attrs["ray_trial_id"] for t in trials[5:]} == new_ids
+    # MLflow: still one parent, now with eight children (the first five not taken for orphans)
+    runs = mlflow_runs(result)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == first.parent_run_id]
+    assert [p.info.run_id for p in parents] == [first.parent_run_id]
+    assert {c.data.tags["ranksearch.trial_id"] for c in children} == old_ids | new_ids
+    assert parents[0].info.status == "FINISHED"
+    assert parents[0].data.tags["ranksearch.extensions"] == "1"
+    assert parents[0].data.tags["ranksearch.extended_trials"] == "3"
+    manifest = json.loads((result.folder / "sweep.json").read_text())
+    assert manifest["status"] == "finished" and manifest["extensions"] == 1
+    assert set(manifest["earlier_trials"]) == old_ids and manifest["trials"] == 8
+    # nothing was taken for lost by Tune (the earlier trials belong to the earlier experiment)
+    assert not (result.folder / "lost_by_tune.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"extend": 0}, "--extend: 0: give the number of trials to add"),
+        ({"extend": 2, "resume": True}, "--resume does not apply"),
+        ({"extend": 2, "trials": 4}, "--trials does not apply"),
+        ({"extend": 2, "name": "nothing"}, "holds no sweep to extend"),
+    ],
+)
+def test_extend_refuses_bad_requests(finished, kwargs, message):
+    from ranksearch.sweep.tuner import run_sweep
+
+    tmp, space, _ = finished
+    kwargs = {"name": "ext", **kwargs}
+    with pytest.raises(ConfigError, match=message):
+        run_sweep(space, storage=tmp / "runs", runner="synthetic", live=False, **kwargs)
+
+
+def cli(args: list[str], capsys) -> tuple[int, str]:
+    from ranksearch.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_extend_refuses_an_unfinished_sweep_in_one_line(finished, tmp_path, capsys):
+    """CLI: an interrupted sweep is not extended (exit 2, one line naming --extend and --resume)."""
+    tmp, space, first = finished
+    folder = tmp_path / "runs" / "cut"
+    folder.mkdir(parents=True)
+    (folder / "tune").mkdir()
+    manifest = json.loads((first.folder / "sweep.json").read_text())
+    (folder / "sweep.json").write_text(json.dumps({**manifest, "name": "cut", "status": "interrupted"}))
+    saved = (folder / "sweep.json").read_text()
+    code, out = cli(
+        ["sweep", str(space), "--name", "cut", "--runs-dir", str(tmp_path / "runs"), "--extend", "2"], capsys
+    )
+    assert code == 2, out
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == 1 and "--extend" in lines[0] and "not a finished sweep" in lines[0], out
+    assert "--resume" in lines[0] and "Traceback" not in out
+    assert (folder / "sweep.json").read_text() == saved
+    for bad in ("0", "x"):
+        code, out = cli(["sweep", str(space), "--name", "cut", "--extend", bad], capsys)
+        lines = [line for line in out.splitlines() if line.strip()]
+        assert code == 2 and len(lines) == 1 and "--extend" in lines[0] and "Traceback" not in out, out
