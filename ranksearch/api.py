@@ -380,6 +380,7 @@ def sweep(
     trials: int | None = None,
     name: str | None = None,
     resume: bool = False,
+    extend: int | None = None,
     tracking_uri: str | None = None,
     storage: str | Path | None = None,
     warm_start: str | Path | None = None,
@@ -396,7 +397,8 @@ def sweep(
     Args:
         space: the search space (dict, YAML path or ``SearchSpace``).
         gpus: logical GPUs of a local Ray (default: detected). address: join this Ray cluster instead.
-        trials, name, resume, tracking_uri, storage, warm_start: as the CLI options of the same names.
+        trials, name, resume, extend, tracking_uri, storage, warm_start: as the CLI options of the same names
+            (``extend=N``: N more trials for the finished sweep ``name``).
         overrides: ``section.field=value`` fixed for every trial (``--set``).
         live: the live terminal table (default off: a notebook cell is not a terminal).
         debug: show the libraries' start-up output.
@@ -408,8 +410,9 @@ def sweep(
     if not isinstance(space, str | Path) or overrides:
         target = load_search_space(space, overrides)
     result = run_sweep(
-        target, gpus=gpus, address=address, trials=trials, name=name, resume=resume, tracking_uri=tracking_uri,
-        storage=Path(storage) if storage else None, warm_start=Path(warm_start) if warm_start else None,
+        target, gpus=gpus, address=address, trials=trials, name=name, resume=resume, extend=extend,
+        tracking_uri=tracking_uri, storage=Path(storage) if storage else None,
+        warm_start=Path(warm_start) if warm_start else None,
         runner=runner, runner_options=runner_options, live=live, ray_init=ray_init, debug=debug,
     )  # fmt: skip
     return Sweep(result.folder)
