@@ -111,6 +111,10 @@ def test_extend_adds_trials_to_the_same_study_parent_run_and_folder(finished):
     manifest = json.loads((result.folder / "sweep.json").read_text())
     assert manifest["status"] == "finished" and manifest["extensions"] == 1
     assert set(manifest["earlier_trials"]) == old_ids and manifest["trials"] == 8
+    from ranksearch.report.data import load_sweep, total_trials
+
+    data = load_sweep(result.folder)
+    assert total_trials(data) == 8 and set(data.trials["trial_id"]) == old_ids | new_ids
     # nothing was taken for lost by Tune (the earlier trials belong to the earlier experiment)
     assert not (result.folder / "lost_by_tune.json").exists()
 
