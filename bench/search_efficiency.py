@@ -312,6 +312,10 @@ def run(ctx: Context) -> list[Row]:
         replay = not wanted or any(case.key.startswith(p) for p in wanted)
         if os.environ.get(FROM_SAVED) and not ctx.quick and saved.is_file() and not replay:
             summary = json.loads(saved.read_text())  # the last full run's numbers, re-rendered
+        elif os.environ.get(FROM_SAVED) and not ctx.quick and not replay:  # neither replayed nor saved
+            rows.append(Row("search_efficiency", f"{case.title}: not replayed", "report",
+                            "not run", None, f"replay it with {CASES}={case.key}: {case.command}"))  # fmt: skip
+            continue
         else:
             t0 = time.perf_counter()
             summary = run_case(case, seeds, budget, ctx, out)
