@@ -20,7 +20,14 @@ import torch
 from ranksearch.config.schema import TrialConfig
 from ranksearch.errors import TrialError
 from ranksearch.training.loop import StepStats
-from ranksearch.trial_record import EvalEvent, Tracker, TrialResult, progress_bar, write_artifacts
+from ranksearch.trial_record import (
+    EvalEvent,
+    Tracker,
+    TrialResult,
+    progress_bar,
+    trial_params,
+    write_artifacts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +103,7 @@ def start_trial(config: TrialConfig, output_dir: Path, tracker: Tracker | None) 
     seed_everything(config.seed)
     if tracker:
         tracker.start(
-            config.model_dump(mode="json"),
+            trial_params(config),
             {**reproducibility_tags(config.seed), "family": config.adapter.family},
         )
 

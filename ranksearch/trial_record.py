@@ -24,6 +24,16 @@ class Tracker(Protocol):
     def end(self, status: str) -> None: ...
 
 
+def trial_params(config: TrialConfig) -> dict[str, Any]:
+    """A trial's tracked params: its config, plus ``model.activation``, the MLP activation its model runs
+    (``quick_gelu`` for OpenAI weights, see ``ranksearch.models.clip.needs_quick_gelu``)."""
+    from ranksearch.models.clip import model_activation
+
+    params = config.model_dump(mode="json")
+    params["model"]["activation"] = model_activation(config.model.name, config.model.pretrained)
+    return params
+
+
 @dataclass
 class EvalEvent:
     """Passed to ``on_eval`` after each validation evaluation; ``state()`` builds a resumable checkpoint."""

@@ -52,3 +52,40 @@ def test_pretrained_tag_offline_fails_fast_with_a_hint(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ModelLoadError, match="offline"):  # HF_HUB_OFFLINE: fails at once, no retries
         build_model("RN50", "openai")
+
+
+def test_openai_tags_build_quick_gelu(monkeypatch):
+    """OpenAI weights were trained with QuickGELU; open_clip's plain ViT-B-16 config has nn.GELU (and only warns)."""
+    import open_clip
+    from open_clip.transformer import QuickGELU
+
+    from ranksearch.models.clip import activation_of, model_activation, needs_quick_gelu
+
+    # the tag metadata decides, not a hard-coded list
+    assert open_clip.get_pretrained_cfg("ViT-B-16", "openai")["quick_gelu"] is True
+    assert needs_quick_gelu("ViT-B-16", "openai") and needs_quick_gelu("RN50", "openai")
+    assert not needs_quick_gelu("ViT-B-16", "laion2b_s34b_b88k") and not needs_quick_gelu("ViT-B-16", None)
+    assert not needs_quick_gelu("rs-tiny-clip", "/some/checkpoint.pt")
+    # build the real ViT-B-16 for the tag without a download: open_clip finds "no weights" and initialises
+    # randomly, on the meta device (no memory, ~2 s); the architecture is what the tag decided
+    monkeypatch.setattr(open_clip.factory, "download_pretrained", lambda *a, **k: None)
+    model, size = build_model("ViT-B-16", "openai", device="meta")
+    assert size == 224
+    mlp_activations = {type(b.mlp.gelu) for blocks in tower_blocks(model).values() for b in blocks}
+    assert mlp_activations == {QuickGELU}
+    assert activation_of(model) == model_activation("ViT-B-16", "openai") == "quick_gelu"
+    assert model_activation("ViT-B-16", None) == model_activation("ViT-B-16", "laion2b_s34b_b88k") == "gelu"
+
+
+def test_activation_of_local_dir_follows_its_config(tmp_path):
+    from ranksearch.models.clip import activation_of, model_activation
+
+    cfg = json.loads((CONFIG_DIR / "rs-tiny-clip.json").read_text())
+    folder = tmp_path / "quick"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {**cfg, "quick_gelu": True}}))
+    model, _ = build_model("rs-tiny-clip", None)
+    torch.save(model.state_dict(), folder / "open_clip_pytorch_model.bin")
+    loaded, _ = build_model("rs-tiny-clip", f"local-dir:{folder}")
+    assert activation_of(loaded) == model_activation("rs-tiny-clip", f"local-dir:{folder}") == "quick_gelu"
+    assert activation_of(model) == model_activation("rs-tiny-clip", "shapeworld") == "gelu"

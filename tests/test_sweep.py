@@ -131,6 +131,7 @@ def test_mlflow_has_one_parent_and_a_child_per_trial(synthetic_sweep):
         row = rows[c.data.tags["ranksearch.trial_id"]]
         assert c.data.tags["ranksearch.status"] == row["status"]
         assert c.data.params["train/lr"] and c.data.params["search/adapter.r"]
+        assert c.data.params["model/activation"] == "gelu"
         if row["status"] != "error":
             history = client.get_metric_history(c.info.run_id, "val/hm")
             assert len(history) == row["reports"] and len({m.step for m in history}) == len(history)

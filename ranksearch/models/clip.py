@@ -16,7 +16,16 @@ from torch import nn
 from ranksearch.errors import ModelLoadError
 from ranksearch.models.builtin import BUILTIN_PRETRAINED, CONFIG_DIR, register_tiny_configs
 
-__all__ = ["BUILTIN_PRETRAINED", "CONFIG_DIR", "build_model", "register_tiny_configs", "tower_blocks"]
+__all__ = [
+    "BUILTIN_PRETRAINED",
+    "CONFIG_DIR",
+    "activation_of",
+    "build_model",
+    "model_activation",
+    "needs_quick_gelu",
+    "register_tiny_configs",
+    "tower_blocks",
+]
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +64,9 @@ def build_model(name: str, pretrained: str | None = None, device: str = "cpu") -
     if not model_name.startswith("local-dir:") and model_name not in open_clip.list_models():
         raise ModelLoadError(f"model.name: unknown open_clip model {name!r} (see open_clip.list_models())")
     try:
-        model = open_clip.create_model(model_name, pretrained=weights, device=device)
+        model = open_clip.create_model(
+            model_name, pretrained=weights, device=device, force_quick_gelu=needs_quick_gelu(model_name, weights)
+        )
     except Exception as e:  # open_clip raises RuntimeError/HF errors for tags it cannot fetch
         hint = ""
         if weights and not Path(str(weights)).exists():
@@ -70,6 +81,59 @@ def build_model(name: str, pretrained: str | None = None, device: str = "cpu") -
     size = model.visual.image_size
     image_size = size[0] if isinstance(size, tuple | list) else int(size)
     return model, image_size
+
+
+def needs_quick_gelu(name: str, pretrained: str | None) -> bool:
+    """Whether ``pretrained`` is an open_clip tag whose weights were trained with QuickGELU.
+
+    open_clip's plain configs (``ViT-B-16``) use ``nn.GELU``; the OpenAI checkpoints (every ``openai`` tag) and a
+    few others were trained with QuickGELU, which the tag's pretrained metadata says (``quick_gelu``). open_clip
+    only warns about the mismatch, and every number then differs from the papers': build what the tag needs.
+    Files, ``local-dir:`` folders and the built-in weights carry their own architecture, so they are never forced.
+    """
+    if not pretrained or name.startswith("local-dir:"):
+        return False
+    from open_clip.pretrained import get_pretrained_cfg
+
+    return bool(get_pretrained_cfg(name, pretrained).get("quick_gelu", False))
+
+
+def model_activation(name: str, pretrained: str | None) -> str:
+    """The activation ``build_model(name, pretrained)`` builds, without building it: ``quick_gelu`` or ``gelu``.
+
+    The same rule as open_clip's factory: the architecture's ``quick_gelu`` (the ``-quickgelu`` configs, a
+    ``local-dir:`` folder's ``open_clip_config.json``), forced on by a tag that needs it (``needs_quick_gelu``).
+    Recorded with every trial (MLflow param ``model.activation``).
+    """
+    import json
+
+    import open_clip
+
+    register_tiny_configs()
+    cfg: dict = {}
+    if name.startswith("local-dir:") or (pretrained or "").startswith("local-dir:"):
+        folder = Path((pretrained if (pretrained or "").startswith("local-dir:") else name)[len("local-dir:") :])
+        try:
+            cfg = json.loads((folder / "open_clip_config.json").read_text()).get("model_cfg", {})
+        except (OSError, ValueError):
+            cfg = {}
+    else:
+        cfg = open_clip.get_model_config(name) or {}
+    quick = bool(cfg.get("quick_gelu", False)) or needs_quick_gelu(name, pretrained)
+    return "quick_gelu" if quick else "gelu"
+
+
+def activation_of(model: nn.Module) -> str:
+    """The MLP activation a built model runs: ``quick_gelu``, ``gelu`` or another module's class name."""
+    from open_clip.transformer import QuickGELU
+
+    names = set()
+    for module in model.modules():
+        if isinstance(module, QuickGELU):
+            names.add("quick_gelu")
+        elif isinstance(module, nn.GELU):
+            names.add("gelu")
+    return "+".join(sorted(names)) or "none"
 
 
 def tower_blocks(model: nn.Module) -> dict[str, list[nn.Module]]:

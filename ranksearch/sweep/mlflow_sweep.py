@@ -108,6 +108,7 @@ class MlflowSweepCallback(Callback):
     def _child_spec(self, trial: Any) -> dict[str, Any]:
         from ranksearch.sweep.folder import safe_name
         from ranksearch.tracking.mlflow_log import flatten, param_values, reproducibility_tags
+        from ranksearch.trial_record import trial_params
 
         params = dict(trial.config)
         family = str(params.get("adapter.family", self.space.default_family))
@@ -119,7 +120,7 @@ class MlflowSweepCallback(Callback):
         }  # fmt: skip
         items = {f"search/{k}": v for k, v in params.items()}
         try:
-            items.update(flatten(self.space.trial_config(params).model_dump(mode="json")))
+            items.update(flatten(trial_params(self.space.trial_config(params))))
         except Exception as e:  # the trial itself will report the problem; keep the search params
             log.warning("could not build the config of trial %s: %s", trial.trial_id, e)
         return {
