@@ -159,8 +159,11 @@ class TrialRun:
             self.final.update(resume.get("zero_shot", {}))
             log.info("resumed at step %d of %d", self.trainer.step, total_steps)
         elif config.eval.zero_shot:
-            # the adapter is identity at init for most families; measure the frozen model itself regardless
-            zs = {f"zs/{k}": v for k, v in {**self.evaluate("val"), **self.evaluate("test")}.items()}
+            # the pretrained model itself, not the model with a fresh adapter (not identity for every family)
+            from ranksearch.adapters.inject import unadapted
+
+            with unadapted(self.model):
+                zs = {f"zs/{k}": v for k, v in {**self.evaluate("val"), **self.evaluate("test")}.items()}
             self.final.update(zs)
             if tracker:
                 tracker.log_metrics({**zs, **self.static}, step=0)

@@ -7,13 +7,16 @@ result is a plain open_clip model (same class, same state-dict keys) with the up
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 from torch import nn
 
 from ranksearch.adapters.base import AdapterFamily, AdapterLayer, Site
 from ranksearch.adapters.sites import unfuse_block_attention
 from ranksearch.models.attention import UnfusedAttention, fuse_attention
 
-__all__ = ["adapter_layers", "attach_adapters", "merge_to_stock", "unfuse_block_attention"]
+__all__ = ["adapter_layers", "attach_adapters", "merge_to_stock", "unadapted", "unfuse_block_attention"]
 
 
 def attach_adapters(model: nn.Module, family: AdapterFamily, sites: list[Site]) -> list[AdapterLayer]:
@@ -55,3 +58,35 @@ def merge_to_stock(model: nn.Module) -> nn.Module:
             if isinstance(child, UnfusedAttention):
                 setattr(module, name, fuse_attention(child))
     return model
+
+
+@contextlib.contextmanager
+def unadapted(model: nn.Module) -> Iterator[nn.Module]:
+    """The model as open_clip built it, for the duration of the block: the zero-shot baseline.
+
+    Every adapter layer steps aside for its frozen base and unfused attention becomes a stock
+    ``nn.MultiheadAttention`` again, so the outputs are the pretrained model's whatever the family's init (RLRR's
+    Kaiming-initialised multipliers and SSF are not identity). Everything is put back afterwards, unchanged.
+    """
+    swapped: list[tuple[nn.Module, str, nn.Module]] = []
+    try:
+        for kind in (AdapterLayer, UnfusedAttention):  # adapters first: fusing needs plain projections
+            for module in list(model.modules()):
+                for name, child in list(module.named_children()):
+                    if isinstance(child, kind) and not isinstance(module, AdapterLayer):
+                        plain = child.base if kind is AdapterLayer else _stock_attention(child)
+                        setattr(module, name, plain)
+                        swapped.append((module, name, child))
+        yield model
+    finally:
+        for module, name, child in reversed(swapped):
+            setattr(module, name, child)
+
+
+def _stock_attention(attn: UnfusedAttention) -> nn.Module:
+    """A frozen stock ``nn.MultiheadAttention`` in ``attn``'s mode: the module open_clip built (a parameter that
+    requires grad, or training mode, takes PyTorch off its fast path, whose rounding differs)."""
+    mha = fuse_attention(attn).train(attn.training)
+    for p in mha.parameters():
+        p.requires_grad_(False)
+    return mha
