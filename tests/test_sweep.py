@@ -115,6 +115,9 @@ def test_optuna_knows_pruned_and_errored_trials(synthetic_sweep):
         assert t.state.name == expected[row["status"]], (row, t)
         if row["status"] == "completed":
             assert t.value == pytest.approx(row["val/hm"])
+        if row["status"] == "pruned":  # its last report (the one ASHA stopped it on) is in Optuna too
+            assert sorted(t.intermediate_values) == list(range(1, row["reports"] + 1)), (row, t)
+            assert t.intermediate_values[row["reports"]] == pytest.approx(row["val/hm"])
     statuses = {r["status"] for r in result.rows}
     assert "pruned" in statuses  # ASHA stopped some: they must not be COMPLETE with a low-fidelity value
 

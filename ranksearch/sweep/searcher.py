@@ -7,7 +7,9 @@ COMPLETE with its last, low-fidelity value, so TPE models truncated learning cur
   study Optuna then uses its intermediate values as it does for its own pruners; in a multi-objective study a
   PRUNED trial is not used as a finished point either;
 - an errored trial, or one whose runner reported ``status: failed`` (diverged), is told FAIL;
-- only ``is_final`` results are told COMPLETE, with the objective values.
+- only ``is_final`` results are told COMPLETE, with the objective values;
+- the last result of a trial reaches Optuna as an intermediate value even when Tune passes it only to
+  ``on_trial_complete`` (it does so for a trial the scheduler stops), so a pruned trial keeps its whole curve.
 
 It also tags each Optuna trial with its Ray trial id, tolerates results without the objective (failed trials),
 and after a ``--resume`` marks as FAIL the Optuna trials that were asked for after the last experiment
@@ -77,6 +79,10 @@ class PruneAwareOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
+        if result and not error:
+            # Tune hands a scheduler-stopped trial's last result only to on_trial_complete (never to
+            # on_trial_result): without this, a PRUNED trial would lack its last intermediate value
+            self._report_last(trial_id, result)
         state, values, reason = classify(result, error, self.metric)
         try:
             ot_trial.set_user_attr("ranksearch_status", reason)
@@ -98,6 +104,21 @@ class PruneAwareOptunaSearch(OptunaSearch):
                 # e.g. the trial was already told before the driver was killed and is re-run from a checkpoint
                 log.warning("Optuna did not accept the result of trial %s: %s", trial_id, e)
         self._completed_trials.add(trial_id)
+
+    def _report_last(self, trial_id: str, result: dict) -> None:
+        """Record ``result``'s objective as an intermediate value unless its step already has one."""
+        from ray.tune.result import TRAINING_ITERATION
+
+        step = result.get(TRAINING_ITERATION)
+        if isinstance(self.metric, list) or not isinstance(step, int):
+            return
+        ot_trial = self._ot_trials[trial_id]
+        try:
+            known = self._ot_study._storage.get_trial(ot_trial._trial_id).intermediate_values
+        except Exception:  # the storage is Optuna's; never lose the completion over a lookup
+            known = {}
+        if step not in known:
+            self.on_trial_result(trial_id, result)
 
     def _stored(self, ot_trial: Any, state: Any) -> bool:
         """Whether the study holds ``ot_trial`` in ``state`` (told, whatever raised afterwards)."""
