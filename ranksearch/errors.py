@@ -58,3 +58,7 @@ class AdapterError(RanksearchError):
 
 class TrialError(RanksearchError):
     """A trial failed while running (diverged, crashed); the message says why."""
+
+
+class SweepError(RanksearchError):
+    """A sweep ran but produced nothing usable (e.g. no trial completed); the message says why."""

@@ -262,3 +262,47 @@ def test_real_tiny_model_sweep(ray_session, tmp_path):
             a.path for a in client.list_artifacts(c.info.run_id)
         }
         assert "test/hm" in c.data.metrics and c.data.params["model/name"] == "rs-tiny-clip"
+
+
+@pytest.mark.slow  # a whole sweep through the CLI (~20 s on an idle 2-core machine)
+def test_nan_objective_fails_the_trial_and_a_sweep_without_results_exits_1(
+    ray_session, tmp_path, monkeypatch, capsys
+):
+    """Trials that train to the end with a NaN objective are FAILED with the reason in Tune's rows, Optuna and
+    MLflow (not completed); the sweep command, with no trial completed, exits 1 with one line saying why."""
+    import ranksearch.sweep.tuner as tuner
+    from ranksearch.cli import main
+
+    real = tuner.run_sweep
+    inject = {str(r): {"nan_objective": True} for r in (1, 2, 4, 8, 16)}
+    seen = {}
+
+    def synthetic_sweep(*args, **kwargs):  # the CLI's sweep, on the synthetic runner
+        seen["result"] = real(
+            *args, **kwargs, runner="synthetic", runner_options={"seconds_per_eval": 0.05, "inject": inject}
+        )
+        return seen["result"]
+
+    monkeypatch.setattr(tuner, "run_sweep", synthetic_sweep)
+    space = write_space(tmp_path, trials=2, concurrency=2, early_stopping={"type": "none"})
+    with pytest.raises(SystemExit) as exit_info:
+        main(["sweep", str(space), "--name", "nan", "--runs-dir", str(tmp_path / "runs"), "--no-live"])
+    assert exit_info.value.code == 1
+    err = capsys.readouterr().err
+    (line,) = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert "no trial completed (2 failed)" in line and "val/hm is nan" in line, err
+    assert "Traceback" not in err
+
+    result = seen["result"]
+    assert [r["status"] for r in result.rows] == ["failed", "failed"] and result.best is None
+    reasons = {r["trial_id"]: r["error"] for r in result.rows}
+    assert all("objective val/hm is nan" in why for why in reasons.values()), reasons
+    study = load_study(result.folder)
+    assert {t.state.name for t in study.trials} == {"FAIL"}
+    for t in study.trials:
+        assert t.user_attrs["ranksearch_failure"] == reasons[t.user_attrs["ray_trial_id"]]
+    _, _, children = children_and_parents(result.tracking_uri, result.experiment)
+    assert {c.info.status for c in children} == {"FAILED"}
+    for c in children:
+        assert c.data.tags["ranksearch.status"] == "failed"
+        assert c.data.tags["ranksearch.failure"] == reasons[c.data.tags["ranksearch.trial_id"]]

@@ -153,6 +153,25 @@ def sweep(
     out.print("look at the results:", highlight=False)
     # never wrapped by rich (a wrapped command does not paste); short enough to fit as a rule
     out.print(f"  ranksearch report {target}\n  ranksearch ui {target}", highlight=False, soft_wrap=True)
+    interrupted = bool(unfinished) or len(result.rows) < (trials or result.space.spec.trials)
+    problem = None if interrupted else nothing_completed(result.rows)
+    if problem:  # a sweep with no usable result is a failure, not "done" (exit 1)
+        from ranksearch.errors import SweepError
+
+        raise SweepError(problem)
+
+
+def nothing_completed(rows: list[dict]) -> str | None:
+    """One line saying why no trial of a finished sweep completed, or None when one did."""
+    from collections import Counter
+
+    if any(r["status"] == "completed" for r in rows):
+        return None
+    counts = Counter(r["status"] for r in rows)
+    summary = ", ".join(f"{n} {status}" for status, n in counts.most_common())
+    reasons = Counter(r.get("error") for r in rows if r.get("error"))
+    why = f"; most often: {reasons.most_common(1)[0][0]}" if reasons else ""
+    return f"no trial completed ({summary or 'no trials'}){why}"
 
 
 def _shortest(path: Path) -> str:

@@ -51,7 +51,8 @@ def synthetic_trial(
       non-finite loss, which the synthetic loss becomes in float32 as the real one does when
       ``train.logit_scale`` overflows (e.g. 1e39) -> ``TrialResult("failed", error=...)``;
     * ``inject``: per trial, keyed by ``str(adapter.r)``, config overrides (``{"train.max_seconds": 0.3}``) and/or
-      ``{"diverge_at": step}`` (loss NaN from that step) or ``{"raise": "message"}`` (an exception).
+      ``{"diverge_at": step}`` (loss NaN from that step), ``{"raise": "message"}`` (an exception) or
+      ``{"nan_objective": true}`` (trains to the end, but its validation metric is NaN).
     """
     from ranksearch.errors import TrialError
     from ranksearch.trial import EvalEvent, TrialResult, check_memory
@@ -69,6 +70,7 @@ def synthetic_trial(
     runs = json.loads(runs_file.read_text()) if runs_file.exists() else []
     injected = dict((inject or {}).get(str(getattr(config.adapter, "r", "")), {}))
     diverge_at, message = injected.pop("diverge_at", None), injected.pop("raise", None)
+    nan_objective = bool(injected.pop("nan_objective", False))
     if injected:
         config = _override(config, injected)
     if fail_above_lr is not None and config.train.lr > fail_above_lr:
@@ -98,6 +100,7 @@ def synthetic_trial(
             if not math.isfinite(loss):
                 raise TrialError(f"diverged: non-finite loss ({loss}) at step {step}")
             value = final * (0.6 + 0.4 * i / evals)  # learning curve: rank order is kept across evaluations
+            value = float("nan") if nan_objective else value
             entry = {"step": float(step), metric: value, "trainable_params": trainable, "train/loss": 1.0 / i}
             history.append(entry)
             _progress(output_dir, record, step)

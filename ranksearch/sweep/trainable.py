@@ -17,6 +17,7 @@ real ``run_trial``; ``synthetic`` is a cheap deterministic stand-in used to test
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
@@ -102,6 +103,10 @@ def sweep_trainable(
 
     final = _aggregate(meta["done"], objectives)
     final.update(_allocation_summary(root), is_final=True, status="completed", replicates=float(len(seeds)))
+    reason = objective_problem(final, objectives)
+    if reason:  # ran to the end but cannot be ranked: FAILED with the reason (Tune row, Optuna, MLflow)
+        final.update({o: float("nan") for o in objectives if not _finite(final.get(o))})
+        final.update(status="failed", error=reason)
     meta["final"] = final
     _report(final, meta, None, root)
 
@@ -157,6 +162,24 @@ def _report(
             # even when the trial ran on another node
             shutil.copytree(artifacts, Path(d) / _CKPT_ARTIFACTS)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def objective_problem(final: dict[str, Any], objectives: list[str]) -> str | None:
+    """Why a finished trial's objectives cannot be ranked (missing or not finite), or None when they can."""
+    bad = []
+    for o in objectives:
+        v = final.get(o)
+        if v is None:
+            bad.append(f"{o} was never reported")
+        elif not _finite(v):
+            bad.append(f"{o} is {v}")
+    if not bad:
+        return None
+    return f"objective {'; '.join(bad)}: the trial finished without a value to rank it by"
+
+
+def _finite(v: Any) -> bool:
+    return _is_number(v) and math.isfinite(v)
 
 
 def _is_number(v: Any) -> bool:
