@@ -53,7 +53,7 @@ def test_trial_cli_logs_a_complete_mlflow_run(trial_file, tmp_path, capsys):
     (run,) = client.search_runs([exp.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.params["adapter/r"] == "4" and run.data.params["placement/matrices"] == "q,k,v"
-    assert run.data.params["model/activation"] == "gelu"  # which activation ran (quick_gelu for OpenAI weights)
+    assert run.data.params["model/activation"] == "gelu"  # quick_gelu for OpenAI weights
     assert (
         run.data.tags["family"] == "lora"
         and run.data.tags["seed"] == "1"

@@ -46,7 +46,10 @@ def _untouched(config, run: TrialRun) -> tuple[torch.nn.Module, dict[str, float]
     stub = types.SimpleNamespace(model=model, tokenizer=s.tokenizer, device=s.device, autocast=s.autocast)
     stub.config = config
     stub.text_features = lambda names, templates: TrialSession.text_features(stub, names, templates)
-    metrics = {**TrialSession.evaluate(stub, run.task, "val"), **TrialSession.evaluate(stub, run.task, "test")}
+    metrics = {
+        **TrialSession.evaluate(stub, run.task, "val"),
+        **TrialSession.evaluate(stub, run.task, "test"),
+    }
     return model, {f"zs/{k}": v for k, v in metrics.items()}
 
 

@@ -65,7 +65,10 @@ def build_model(name: str, pretrained: str | None = None, device: str = "cpu") -
         raise ModelLoadError(f"model.name: unknown open_clip model {name!r} (see open_clip.list_models())")
     try:
         model = open_clip.create_model(
-            model_name, pretrained=weights, device=device, force_quick_gelu=needs_quick_gelu(model_name, weights)
+            model_name,
+            pretrained=weights,
+            device=device,
+            force_quick_gelu=needs_quick_gelu(model_name, weights),
         )
     except Exception as e:  # open_clip raises RuntimeError/HF errors for tags it cannot fetch
         hint = ""
@@ -112,7 +115,9 @@ def model_activation(name: str, pretrained: str | None) -> str:
     register_tiny_configs()
     cfg: dict = {}
     if name.startswith("local-dir:") or (pretrained or "").startswith("local-dir:"):
-        folder = Path((pretrained if (pretrained or "").startswith("local-dir:") else name)[len("local-dir:") :])
+        folder = Path(
+            (pretrained if (pretrained or "").startswith("local-dir:") else name)[len("local-dir:") :]
+        )
         try:
             cfg = json.loads((folder / "open_clip_config.json").read_text()).get("model_cfg", {})
         except (OSError, ValueError):
