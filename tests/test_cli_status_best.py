@@ -142,3 +142,24 @@ def test_export_by_mlflow_run_id(trained_sweep, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["export", "0" * 32, "--tracking-uri", uri, "--out", str(tmp_path / "y")])
     assert "not found" in capsys.readouterr().err
+
+
+def test_status_elapsed_comes_from_the_recorded_times_not_file_times(tmp_path, capsys):
+    """A finished sweep's elapsed time is ended - started from sweep.json, whatever the files' mtimes say (a
+    copied folder, a later ``report`` rewriting trials.parquet)."""
+    import os
+    import shutil
+
+    from ranksearch.sweep.folder import Manifest
+
+    folder = write_fake_sweep(tmp_path / "done", 4, seed=3)
+    m = Manifest.load(folder)
+    m.started, m.ended = 1_000_000.0, 1_000_000.0 + 754.0
+    m.save(folder)
+    copy = tmp_path / "copy"
+    shutil.copytree(folder, copy)  # fresh mtimes everywhere
+    os.utime(copy / "trials.parquet", (2_000_000_000, 2_000_000_000))
+    main(["status", str(copy), "--json"])
+    assert _json(capsys)["elapsed_s"] == 754.0
+    main(["status", str(copy)])
+    assert "12m34s elapsed" in capsys.readouterr().out

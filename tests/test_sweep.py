@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+from collections import Counter
 from pathlib import Path
 
 import optuna
@@ -177,6 +178,12 @@ def test_mlflow_records_the_sweep_the_mlflow_way(synthetic_sweep):
     assert "val/hm" in next(c for c in children if c.info.status == "FINISHED").data.metrics
     assert "ranksearch report" in parents[0].data.tags["mlflow.note.content"]
     assert load_study(result.folder).metric_names == ["val/hm"]
+    # the parent's counts are the end state: nothing still "running" (a tag once written stays unless rewritten)
+    counts = {k[len("trials.") :]: int(v) for k, v in parents[0].data.tags.items() if k.startswith("trials.")}
+    assert counts["running"] == counts["pending"] == 0, counts
+    assert {k: v for k, v in counts.items() if v} == Counter(r["status"] for r in result.rows)
+    manifest = json.loads((result.folder / "sweep.json").read_text())
+    assert manifest["started"] < manifest["ended"] <= manifest["started"] + result.wall_s + 1
 
 
 def test_existing_folder_needs_resume(synthetic_sweep):

@@ -289,20 +289,18 @@ def status_summary(data: SweepData) -> dict[str, Any]:
     total = total_trials(data)
     finished = sum(counts[s] for s in DONE)
     m = data.manifest
-    started = float(getattr(m, "started", time.time()))
-    table = data.folder / "trials.parquet"
-    # a finished sweep stopped at the last table write; a running one is still going
-    end = (
-        time.time() if m.status == "running" else (table.stat().st_mtime if table.is_file() else time.time())
-    )
-    elapsed = max(0.0, end - started)
+    # recorded times, never file times (a copied or moved folder keeps them); a running sweep is still going
+    started = float(getattr(m, "started", None) or time.time())
+    ended = getattr(m, "ended", None)
+    end = time.time() if m.status == "running" else ended  # None: a folder from before end times were kept
+    elapsed = None if end is None else max(0.0, float(end) - started)
     eta = None
-    if m.status == "running" and total and finished and finished < total:
+    if m.status == "running" and elapsed is not None and total and finished and finished < total:
         eta = (total - finished) * elapsed / finished
     best = best_row(data)
     return {
         "sweep": m.name, "folder": str(data.folder), "status": m.status, "total": total,
-        "counts": counts, "finished": finished, "elapsed_s": round(elapsed, 1),
+        "counts": counts, "finished": finished, "elapsed_s": None if elapsed is None else round(elapsed, 1),
         "eta_s": None if eta is None else round(eta, 1), "best": best,
         "objectives": [{"metric": o.metric, "mode": o.mode} for o in data.objectives],
     }  # fmt: skip

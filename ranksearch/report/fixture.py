@@ -139,6 +139,7 @@ def write_fake_sweep(
         _child_runs(uri, parent, name, rows)
     manifest = Manifest(name, str(folder / "space.yaml"), uri, name, parent, status=status)
     manifest.started = t_start
+    manifest.ended = None if status == "running" else max(slots)  # the last trial's end
     manifest.save(folder)
     return folder
 

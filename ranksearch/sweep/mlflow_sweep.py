@@ -29,6 +29,7 @@ from ranksearch.sweep.trainable import TUNE_KEYS
 log = logging.getLogger(__name__)
 
 TRIAL_TAG, SWEEP_TAG = "ranksearch.trial_id", "ranksearch.sweep"
+TRIAL_STATUSES = ("pending", "running", "completed", "pruned", "failed", "error")  # see sweep.results
 
 
 def create_parent_run(
@@ -232,7 +233,8 @@ class MlflowSweepCallback(Callback):
             if metrics:
                 self.journal.append("metrics", PARENT, metrics=metrics)
             tags.update({"best.trial_id": best["trial_id"], "best.run_id": {"run_of": best["trial_id"]}})
-        counts: dict[str, int] = {}
+        # every status, zeros included: a tag once written stays, so "trials.running: 1" would outlive the sweep
+        counts: dict[str, int] = dict.fromkeys(TRIAL_STATUSES, 0)
         for r in rows:
             counts[r["status"]] = counts.get(r["status"], 0) + 1
         tags.update({f"trials.{k}": str(v) for k, v in counts.items()})

@@ -163,7 +163,7 @@ def _run_sweep(
     else:
         assert space is not None
         manifest = _start_manifest(space, Path(space_file), folder, name, tracking_uri, trials)
-    manifest.status = "running"
+    manifest.status, manifest.ended = "running", None
     manifest.save(folder)
     total = trials if (trials and manifest.resumes == 0) else _recorded_trials(space, manifest)
     total -= len(manifest.earlier_trials)  # this Tune experiment's share (--extend)
@@ -223,7 +223,7 @@ def _run_sweep(
         status = "interrupted"
         raise
     finally:
-        manifest.status = status
+        manifest.status, manifest.ended = status, time.time()
         manifest.save(folder)
         if status != "interrupted":
             _end_parent(manifest, status)
