@@ -3,8 +3,8 @@
 The folder follows open_clip's ``local-dir:`` layout (``open_clip_config.json`` with the model config embedded,
 ``open_clip_pytorch_model.bin``), so ``open_clip.create_model("local-dir:DIR")`` rebuilds the adapted model
 without ranksearch installed. Mergeable families are folded into the weights (zero inference overhead); a
-family that cannot merge (DRA-style) is exported as the frozen base model plus the adapter file, and the
-manifest says so.
+family that cannot merge (DRA-style) is exported as the frozen base model plus the adapter file, which only
+``load_export`` (ranksearch) puts together; the manifest's ``load_with`` says which.
 """
 
 from __future__ import annotations
@@ -23,12 +23,8 @@ log = logging.getLogger(__name__)
 
 def rebuild_adapted_model(trial_dir: Path, device: str = "cpu"):
     """The trial's model with its saved adapter attached (unmerged), and its config."""
-    from ranksearch.adapters import get_family
-    from ranksearch.adapters.inject import attach_adapters
-    from ranksearch.adapters.io import load_adapter
-    from ranksearch.adapters.placement import resolve_sites
     from ranksearch.config import load_trial_config
-    from ranksearch.models.clip import build_model, tower_blocks
+    from ranksearch.models.clip import build_model
 
     trial_dir = Path(trial_dir)
     for name in ("config.yaml", "adapter.safetensors"):
@@ -37,13 +33,49 @@ def rebuild_adapted_model(trial_dir: Path, device: str = "cpu"):
     config = load_trial_config(trial_dir / "config.yaml")
     torch.manual_seed(config.seed)
     model, _ = build_model(config.model.name, config.model.pretrained, device=device)
+    family = _attach_saved(model, config, trial_dir / "adapter.safetensors")
+    return model, config, family
+
+
+def _attach_saved(model, config, adapter_file: Path):
+    """Attach ``config``'s adapter to ``model`` at its placement and load the saved weights; eval mode."""
+    from ranksearch.adapters import get_family
+    from ranksearch.adapters.inject import attach_adapters
+    from ranksearch.adapters.io import load_adapter
+    from ranksearch.adapters.placement import resolve_sites
+    from ranksearch.models.clip import tower_blocks
+
     p = config.placement
     depths = {t: len(b) for t, b in tower_blocks(model).items()}
     family = get_family(config.adapter.family)(config.adapter, config.train.total_steps(config.data.shots))
     attach_adapters(model, family, resolve_sites(p.towers, p.layers, p.matrices, depths))
-    load_adapter(model, trial_dir / "adapter.safetensors")
+    load_adapter(model, adapter_file)
     model.eval()
-    return model, config, family
+    return family
+
+
+def load_export(export_dir: Path, device: str = "cpu"):
+    """The model of an export folder as the trial ran it.
+
+    A merged export is the stock open_clip model (``open_clip.create_model("local-dir:DIR")`` gives the same).
+    A family that cannot merge (DRA-style) is the frozen base from the folder with ``adapter.safetensors``
+    attached by ranksearch: open_clip alone would load the base without the adapter.
+    """
+    import open_clip
+
+    from ranksearch.config import load_trial_config
+
+    export_dir = Path(export_dir)
+    try:
+        manifest = json.loads((export_dir / "export.json").read_text())
+    except (OSError, ValueError) as e:
+        raise RanksearchError(f"{export_dir} is not a ranksearch export (export.json: {e})") from None
+    model = open_clip.create_model(f"local-dir:{export_dir}", device=device)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if not manifest.get("merged", True):
+        _attach_saved(model, load_trial_config(export_dir / "config.yaml"), export_dir / "adapter.safetensors")
+    return model.eval()
 
 
 def export_trial(trial_dir: Path, out_dir: Path) -> dict:
@@ -85,10 +117,14 @@ def export_trial(trial_dir: Path, out_dir: Path) -> dict:
         "model": config.model.name,
         "family": family.name,
         "merged": merged,
-        "load_with": f'open_clip.create_model("local-dir:{out_dir.resolve()}")',
+        "load_with": f'open_clip.create_model("local-dir:{out_dir.resolve()}")'
+        if merged
+        else f'ranksearch.export.load_export("{out_dir.resolve()}")',
         "note": "adapter folded into the weights: a stock open_clip model"
         if merged
-        else "not mergeable: open_clip_pytorch_model.bin is the frozen base; attach adapter.safetensors with ranksearch",
+        else "not mergeable (the update depends on the input): open_clip_pytorch_model.bin is the frozen base, "
+        "which open_clip.create_model('local-dir:...') loads without the adapter; load_export attaches "
+        "adapter.safetensors to it",
         "source_trial": str(trial_dir.resolve()),
     }
     (out_dir / "export.json").write_text(json.dumps(manifest, indent=2))

@@ -67,6 +67,14 @@ def test_version_and_help(capsys):
     assert code == 0 and "Example" in text
 
 
+def test_schema_help_shows_the_modeline_as_written(capsys, monkeypatch):
+    """The help is rendered as Markdown: a bare ``# ...`` line became a heading without its ``#``."""
+    monkeypatch.setenv("COLUMNS", "100")
+    code, text = run(["schema", "--help"], capsys)
+    assert code == 0
+    assert "# yaml-language-server: $schema=./ranksearch-space.schema.json" in text, text
+
+
 @pytest.mark.parametrize("command", ["validate", "trial", "sweep"])
 @pytest.mark.parametrize("kind", ["fifo", "dev-zero", "folder", "missing", "too-big", "unreadable"])
 def test_config_files_must_be_readable_regular_files(command, kind, tmp_path, monkeypatch, capsys):

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from ranksearch.config import validate_trial_config
 from ranksearch.errors import RanksearchError
-from ranksearch.export import export_trial, rebuild_adapted_model
+from ranksearch.export import export_trial, load_export, rebuild_adapted_model
 from ranksearch.trial import run_trial
 
 
@@ -52,8 +52,12 @@ def test_exported_model_reproduces_adapted_logits(tmp_path, tiny_inputs, family)
     if family == "lora":
         assert manifest["merged"] is True
         assert (want - got).abs().max() <= 1e-4
-    else:  # not mergeable: base model + adapter, and the manifest says so
+    else:  # not mergeable: base model + adapter, and the manifest says how it really loads
         assert manifest["merged"] is False and "not mergeable" in manifest["note"]
+        assert manifest["load_with"].startswith("ranksearch.export.load_export(")
+        assert (want - got).abs().max() > 1e-3  # open_clip alone loads the frozen base: not the trial's model
+    loaded = load_export(tmp_path / "export")
+    assert (want - logits(loaded, images, tokens)).abs().max() <= 1e-4
 
 
 def test_export_never_overwrites(tmp_path):

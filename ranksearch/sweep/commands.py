@@ -192,12 +192,9 @@ def schema(
 ) -> None:
     """Export the JSON Schema of the search-space format, for editor autocompletion and checks.
 
-    Example:
+    Then make this the first line of a space file (yaml-language-server, e.g. VS Code's YAML extension):
 
-        ranksearch schema --out ranksearch-space.schema.json
-
-        # then, first line of a space file (yaml-language-server, e.g. VS Code's YAML extension):
-        # yaml-language-server: $schema=./ranksearch-space.schema.json
+    `# yaml-language-server: $schema=./ranksearch-space.schema.json`
     """
     from ranksearch.space.load import space_json_schema
 
