@@ -74,7 +74,9 @@ def load_export(export_dir: Path, device: str = "cpu"):
     for p in model.parameters():
         p.requires_grad_(False)
     if not manifest.get("merged", True):
-        _attach_saved(model, load_trial_config(export_dir / "config.yaml"), export_dir / "adapter.safetensors")
+        _attach_saved(
+            model, load_trial_config(export_dir / "config.yaml"), export_dir / "adapter.safetensors"
+        )
     return model.eval()
 
 

@@ -37,7 +37,7 @@ class Manifest:
     experiment: str
     parent_run_id: str | None = None
     started: float = field(default_factory=time.time)
-    ended: float | None = None  # when the last driver stopped (finished, interrupted, failed); None while running
+    ended: float | None = None  # when the last driver stopped; None while one runs
     status: str = "running"  # running | interrupted | finished | failed
     resumes: int = 0
     study_name: str = "ranksearch"
