@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
-# torch is pinned in the same pip command as open_clip, or pip silently swaps it (ECOSYSTEM.md)
+# torch is pinned in the same pip command as open_clip, or pip silently swaps it (it resolves open_clip's torch requirement on its own)
 .venv/bin/python -m pip install -q --disable-pip-version-check -c constraints.txt -e ".[dev]"
 export HF_HUB_OFFLINE=1
 exec .venv/bin/ranksearch sweep search_spaces/quickstart.yaml "$@"

@@ -1,4 +1,4 @@
-"""Continual-learning helpers (METHODS.md section 2): metrics over an accuracy matrix and the task boundary.
+"""Continual-learning helpers (docs/methods.md, CoDyRA): metrics over an accuracy matrix and the task boundary.
 
 The accuracy matrix ``A[t, j]`` holds the accuracy on task j measured after training on task t (0-based,
 T × T). With T tasks:

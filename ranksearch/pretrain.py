@@ -5,7 +5,7 @@ pretrains the model on the clean shape world (about 2 minutes on 2 CPU cores) an
 later uses load the cached file. The cache file name holds a hash of the ``PretrainConfig`` and the
 generator version, so changing either builds a new checkpoint instead of reusing a stale one.
 
-Training follows DATA.md §4: batch 256, AdamW (lr 1e-3, wd 0.05 on matrices only), 50 warm-up steps,
+Training follows docs/data.md, Shape world: batch 256, AdamW (lr 1e-3, wd 0.05 on matrices only), 50 warm-up steps,
 cosine decay, symmetric InfoNCE with the model's own learnable logit scale, and **soft targets over
 identical captions**: with 48 classes, a batch of 256 holds many copies of "a red star", and one-hot
 "diagonal" targets would push apart pairs that are actually positives.
@@ -59,7 +59,7 @@ class PretrainConfig:
         warmup_steps: linear warm-up steps before the cosine decay.
         seed: seeds the model initialisation, the data and the batch order.
         data_size: images pre-rendered into the pool batches are drawn from.
-        holdout_new: pretrain on the 48 base combos only, keeping the 16 new combos unseen (DATA.md §4).
+        holdout_new: pretrain on the 48 base combos only, keeping the 16 new combos unseen (docs/data.md, Shape world).
     """
 
     model_name: str = "rs-tiny-clip"

@@ -1,7 +1,7 @@
 """One contract over every registered adapter family (future families are covered automatically).
 
 Identity at init, merged == unmerged, unmerge restores the base, adapter-only save/load, parameter names carry
-the family prefix, and trainable-parameter counts on ViT-B/16 against the METHODS.md formulas.
+the family prefix, and trainable-parameter counts on ViT-B/16 against the docs/methods.md formulas.
 """
 
 from __future__ import annotations
@@ -161,7 +161,7 @@ def test_adapter_only_save_load_round_trip(tiny, inputs, name):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-# --- trainable-parameter counts on ViT-B/16 (METHODS.md sections 1-5) -----------------------------------------
+# --- trainable-parameter counts on ViT-B/16 (docs/methods.md: one section per family) -----------------------------------------
 VIT_B = {"vision": (768, 3072, 12), "text": (512, 2048, 12)}  # width, MLP width, blocks
 
 
@@ -193,7 +193,7 @@ def _expected(name: str, matrices: list[str], cfg) -> int:
 
 
 COUNT_CASES = [
-    ("lora", {"r": 2}, ["q", "k", "v"], 184_320),  # METHODS.md section 1
+    ("lora", {"r": 2}, ["q", "k", "v"], 184_320),  # docs/methods.md, CLIP-LoRA
     ("codyra", {}, ALL_MATRICES, 4_425_984),  # 2,655,360 + 1,770,624 (section 2)
     ("rlrr", {}, ALL_MATRICES, 288_768 + 192_512),  # section 3 (288,768 for ViT-B); text: its analogue
     ("adalora", {}, ["q", "k", "v"], None),

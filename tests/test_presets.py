@@ -118,16 +118,16 @@ ADALORA = {
     "model.precision": "fp32",  # AdaLoRA README.md:83-105  no --fp16
 }
 
-# DRA-style: no public code; the reconstruction of METHODS.md section 4 (labelled as such everywhere)
+# DRA-style: no public code; the reconstruction of docs/methods.md, DRA-style (labelled as such everywhere)
 DRA_STYLE = {
     "adapter.family": "dra",
-    "adapter.group_fractions": (0.25, 0.5, 0.25),  # METHODS.md section 4 step 2
-    "adapter.group_ranks": (8, 4, 0),  # METHODS.md section 4 step 3
-    "adapter.importance": "cls_eot",  # METHODS.md section 4 step 1
+    "adapter.group_fractions": (0.25, 0.5, 0.25),  # docs/methods.md, DRA-style step 2
+    "adapter.group_ranks": (8, 4, 0),  # docs/methods.md, DRA-style step 3
+    "adapter.importance": "cls_eot",  # docs/methods.md, DRA-style step 1
     "adapter.channel_response": True,  # abstract: "channel response mechanism"
     "adapter.l1_target": "gate",  # abstract: "L1 regularization"; on the per-instance gate activations
     "placement.towers": "both",
-    "placement.matrices": ["o", "proj"],  # METHODS.md section 4 step 3: attention and MLP outputs
+    "placement.matrices": ["o", "proj"],  # docs/methods.md, DRA-style step 3: attention and MLP outputs
 }
 
 GOLDEN = {"clip-lora": CLIP_LORA, "codyra": CODYRA, "rlrr": RLRR, "adalora": ADALORA, "dra-style": DRA_STYLE}

@@ -1,4 +1,4 @@
-"""AdaLoRA (Zhang et al., ICLR 2023) as implemented in Hugging Face PEFT, METHODS.md section 5.
+"""AdaLoRA (Zhang et al., ICLR 2023) as implemented in Hugging Face PEFT, docs/methods.md, AdaLoRA.
 
     y = x W0ᵀ + b + Drop(x) (A ⊙ E)ᵀ Bᵀ · α / ranknum,   A ∈ R^{r×d_in}, E ∈ R^{r×1}, B ∈ R^{d_out×r}
 

@@ -7,7 +7,7 @@ DRA-style adapter (``dra_rank_mask``, intersected with its per-group prefix mask
 * ``BudgetConfig``: the optional ``budget:`` sub-section of a family config.
 * ``allocate``: given per-component scores and per-module min/max rank, keep the best components without ever
   exceeding the budget. Feasible by construction; raises ``ConfigError`` if the min ranks alone exceed it.
-* ``cubic_budget``: AdaLoRA's cubic schedule (METHODS.md section 5), shared by every budgeted family.
+* ``cubic_budget``: AdaLoRA's cubic schedule (docs/methods.md, AdaLoRA), shared by every budgeted family.
 * ``RankBudget``: applies a ``BudgetConfig`` to a family's layers during training (``budget_after_step``).
 """
 
@@ -115,7 +115,7 @@ def allocate(
 
 
 def cubic_budget(step: int, b0: float, b_target: float, t_init: int, t_end: int) -> float:
-    """AdaLoRA's budget schedule (METHODS.md section 5; PEFT ``RankAllocator.budget_schedule``).
+    """AdaLoRA's budget schedule (docs/methods.md, AdaLoRA; PEFT ``RankAllocator.budget_schedule``).
 
     ``b0`` until ``t_init``; ``b_T + (b0 − b_T)(1 − (t − t_init)/(t_end − t_init))³`` (rounded down) up to
     ``t_end``; ``b_T`` afterwards. ``t_end = T − t_final``.

@@ -1,4 +1,4 @@
-"""CoDyRA: continual dynamic rank-selective LoRA (Lu et al., arXiv 2412.01004), METHODS.md section 2.
+"""CoDyRA: continual dynamic rank-selective LoRA (Lu et al., arXiv 2412.01004), docs/methods.md, CoDyRA.
 
     y = x Wᵀ + b + ((Drop(x) Aᵀ) ⊙ g) Bᵀ,   ΔW = B diag(g) A,   no α scaling
 
@@ -26,7 +26,7 @@ def threshold_code(g: torch.Tensor, kappa: float) -> torch.Tensor:
     """The released code's operator: shrink values beyond ±κ by κ, then zero everything with |g| < κ.
 
     Applied in that order, so an entry whose original |g| lies in (κ, 2κ) is shrunk into (0, κ) and then zeroed
-    (METHODS.md section 2, code quirk).
+    (docs/methods.md, CoDyRA, code quirk).
     """
     g = g.clone()
     g[g > kappa] -= kappa

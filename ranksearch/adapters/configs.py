@@ -132,7 +132,7 @@ class LoraConfig(Section):
 
 @register_config
 class DraConfig(Section):
-    """DRA-style adapter (reconstructed from the abstract; METHODS.md sections 4 and 7). Knobs are [inferred]."""
+    """DRA-style adapter (reconstructed from the abstract; docs/methods.md, DRA-style and Search spaces). Knobs are [inferred]."""
 
     family: Literal["dra"] = "dra"
     group_fractions: tuple[float, ...] = Field(
@@ -180,7 +180,7 @@ class DraConfig(Section):
 
 @register_config
 class CodyraConfig(Section):
-    """CoDyRA settings (defaults: the authors' runner, METHODS.md sections 2 and 7)."""
+    """CoDyRA settings (defaults: the authors' runner, docs/methods.md, CoDyRA and Search spaces)."""
 
     family: Literal["codyra"] = "codyra"
     r: int = Field(16, ge=1, le=1024, description="initial rank per matrix")

@@ -1,7 +1,7 @@
-"""DRA-style dynamic rank adapter (reconstructed from the abstract), METHODS.md section 4.
+"""DRA-style dynamic rank adapter (reconstructed from the abstract), docs/methods.md, DRA-style.
 
 **Reconstruction notice:** only the abstract of DRA (Wang et al., arXiv 2507.05668) is known. This module is
-the "DRA-style (reconstructed from the abstract)" reference design of METHODS.md section 4, not the authors'
+the "DRA-style (reconstructed from the abstract)" reference design of docs/methods.md, DRA-style, not the authors'
 method. Per adapted block:
 
 1. Importance: the block's attention probabilities P (N, H, L, S) (``UnfusedAttention.probs_hook``); vision:

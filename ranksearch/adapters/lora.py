@@ -1,4 +1,4 @@
-"""CLIP-LoRA (Zanella & Ben Ayed, CVPRW 2024): fixed-rank LoRA, METHODS.md section 1.
+"""CLIP-LoRA (Zanella & Ben Ayed, CVPRW 2024): fixed-rank LoRA, docs/methods.md, CLIP-LoRA.
 
     y = x W0ᵀ + b + s · Drop_p(x) Aᵀ Bᵀ,   A ∈ R^{r×d_in} (Kaiming-uniform, a=√5),  B ∈ R^{d_out×r} (zeros)
 

@@ -14,7 +14,7 @@ Sources (repository @ commit, read for this table):
 * RLRR: zstarN70/RLRR @ 287c772, VTAB-1k recipe (``train_vtab.py``, ``RLRRDatasets/VTABConfig.py``).
 * AdaLoRA: huggingface/peft @ 5d602fd ``AdaLoraConfig`` defaults; placement and optimiser from the authors'
   QingruZhang/AdaLoRA README.
-* DRA-style: ranksearch's reconstruction from the abstract (no public code), METHODS.md section 4.
+* DRA-style: ranksearch's reconstruction from the abstract (no public code), docs/methods.md, DRA-style.
 """
 
 from __future__ import annotations
@@ -204,14 +204,14 @@ PRESETS: dict[str, Preset] = {
             "dra-style",
             "DRA-style adapter, reconstructed from the abstract of arXiv 2507.05668 (not the authors' method)",
             {
-                "adapter.family": ("dra", "METHODS.md section 4 (reconstruction)"),
-                "adapter.group_fractions": ((0.25, 0.5, 0.25), "METHODS.md section 4 step 2 [inferred]"),
-                "adapter.group_ranks": ((8, 4, 0), "METHODS.md section 4 step 3 [inferred]"),
-                "adapter.importance": ("cls_eot", "METHODS.md section 4 step 1 [inferred]"),
+                "adapter.family": ("dra", "docs/methods.md, DRA-style (reconstruction)"),
+                "adapter.group_fractions": ((0.25, 0.5, 0.25), "docs/methods.md, DRA-style step 2 [inferred]"),
+                "adapter.group_ranks": ((8, 4, 0), "docs/methods.md, DRA-style step 3 [inferred]"),
+                "adapter.importance": ("cls_eot", "docs/methods.md, DRA-style step 1 [inferred]"),
                 "adapter.channel_response": (True, "abstract: channel response mechanism"),
-                "adapter.l1_target": ("gate", "abstract: L1 regularisation; METHODS.md section 4 step 5"),
+                "adapter.l1_target": ("gate", "abstract: L1 regularisation; docs/methods.md, DRA-style step 5"),
                 "placement.towers": ("both", "abstract: an adapter for CLIP [inferred: both encoders]"),
-                "placement.matrices": (["o", "proj"], "METHODS.md section 4 step 3 [inferred]"),
+                "placement.matrices": (["o", "proj"], "docs/methods.md, DRA-style step 3 [inferred]"),
             },
         ),
     )

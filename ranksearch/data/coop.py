@@ -150,7 +150,7 @@ def load_split_zhou(name: str, root: Path) -> DatasetSplits:
     split_path = base / split_file
     if not split_path.exists():
         raise DataError(
-            f"split file not found: {split_path}. Put CoOp's official {split_file} there (see CoOp DATASETS.md), "
+            f"split file not found: {split_path}. Put CoOp's official {split_file} there (see https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md), "
             f"or run `ranksearch prepare-data {name} --root {root}`"
         )
     train, val, test, classnames = read_split_zhou(split_path, lower=name == "oxford_pets")
@@ -227,7 +227,7 @@ def load_imagenet(root: Path) -> DatasetSplits:
     if not names_path.exists():
         raise DataError(
             f"classnames.txt not found: {names_path}. Put CoOp's ImageNet classnames.txt there "
-            "('<wnid> <class name>' per line; CoOp DATASETS.md links it)"
+            "('<wnid> <class name>' per line; CoOp's https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md links it)"
         )
     names = read_classnames_txt(names_path)
     folders = _list_dirs(image_root / "train")

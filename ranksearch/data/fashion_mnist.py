@@ -1,4 +1,4 @@
-"""Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (idx .gz files, DATA.md sections 2 and 5).
+"""Fashion-MNIST from the Debian package ``dataset-fashion-mnist`` (idx .gz files, docs/data.md, Fashion-MNIST).
 
 Few-shot train and validation (disjoint, ``min(K, 4)`` per class by default) are drawn from the 60,000
 training images by the same seeded rule and split file as the other datasets; the test split is the 10,000

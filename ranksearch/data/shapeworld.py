@@ -2,7 +2,7 @@
 
 64 classes = 8 colours × 8 shapes ("red star", ...), label ``colour_index * 8 + shape_index``. The "new"
 classes are 16 held-out *combinations*, {(colour[(j + k) mod 8], shape[j]) : j = 0..7, k ∈ {0, 3}}, so
-every colour and shape word still appears in 6 base combos (new words would not transfer, DATA.md §4).
+every colour and shape word still appears in 6 base combos (new words would not transfer, docs/data.md, Shape world).
 The task declares ``base_classes`` explicitly; the CoOp "first half of the label list" rule is not used.
 
 Images are rendered with numpy only, vectorised over the batch: each shape is a signed distance function
@@ -435,7 +435,7 @@ def pretraining_batch(
     """A batch of the pretraining stream: clean-domain images with captions.
 
     By default only the 48 base combos appear, so the 16 new combos stay unseen by the checkpoint and
-    "new" measures compositional generalisation (DATA.md §4), as real CLIP's new classes are at least not
+    "new" measures compositional generalisation (docs/data.md, Shape world), as real CLIP's new classes are at least not
     the adapter's training classes. Pass ``classes=range(64)`` to pretrain on everything.
 
     Args:

@@ -125,7 +125,7 @@ def build_sampler(space: SearchSpace) -> Any:
             # group=True: conditional (family) branches get their own density models; constant_liar: parallel
             # trials that are still running count as bad guesses instead of drawing the same point again.
             # 5 random start-up trials (Optuna: 10) and 64 EI candidates (Optuna: 24): replayed on HPOLib-FCNet
-            # and NAS-Bench-201 (docs/benchmarks.md, search rows), they reach random search's final regret with
+            # and NAS-Bench-201 (docs/benchmarks.md, Results: the search rows), they reach random search's final regret with
             # about a third less compute than Optuna's defaults at a 100-trial budget.
             opts = {"multivariate": True, "group": True, "constant_liar": True, "n_startup_trials": 5,
                     "n_ei_candidates": 64, **kw}  # fmt: skip

@@ -19,7 +19,7 @@ def load_resource(name: str) -> dict[str, Any]:
 
 
 def generic_template() -> str:
-    """CLIP-LoRA's template for every dataset, "a photo of a {}." (the default, METHODS.md section 1)."""
+    """CLIP-LoRA's template for every dataset, "a photo of a {}." (the default, docs/methods.md, CLIP-LoRA)."""
     return load_resource("templates.json")["generic"]
 
 
