@@ -205,11 +205,17 @@ PRESETS: dict[str, Preset] = {
             "DRA-style adapter, reconstructed from the abstract of arXiv 2507.05668 (not the authors' method)",
             {
                 "adapter.family": ("dra", "docs/methods.md, DRA-style (reconstruction)"),
-                "adapter.group_fractions": ((0.25, 0.5, 0.25), "docs/methods.md, DRA-style step 2 [inferred]"),
+                "adapter.group_fractions": (
+                    (0.25, 0.5, 0.25),
+                    "docs/methods.md, DRA-style step 2 [inferred]",
+                ),
                 "adapter.group_ranks": ((8, 4, 0), "docs/methods.md, DRA-style step 3 [inferred]"),
                 "adapter.importance": ("cls_eot", "docs/methods.md, DRA-style step 1 [inferred]"),
                 "adapter.channel_response": (True, "abstract: channel response mechanism"),
-                "adapter.l1_target": ("gate", "abstract: L1 regularisation; docs/methods.md, DRA-style step 5"),
+                "adapter.l1_target": (
+                    "gate",
+                    "abstract: L1 regularisation; docs/methods.md, DRA-style step 5",
+                ),
                 "placement.towers": ("both", "abstract: an adapter for CLIP [inferred: both encoders]"),
                 "placement.matrices": (["o", "proj"], "docs/methods.md, DRA-style step 3 [inferred]"),
             },
