@@ -5,7 +5,7 @@ Each reliability test calls ``record(scenario, ...)`` with what it injected and 
 so ordinary test runs leave no files. Render the table with::
 
     RANKSEARCH_RELIABILITY_OUT=/tmp/rel .venv/bin/pytest -m "reliability or not reliability" \\
-        tests/test_reliability_nodes.py tests/test_sweep_resume.py tests/test_reliability_tracking.py \\
+        tests/test_reliability_nodes.py tests/test_sweep_resume.py tests/test_reliability_tracking.py tests/test_postgres_backend.py \\
         tests/test_reliability_failures.py tests/test_hostile_input.py tests/test_security.py
     .venv/bin/python -m tests.reliability_report /tmp/rel --write docs/reliability.md
 """
@@ -31,6 +31,7 @@ SCENARIOS = {
     "`ranksearch sweep --address`)",
     "driver_loss": "sweep driver SIGKILLed mid-sweep, then `--resume`",
     "tracking_outage": "real `mlflow server` stopped mid-sweep, restarted on the same store",
+    "postgres_restart": "PostgreSQL (MLflow server's store + Optuna study) crashed and restarted mid-sweep",
     "failing_trials": "NaN/inf loss, exception, time budget, memory budget (synthetic runner)",
     "real_divergence": "real tiny-CLIP trial with `train.logit_scale: 1e39` (loss non-finite at step 1)",
     "hostile_input": "malformed configs/spaces (hypothesis) + non-UTF-8, oversized, alias-bomb files",

@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
+from ranksearch.tracking.credentials import has_password
+
 ROOT = Path(__file__).resolve().parents[1]
 CLUSTER = ROOT / "cluster"
 
@@ -157,7 +159,9 @@ def test_sweep_commands_use_a_search_space_and_shared_storage(path):
             assert match, "SPACE needs a default"
             space = match.group(1)
         assert SPACE_RE.match(space), f"{command!r}: expected search_spaces/<name>.yaml, got {space!r}"
-        assert "--storage" in words, f"{command!r}: sweep state must go to shared storage (--storage)"
+        assert "--runs-dir" in words or "--storage" in words, (
+            f"{command!r}: sweep state must go to shared storage (--runs-dir)"
+        )
         assert "--address" in words, f"{command!r}: must join the recipe's Ray cluster (--address)"
 
 
@@ -351,7 +355,7 @@ def test_ray_pods_mount_the_shared_rwx_volume():
 
 
 def test_deployments_and_services_select_their_pods():
-    deployments, services = _of_kind("Deployment"), _of_kind("Service")
+    deployments, services = _of_kind("Deployment") + _of_kind("StatefulSet"), _of_kind("Service")
     assert deployments and services
     for dep in deployments:
         selector = dep["spec"]["selector"]["matchLabels"]
@@ -389,14 +393,35 @@ def test_mlflow_server_is_small_internal_and_reached_by_the_sweep():
     # Host-header allow-list (DNS rebinding): the Service name and localhost, never "*".
     allowed = args.split("--allowed-hosts=")[1].split()[0].split(",")
     assert "*" not in allowed and f"{svc['metadata']['name']}:{svc['spec']['ports'][0]['port']}" in allowed
-    env = {e["name"]: e["value"] for e in container["env"]}
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
     assert env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] == "false"
+    # PostgreSQL backend store; its password from a Secret, never in the URL
+    backend = args.split("--backend-store-uri=")[1].split()[0]
+    assert backend.startswith("postgresql+psycopg2://") and not has_password(backend)
+    assert env["PGPASSWORD"]["secretKeyRef"]["name"] == "ranksearch-postgres"
     claims = [v["persistentVolumeClaim"]["claimName"] for v in dep["spec"]["template"]["spec"]["volumes"]]
     assert set(claims) <= {p["metadata"]["name"] for p in _of_kind("PersistentVolumeClaim")}
 
     port = svc["spec"]["ports"][0]["port"]
     for job in _of_kind("RayJob"):
         assert f"--tracking-uri http://{svc['metadata']['name']}:{port}" in job["spec"]["entrypoint"]
+
+
+def test_the_study_and_mlflow_share_a_postgresql_server_whose_password_stays_in_a_secret():
+    (db,) = [s for s in _of_kind("StatefulSet") if s["metadata"]["name"] == "postgres"]
+    (svc,) = [s for s in _of_kind("Service") if s["metadata"]["name"] == "postgres"]
+    assert svc["spec"]["type"] == "ClusterIP"
+    (container,) = db["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+    assert env["POSTGRES_PASSWORD"]["secretKeyRef"]["name"] == "ranksearch-postgres"
+    assert "scram-sha-256" in env["POSTGRES_INITDB_ARGS"]
+    for job in _of_kind("RayJob"):
+        words = job["spec"]["entrypoint"].split()
+        study = words[words.index("--storage") + 1]
+        assert study.startswith("postgresql://") and "@postgres:5432/" in study and not has_password(study)
+        head = job["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+        names = {e["name"]: e.get("valueFrom") for e in head["env"]}
+        assert names["PGPASSWORD"]["secretKeyRef"]["name"] == "ranksearch-postgres"
 
 
 def test_token_secret_template_holds_no_token():
@@ -503,7 +528,8 @@ def test_sbatch_runs_symmetric_run_with_private_token(tmp_path):
     assert ray_args[ray_args.index("--num-gpus") + 1] == "8"
     assert ray_args[ray_args.index("--dashboard-host") + 1] == "127.0.0.1"
     assert entry[:3] == ["ranksearch", "sweep", "search_spaces/dra.yaml"]
-    assert entry[entry.index("--storage") + 1] == str(storage)
+    assert entry[entry.index("--runs-dir") + 1] == str(storage)
+    assert "--storage" not in entry  # the study: the sweep folder's journal unless STUDY_STORAGE is set
     assert entry[entry.index("--address") + 1] == "auto"
     assert "--resume" not in entry
     # The token: token mode on, a 256-bit value in a user-only file on the shared storage.

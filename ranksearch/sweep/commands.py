@@ -72,7 +72,14 @@ def sweep(
             "shared storage every node mounts at the same path"
         ),
     ] = None,
-    storage: Annotated[Path | None, typer.Option(help="the same as --runs-dir (older spelling)")] = None,
+    storage: Annotated[
+        str | None,
+        typer.Option(
+            help="the Optuna study's database (postgresql://USER@HOST/DB; password from PGPASSWORD or "
+            "~/.pgpass), shared by every sweep on that server; default: optuna.journal in the sweep folder. "
+            "A folder here is the older spelling of --runs-dir"
+        ),
+    ] = None,
     warm_start: Annotated[
         Path | None,
         typer.Option(help="earlier sweep folder or optuna.journal: its completed trials seed the sampler"),
@@ -118,20 +125,24 @@ def sweep(
     from ranksearch.sweep.live import leaderboard
     from ranksearch.sweep.tuner import run_sweep
 
+    study_storage = storage if storage and "://" in storage else None  # run_sweep checks it is a database
+    if study_storage is None and storage is not None:
+        runs_dir = runs_dir or Path(storage)  # the older spelling of --runs-dir
+
     logging.getLogger("ranksearch").setLevel(logging.INFO)
     # Tune's INFO lines ("Wrote the latest version of all result files ...") would break into the live view
     logging.getLogger("ray.tune").setLevel(logging.INFO if debug else logging.WARNING)
     result = run_sweep(
         space, gpus=gpus, address=address, trials=trials, name=name, resume=resume, extend=extend,
-        tracking_uri=tracking_uri,
-        storage=runs_dir or storage, warm_start=warm_start, live=live, overrides=set_, debug=debug,
+        tracking_uri=tracking_uri, storage=runs_dir, study_storage=study_storage, warm_start=warm_start,
+        live=live, overrides=set_, debug=debug,
     )  # fmt: skip
     out = Console()
     out.print(leaderboard(result.rows, result.space, width=out.width))
     out.print(f"sweep folder: {result.folder}  ({result.wall_s:.0f} s)", highlight=False)
     out.print(
         f"MLflow: experiment {result.experiment!r}, parent run {result.parent_run_id}\n"
-        f"Optuna: optuna-dashboard {_shortest(result.folder / 'optuna.journal')}",
+        f"Optuna: optuna-dashboard {_study_location(result.folder)}",
         highlight=False,
     )
     failed = [r for r in result.rows if r["status"] in ("failed", "error")]
@@ -149,7 +160,7 @@ def sweep(
             f"[yellow]interrupted[/yellow]: continue with  ranksearch sweep {space} --name {result.name} --resume"
         )
     # last, so it is what the terminal shows: the two commands to look at the results
-    target = result.name if (runs_dir or storage) is None else _shortest(result.folder)
+    target = result.name if runs_dir is None else _shortest(result.folder)
     out.print("look at the results:", highlight=False)
     # never wrapped by rich (a wrapped command does not paste); short enough to fit as a rule
     out.print(f"  ranksearch report {target}\n  ranksearch ui {target}", highlight=False, soft_wrap=True)
@@ -172,6 +183,13 @@ def nothing_completed(rows: list[dict]) -> str | None:
     reasons = Counter(r.get("error") for r in rows if r.get("error"))
     why = f"; most often: {reasons.most_common(1)[0][0]}" if reasons else ""
     return f"no trial completed ({summary or 'no trials'}){why}"
+
+
+def _study_location(folder: Path) -> str:
+    """What optuna-dashboard opens: the study's database URL (password masked) or the sweep's journal."""
+    from ranksearch.sweep.folder import Manifest
+
+    return Manifest.load(folder).study_storage or _shortest(folder / "optuna.journal")
 
 
 def _shortest(path: Path) -> str:

@@ -4,7 +4,7 @@ Layout of ``./ranksearch-runs/sweeps/<name>/``::
 
     sweep.json       manifest: name, space file, parent MLflow run id, tracking URI, started, status, trials
     space.yaml       a copy of the search-space file as it was when the sweep started
-    optuna.journal   the Optuna study (optuna-dashboard optuna.journal)
+    optuna.journal   the Optuna study (optuna-dashboard optuna.journal), unless --storage names a database
     mlflow.db        MLflow tracking store (default; --tracking-uri / $MLFLOW_TRACKING_URI to use another)
     mlartifacts/     MLflow artifacts of the default store
     tune/            Ray Tune's experiment (what --resume restores)
@@ -46,6 +46,8 @@ class Manifest:
     # current one (Tune's tune/ state holds only the current one; ``trials`` counts them too)
     extensions: int = 0
     earlier_trials: list[str] = field(default_factory=list)
+    # the Optuna study's database URL (``--storage postgresql://...``), password masked; None: optuna.journal
+    study_storage: str | None = None
 
     def save(self, folder: Path) -> None:
         tmp = folder / (MANIFEST + ".tmp")

@@ -203,10 +203,12 @@ class TrackingJournal:
         self.stats["failures"] += 1
         if self._failing_since is None:
             self._failing_since = time.monotonic()
+            from ranksearch.tracking.credentials import redact, redact_text
+
             log.warning(
                 "MLflow at %s is not answering (%s); buffering writes in %s and retrying",
-                self.uri,
-                str(error).splitlines()[0][:200],
+                redact(self.uri),
+                redact_text(str(error).splitlines()[0][:200] if str(error) else type(error).__name__),
                 self.path,
             )
         self._next_try = time.monotonic() + BACKOFF_S[min(self._attempt, len(BACKOFF_S) - 1)]

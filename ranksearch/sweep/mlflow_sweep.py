@@ -80,8 +80,10 @@ class MlflowSweepCallback(Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles callbacks into tuner.pkl: no open file or client, and a restored driver starts fresh
+        from ranksearch.tracking.credentials import redact
+
         state = self.__dict__.copy()
-        state.update(_journal=None, _cleaned=False, _context=None)
+        state.update(_journal=None, _cleaned=False, _context=None, uri=redact(self.uri))
         return state
 
     # ----------------------------------------------------------------------------------------------- runs

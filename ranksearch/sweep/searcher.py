@@ -57,6 +57,9 @@ class PruneAwareOptunaSearch(OptunaSearch):
         )
 
     def suggest(self, trial_id: str) -> dict | None:
+        from ranksearch.sweep.study_storage import ensure_heartbeat
+
+        ensure_heartbeat(self)  # a database study: beat for running trials (once per driver process)
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None and config is not None:

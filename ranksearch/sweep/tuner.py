@@ -24,6 +24,7 @@ from ranksearch.sweep.folder import (
     prepare_folder,
     sweep_folder,
 )
+from ranksearch.tracking.credentials import is_database_url, redact
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,7 @@ def run_sweep(
     extend: int | None = None,
     tracking_uri: str | None = None,
     storage: Path | None = None,
+    study_storage: str | None = None,
     warm_start: Path | None = None,
     runner: str = "trial",
     runner_options: dict[str, Any] | None = None,
@@ -80,6 +82,9 @@ def run_sweep(
             with the recorded space (a compute budget applies to the extension on its own).
         tracking_uri: MLflow URI; default ``$MLFLOW_TRACKING_URI`` or ``sqlite:///<sweep folder>/mlflow.db``.
         storage: parent folder of sweep folders (default ``./ranksearch-runs/sweeps``).
+        study_storage: a database URL for the Optuna study (``postgresql://user@host/db``; see
+            ``sweep.study_storage``); default ``optuna.journal`` in the sweep folder. On resume the recorded one
+            is used; pass it again only to supply a password that is not in ``PGPASSWORD`` / ``~/.pgpass``.
         warm_start: an earlier sweep folder or Optuna journal whose completed trials seed the sampler.
         runner: ``trial`` (real training) or ``synthetic`` (a cheap stand-in for tests and demos).
         runner_options: keyword arguments for the runner (synthetic only).
@@ -99,8 +104,8 @@ def run_sweep(
     with quiet_libraries(debug):
         return _run_sweep(
             space_file, gpus=gpus, address=address, trials=trials, name=name, resume=resume, extend=extend,
-            tracking_uri=tracking_uri, storage=storage, warm_start=warm_start, runner=runner,
-            runner_options=runner_options, live=live, ray_init=ray_init, overrides=overrides,
+            tracking_uri=tracking_uri, storage=storage, study_storage=study_storage, warm_start=warm_start,
+            runner=runner, runner_options=runner_options, live=live, ray_init=ray_init, overrides=overrides,
         )  # fmt: skip
 
 
@@ -115,6 +120,7 @@ def _run_sweep(
     extend: int | None,
     tracking_uri: str | None,
     storage: Path | None,
+    study_storage: str | None,
     warm_start: Path | None,
     runner: str,
     runner_options: dict[str, Any] | None,
@@ -142,30 +148,42 @@ def _run_sweep(
     space = (given or load_space(space_file, overrides)) if not reuse or name is None else None
     name = name or (space.spec.name if space else None) or Path(space_file).stem
     folder = sweep_folder(name, storage)
+    if study_storage is not None and not is_database_url(study_storage):
+        raise ConfigError([("--storage", f"{redact(study_storage)}: not a database URL (postgresql://...)")])
+    from ranksearch.sweep.study_storage import open_storage
+
+    study = None
+    if study_storage and not reuse:  # reach the study server before anything is created
+        study = open_storage(study_storage)
     earlier: list[dict[str, Any]] = []  # rows of the trials of earlier Tune experiments (--extend)
     if extend is not None:  # a new Tune experiment for the finished sweep's study, parent run and folder
         manifest = finished_manifest(folder)
         space = load_space(folder / SPACE_COPY)
+        tracking_uri = _recorded_url(tracking_uri, manifest.tracking_uri, "--tracking-uri")
+        study_storage = _recorded_url(study_storage, manifest.study_storage, "--storage")
+        if study_storage:  # the finished sweep's study, on its database
+            study = open_storage(study_storage)
         earlier = _earlier_rows(folder)
         manifest.earlier_trials = [str(r["trial_id"]) for r in earlier]
         manifest.extensions += 1
         manifest.trials = len(earlier) + extend
-        _reopen_parent(manifest, added=extend)
+        _reopen_parent(manifest, tracking_uri, added=extend)
     elif (manifest := prepare_folder(folder, resume)) is not None:
-        # resume: the recorded space and tracking store, whatever the arguments say
+        # resume: the recorded space and stores, whatever the arguments say
         space = load_space(folder / SPACE_COPY)
-        if tracking_uri and tracking_uri != manifest.tracking_uri:
-            log.warning("--tracking-uri ignored on resume; the sweep logs to %s", manifest.tracking_uri)
+        tracking_uri = _recorded_url(tracking_uri, manifest.tracking_uri, "--tracking-uri")
+        study_storage = _recorded_url(study_storage, manifest.study_storage, "--storage")
         manifest.resumes += 1
-        _reopen_parent(manifest)
+        _reopen_parent(manifest, tracking_uri)
         if manifest.earlier_trials:  # an interrupted extension
             earlier = _earlier_rows(folder, manifest.earlier_trials)
     else:
         assert space is not None
-        manifest = _start_manifest(space, Path(space_file), folder, name, tracking_uri, trials)
+        tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(folder)
+        manifest = _start_manifest(space, Path(space_file), folder, name, tracking_uri, trials, study_storage)
     manifest.status, manifest.ended = "running", None
     manifest.save(folder)
-    total = trials if (trials and manifest.resumes == 0) else _recorded_trials(space, manifest)
+    total = trials if (trials and manifest.resumes == 0) else _recorded_trials(space, manifest, tracking_uri)
     total -= len(manifest.earlier_trials)  # this Tune experiment's share (--extend)
 
     if runner == "trial":
@@ -196,9 +214,7 @@ def _run_sweep(
     trainable = _trainable(space, folder, runner, runner_options)
     callbacks = [
         LiveView(space, name, total, live=live),
-        MlflowSweepCallback(
-            manifest.tracking_uri, manifest.parent_run_id, space, name, str(folder), earlier=earlier
-        ),
+        MlflowSweepCallback(tracking_uri, manifest.parent_run_id, space, name, str(folder), earlier=earlier),
     ]
     status = "failed"
     try:
@@ -209,7 +225,7 @@ def _run_sweep(
             _use_callbacks(tuner, callbacks)
         else:
             # a new Tune experiment in the same tune/ folder (the newest state is what --resume restores)
-            tuner = _new_tuner(space, folder, manifest, trainable, callbacks, total, warm_start)
+            tuner = _new_tuner(space, folder, manifest, trainable, callbacks, total, warm_start, study)
         grid = tuner.fit()
         trials_done = _grid_trials(grid)
         rows = trial_rows(trials_done, space)
@@ -223,10 +239,13 @@ def _run_sweep(
         status = "interrupted"
         raise
     finally:
+        from ranksearch.sweep.study_storage import stop_heartbeats
+
+        stop_heartbeats()
         manifest.status, manifest.ended = status, time.time()
         manifest.save(folder)
         if status != "interrupted":
-            _end_parent(manifest, status)
+            _end_parent(manifest, status, tracking_uri)
         if broker is not None:
             from ranksearch.sweep.packed import stop_broker
 
@@ -235,7 +254,7 @@ def _run_sweep(
             ray.shutdown()
 
     return SweepResult(
-        name, folder, rows, best_trial(rows, space), manifest.parent_run_id, manifest.tracking_uri,
+        name, folder, rows, best_trial(rows, space), manifest.parent_run_id, redact(tracking_uri),
         manifest.experiment, time.time() - t0, space,
     )  # fmt: skip
 
@@ -292,15 +311,33 @@ def ensure_builtin_weights(space: SearchSpace) -> None:
         ensure_checkpoint(config.model.name)
 
 
+def _recorded_url(given: str | None, recorded: str | None, option: str) -> str | None:
+    """The URL a resumed sweep uses: the recorded one (its password masked in sweep.json); ``given`` only when it
+    is the same URL (it supplies the password). A recorded URL without its password connects with libpq's
+    ``PGPASSWORD`` / ``~/.pgpass`` (see ``study_storage.connectable``)."""
+    from ranksearch.sweep.study_storage import connectable, remember
+
+    if recorded is None:
+        if given:
+            log.warning("%s ignored on resume: this sweep was started without it", option)
+        return None
+    if given and remember(given) == recorded:
+        return given
+    if given:
+        log.warning("%s ignored on resume; the sweep uses %s", option, recorded)
+    return connectable(recorded)
+
+
 def _start_manifest(
-    space: SearchSpace, space_file: Path, folder: Path, name: str, uri: str | None, trials: int | None
-) -> Manifest:
-    """New sweep: copy the space, create the MLflow parent run, write sweep.json."""
+    space: SearchSpace, space_file: Path, folder: Path, name: str, uri: str, trials: int | None,
+    study_storage: str | None = None,
+) -> Manifest:  # fmt: skip
+    """New sweep: copy the space, create the MLflow parent run, write sweep.json (URLs without passwords)."""
     from ranksearch.sweep.mlflow_sweep import create_parent_run
+    from ranksearch.sweep.study_storage import remember
 
     # the space as searched (with any --set overrides), so --resume runs exactly the same space
     (folder / SPACE_COPY).write_text(space.text if space.text is not None else Path(space_file).read_text())
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(folder)
     experiment = space.spec.experiment or name
     artifacts = (folder / "mlartifacts").as_uri() if uri == default_tracking_uri(folder) else None
     s = space.spec
@@ -310,10 +347,13 @@ def _start_manifest(
         "objectives": ",".join(f"{o.metric}:{o.mode}" for o in s.objectives), "families": ",".join(space.families),
         "seeds": ",".join(map(str, s.seeds or [])), "resources": f"cpu={s.resources.cpu},gpu={s.resources.gpu},pack={s.resources.pack}",
     }  # fmt: skip
+    if study_storage:
+        params["study_storage"] = remember(study_storage)
     parent = create_parent_run(uri, experiment, name, params, artifacts)
     manifest = Manifest(
-        name, str(space_file), uri, experiment, parent, study_name="ranksearch", trials=params["trials"]
-    )
+        name, str(space_file), remember(uri), experiment, parent, study_name="ranksearch", trials=params["trials"],
+        study_storage=remember(study_storage) if study_storage else None,
+    )  # fmt: skip
     manifest.save(folder)
     from mlflow.tracking import MlflowClient
 
@@ -323,14 +363,14 @@ def _start_manifest(
     return manifest
 
 
-def _recorded_trials(space: SearchSpace, manifest: Manifest) -> int:
+def _recorded_trials(space: SearchSpace, manifest: Manifest, uri: str) -> int:
     """Trial count of a resumed sweep: sweep.json's, or (folders from before it recorded one) the parent run's."""
     if manifest.trials is not None:
         return manifest.trials
     try:
         from mlflow.tracking import MlflowClient
 
-        run = MlflowClient(tracking_uri=manifest.tracking_uri).get_run(manifest.parent_run_id)
+        run = MlflowClient(tracking_uri=uri).get_run(manifest.parent_run_id)
         return int(run.data.params.get("trials", space.spec.trial_count))
     except Exception:
         return space.spec.trial_count
@@ -355,7 +395,7 @@ def _trainable(space: SearchSpace, folder: Path, runner: str, runner_options: di
 
 def _new_tuner(
     space: SearchSpace, folder: Path, manifest: Manifest, trainable: Any, callbacks: list, total: int,
-    warm_start: Path | None,
+    warm_start: Path | None, study: Any = None,
 ) -> Any:  # fmt: skip
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
@@ -363,8 +403,10 @@ def _new_tuner(
 
     from ranksearch.sweep.search import build_scheduler, build_searcher, build_stopper
 
+    if study is None:  # the default: optuna.journal in the sweep folder
+        study = JournalStorage(JournalFileBackend(str(folder / JOURNAL)))
     searcher = build_searcher(
-        space, storage=JournalStorage(JournalFileBackend(str(folder / JOURNAL))), study_name=manifest.study_name,
+        space, storage=study, study_name=manifest.study_name,
         tune_dir=str(folder / TUNE_DIR), warm_start=warm_start,
     )  # fmt: skip
     name_objectives(searcher._ot_study, space)
@@ -434,10 +476,10 @@ def _grid_trials(grid: Any) -> list:
     return list(trials)
 
 
-def _reopen_parent(manifest: Manifest, added: int = 0) -> None:
+def _reopen_parent(manifest: Manifest, uri: str, added: int = 0) -> None:
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient(tracking_uri=manifest.tracking_uri)
+    client = MlflowClient(tracking_uri=uri)
     client.update_run(manifest.parent_run_id, status="RUNNING")
     if added:  # --extend: the parent's "trials" param is immutable: the tag says how many were added since
         client.set_tag(manifest.parent_run_id, "ranksearch.extensions", str(manifest.extensions))
@@ -447,12 +489,14 @@ def _reopen_parent(manifest: Manifest, added: int = 0) -> None:
         client.set_tag(manifest.parent_run_id, "ranksearch.resumes", str(manifest.resumes))
 
 
-def _end_parent(manifest: Manifest, status: str) -> None:
+def _end_parent(manifest: Manifest, status: str, uri: str) -> None:
     from mlflow.tracking import MlflowClient
 
     try:
-        client = MlflowClient(tracking_uri=manifest.tracking_uri)
+        client = MlflowClient(tracking_uri=uri)
         client.set_tag(manifest.parent_run_id, "ranksearch.status", status)
         client.set_terminated(manifest.parent_run_id, status="FINISHED" if status == "finished" else "FAILED")
     except Exception as e:  # never hide the sweep's own outcome behind a tracking problem
-        log.warning("could not close the MLflow parent run: %s", e)
+        from ranksearch.tracking.credentials import redact_text
+
+        log.warning("could not close the MLflow parent run: %s", redact_text(str(e)))

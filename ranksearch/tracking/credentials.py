@@ -25,6 +25,8 @@ SECRET_QUERY_KEYS = {
     "apikey",
     "sslpassword",
 }
+# database URL schemes (SQLAlchemy dialects) that Optuna's RDBStorage and MLflow's stores accept
+DATABASE_SCHEMES = ("postgresql", "postgres", "mysql", "sqlite", "mssql")
 # scheme:// then the authority (up to the path); its userinfo is everything before the authority's last "@"
 _AUTHORITY = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<authority>[^/?#\s]*)")
 
@@ -92,3 +94,11 @@ def password_of(url: str) -> str | None:
     m = _AUTHORITY.search(url or "")
     pw = _split_userinfo(m.group("authority"))[1] if m else None
     return unquote(pw) if pw else None
+
+
+def is_database_url(value: str | None) -> bool:
+    """True for an SQLAlchemy database URL (``postgresql://``, ``postgresql+psycopg2://``, ``sqlite:///``...)."""
+    if not value or "://" not in str(value):
+        return False
+    scheme = str(value).split("://", 1)[0].split("+", 1)[0].lower()
+    return scheme in DATABASE_SCHEMES
