@@ -2,7 +2,7 @@
 README and the docs, and the sections they name (``docs/methods.md, DRA-style``).
 
 The method and data specifications live in ``docs/``; a reference to a file that is not in the repository (an
-internal ``METHODS.md``) is a dead end for a user.
+internal specification that only the developers have) is a dead end for a user.
 """
 
 from __future__ import annotations
