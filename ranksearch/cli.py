@@ -218,7 +218,9 @@ def validate(
 
 @app.command(epilog="Examples:\n\n  ranksearch pretrain\n\n  ranksearch pretrain --force")
 def pretrain(
-    model: Annotated[str, typer.Option(help="tiny model config to pretrain")] = "rs-tiny-clip",
+    model: Annotated[
+        str, typer.Option(help="built-in model to pretrain: rs-tiny-clip | rs-small-clip")
+    ] = "rs-tiny-clip",
     force: Annotated[bool, typer.Option(help="rebuild even if a cached checkpoint exists")] = False,
 ) -> None:
     """Pretrain the built-in tiny CLIP on the offline shape world (one-time, a few minutes) and cache it.
@@ -227,9 +229,9 @@ def pretrain(
     that step explicit.
     """
     _configure_logging(False)
-    from ranksearch.pretrain import PretrainConfig, checkpoint_path, ensure_checkpoint
+    from ranksearch.pretrain import checkpoint_path, default_recipe, ensure_checkpoint
 
-    cached = checkpoint_path(PretrainConfig(model_name=model))
+    cached = checkpoint_path(default_recipe(model))
     if force and cached.is_file():
         cached.rename(cached.with_suffix(".pt.old"))  # keep the previous checkpoint rather than delete it
     path = ensure_checkpoint(model)

@@ -42,8 +42,12 @@ log = logging.getLogger(__name__)
 
 # Bump when the training recipe changes in a way the config does not capture.
 PRETRAIN_VERSION = 1
-# Nominal training throughput of rs-tiny-clip on 2 CPU cores, only for the "~N min" estimate in the log.
-_NOMINAL_IMG_PER_S = 2000.0
+# Nominal training throughput on 2 CPU cores, only for the "~N min" estimate in the log.
+_NOMINAL_IMG_PER_S = {"rs-tiny-clip": 2000.0, "rs-small-clip": 400.0}
+# Per-model recipe fields that differ from the PretrainConfig defaults (part of each model's cache key).
+# rs-small-clip (6 + 4 blocks at width 128) is ~5x slower per image than rs-tiny-clip: fewer steps keep its
+# one-time pretraining under 6 minutes on one core (docs/world.md has the measurement).
+RECIPES: dict[str, dict[str, Any]] = {"rs-small-clip": {"steps": 400}}
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,11 @@ class PretrainConfig:
             "generator_version": sw.GENERATOR_VERSION,
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def default_recipe(model_name: str) -> PretrainConfig:
+    """The shipped recipe of a built-in model (``RECIPES`` over the ``PretrainConfig`` defaults)."""
+    return PretrainConfig(model_name=model_name, **RECIPES.get(model_name, {}))
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -367,7 +376,7 @@ def ensure_checkpoint(model_name: str, cfg: PretrainConfig | None = None, progre
 
     Args:
         model_name: one of the tiny configs in ``ranksearch/models/configs``.
-        cfg: the recipe; default ``PretrainConfig(model_name=model_name)``.
+        cfg: the recipe; default ``default_recipe(model_name)``.
         progress: show the progress bar while pretraining.
 
     Raises:
@@ -378,7 +387,7 @@ def ensure_checkpoint(model_name: str, cfg: PretrainConfig | None = None, progre
             f"model.pretrained: 'shapeworld' weights exist only for the built-in tiny models "
             f"({', '.join(_tiny_model_names())}), not {model_name!r}"
         )
-    cfg = cfg or PretrainConfig(model_name=model_name)
+    cfg = cfg or default_recipe(model_name)
     if cfg.model_name != model_name:
         raise ValueError(f"cfg.model_name {cfg.model_name!r} != model_name {model_name!r}")
     path = checkpoint_path(cfg)
@@ -390,7 +399,7 @@ def ensure_checkpoint(model_name: str, cfg: PretrainConfig | None = None, progre
     with FileLock(str(path.with_suffix(".lock"))):
         if path.is_file():  # another process built it while we waited
             return path
-        minutes = cfg.steps * cfg.batch_size / _NOMINAL_IMG_PER_S / 60
+        minutes = cfg.steps * cfg.batch_size / _NOMINAL_IMG_PER_S.get(model_name, 2000.0) / 60
         log.warning(
             "pretraining the built-in %s on the shape world: one-time, ~%.0f min on 2 CPU cores; cached at %s",
             model_name,

@@ -38,9 +38,18 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def eval_steps(total: int, evals: int) -> list[int]:
-    """Steps after which to evaluate: ``evals`` evenly spaced, the last at ``total``."""
-    return sorted({max(1, round(total * i / evals)) for i in range(1, evals + 1)})
+def eval_steps(total: int, evals: int, schedule: str = "linear") -> list[int]:
+    """Steps after which to evaluate, the last at ``total``.
+
+    ``linear``: ``evals`` evenly spaced. ``geometric``: ``total · 2^(-(evals - i) / 2)`` for i = 1..evals (each
+    point √2 × the previous, so 25 % and 50 % of the steps are evaluation points: what a successive-halving
+    scheduler's rungs and an early/final correlation need). Duplicates (short runs) collapse.
+    """
+    if schedule == "geometric":
+        points = (total * 2 ** (-(evals - i) / 2) for i in range(1, evals + 1))
+    else:
+        points = (total * i / evals for i in range(1, evals + 1))
+    return sorted({min(total, max(1, round(p))) for p in points})
 
 
 def run_trial(
@@ -173,7 +182,7 @@ class TrialRun:
             if resume is None
             else list(resume.get("allocation", []))
         )
-        self.checkpoints = set(eval_steps(total_steps, config.eval.evals))
+        self.checkpoints = set(eval_steps(total_steps, config.eval.evals, config.eval.schedule))
         self.started = time.perf_counter()
 
     @property

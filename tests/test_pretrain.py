@@ -116,7 +116,7 @@ def test_contrastive_loss_treats_identical_captions_as_interchangeable_positives
 def test_build_model_shapeworld_goes_through_the_cache(cache, counted_pretrain, monkeypatch):
     # Swap the default recipe for the tiny one so build_model's first-use path runs in a second.
     monkeypatch.setattr(
-        pt, "PretrainConfig", lambda model_name: dataclasses.replace(TINY, model_name=model_name)
+        pt, "default_recipe", lambda model_name: dataclasses.replace(TINY, model_name=model_name)
     )
     model, size = build_model("rs-tiny-clip", pretrained="shapeworld")
     assert size == 32 and len(counted_pretrain) == 1

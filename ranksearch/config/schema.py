@@ -77,7 +77,7 @@ class DataConfig(Section):
     """The downstream task and its protocol."""
 
     task: str = Field(
-        "shapeworld", description="shapeworld | fashion-mnist | a CoOp dataset name | imagefolder"
+        "shapeworld", description="shapeworld | world | fashion-mnist | a CoOp dataset name | imagefolder"
     )
     root: str | None = Field(None, description="data root ($DATA) for on-disk datasets")
     protocol: Literal["base2new", "fewshot", "cross-dataset", "domain-shift", "continual"] = Field(
@@ -110,8 +110,12 @@ class DataConfig(Section):
         "val/new and val/hm estimate new-class generalisation without any real new class (docs/data.md); "
         "0 = train on every base class, validation then reports val/base only",
     )
-    domain: str = Field("clutter", description="shapeworld rendering domain of the downstream task")
-    test_per_class: int = Field(40, ge=1, le=10_000, description="shapeworld: test images per class")
+    domain: str | None = Field(
+        None,
+        description="shapeworld: the rendering domain (default clutter); world: the world task (mixed | pixel | "
+        "concept | words, default mixed)",
+    )
+    test_per_class: int = Field(40, ge=1, le=10_000, description="shapeworld, world: test images per class")
     template: str | None = Field(
         None,
         description="prompt template with one '{}', or 'generic' ('a photo of a {}.', CLIP-LoRA) or 'coop' "
@@ -313,6 +317,11 @@ class EvalConfig(Section):
         ge=1,
         le=100_000,
         description="evaluations on the validation split during training (last at the end); at most one per step",
+    )
+    schedule: Literal["linear", "geometric"] = Field(
+        "linear",
+        description="linear: evenly spaced; geometric: each evaluation √2 × the previous step (25 % and 50 % of "
+        "the steps are evaluation points when evals >= 5)",
     )
     batch_size: int = Field(256, ge=1, le=65_536)
     zero_shot: bool = Field(True, description="also evaluate the unadapted model (before training)")

@@ -13,6 +13,7 @@ __all__ = ["MTIL_SEQUENCE", "Split", "Task", "build_task", "known_tasks"]
 
 FASHION_MNIST = "fashion-mnist"
 IMAGEFOLDER = "imagefolder"
+WORLD = "world"
 CIFAR100 = "cifar100"
 MNIST = "mnist"
 # the MTIL task order (ZSCL; CoDyRA's 5-shot MTIL table): 11 domains
@@ -26,7 +27,7 @@ def known_tasks() -> list[str]:
     """Every task name ranksearch knows. ImageNet variants are test-only: use them in ``data.eval_tasks``."""
     from ranksearch.data.coop import COOP_TASKS
 
-    return ["shapeworld", FASHION_MNIST, IMAGEFOLDER, CIFAR100, MNIST, *COOP_TASKS]
+    return ["shapeworld", WORLD, FASHION_MNIST, IMAGEFOLDER, CIFAR100, MNIST, *COOP_TASKS]
 
 
 def build_task(cfg: DataConfig, image_size: int) -> Task:
@@ -41,6 +42,10 @@ def build_task(cfg: DataConfig, image_size: int) -> Task:
         from ranksearch.data.shapeworld import build_shapeworld_task
 
         task = build_shapeworld_task(cfg, image_size)
+    elif cfg.task == WORLD:
+        from ranksearch.data.world import build_world_task
+
+        task = build_world_task(cfg, image_size)
     elif cfg.task == FASHION_MNIST:
         from ranksearch.data.fashion_mnist import build_fashion_mnist_task
 

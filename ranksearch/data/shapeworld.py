@@ -49,6 +49,7 @@ POSITIONS = (
     "in the bottom right",
 )
 DOMAINS = ("clean", "clutter", "lowcontrast", "bright", "outline")
+DEFAULT_DOMAIN = "clutter"  # data.domain: null
 CLASSNAMES = [f"{c} {s}" for c in COLOURS for s in SHAPES]
 # The checkpoint is pretrained on captions "a red star", so this template makes zero-shot prompts match.
 DEFAULT_TEMPLATE = "a {}"
@@ -400,7 +401,8 @@ def build_shapeworld_task(cfg: DataConfig, image_size: int) -> Task:
     Raises:
         DataError: unknown ``cfg.domain``.
     """
-    check_domain(cfg.domain)
+    domain = cfg.domain or DEFAULT_DOMAIN
+    check_domain(domain)
     all_classes = list(range(len(CLASSNAMES)))
     base2new = cfg.protocol == "base2new"
     train_classes = list(BASE_CLASSES) if base2new else all_classes
@@ -412,15 +414,15 @@ def build_shapeworld_task(cfg: DataConfig, image_size: int) -> Task:
             make_split(all_classes, cfg.test_per_class, seed, "test", d, image_size),
         )
         for d in DOMAINS
-        if d != cfg.domain
+        if d != domain
     }
     return Task(
-        name=f"shapeworld-{cfg.domain}",
+        name=f"shapeworld-{domain}",
         classnames=list(CLASSNAMES),
         templates=[cfg.template or DEFAULT_TEMPLATE],
-        train=make_split(train_classes, cfg.shots, seed, "train", cfg.domain, image_size),
-        val=make_split(all_classes, val_shots, seed, "val", cfg.domain, image_size),
-        test=make_split(all_classes, cfg.test_per_class, seed, "test", cfg.domain, image_size),
+        train=make_split(train_classes, cfg.shots, seed, "train", domain, image_size),
+        val=make_split(all_classes, val_shots, seed, "val", domain, image_size),
+        test=make_split(all_classes, cfg.test_per_class, seed, "test", domain, image_size),
         base_classes=list(BASE_CLASSES) if base2new else None,
         extra_tests=extra,
     )
