@@ -7,8 +7,10 @@ offline checkpoint, pretrained on first use and cached (``ranksearch.pretrain``)
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from torch import nn
@@ -64,12 +66,13 @@ def build_model(name: str, pretrained: str | None = None, device: str = "cpu") -
     if not model_name.startswith("local-dir:") and model_name not in open_clip.list_models():
         raise ModelLoadError(f"model.name: unknown open_clip model {name!r} (see open_clip.list_models())")
     try:
-        model = open_clip.create_model(
-            model_name,
-            pretrained=weights,
-            device=device,
-            force_quick_gelu=needs_quick_gelu(model_name, weights),
-        )
+        with _without_open_clip_errors():
+            model = open_clip.create_model(
+                model_name,
+                pretrained=weights,
+                device=device,
+                force_quick_gelu=needs_quick_gelu(model_name, weights),
+            )
     except Exception as e:  # open_clip raises RuntimeError/HF errors for tags it cannot fetch
         hint = ""
         if weights and not Path(str(weights)).exists():
@@ -84,6 +87,23 @@ def build_model(name: str, pretrained: str | None = None, device: str = "cpu") -
     size = model.visual.image_size
     image_size = size[0] if isinstance(size, tuple | list) else int(size)
     return model, image_size
+
+
+class _DropOpenClipErrors(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and "open_clip" in record.pathname)
+
+
+@contextlib.contextmanager
+def _without_open_clip_errors() -> Iterator[None]:
+    """open_clip logs a failed download on the root logger and then raises it; the raise becomes our one-line
+    ``ModelLoadError``, so the logged copy would only print the same message twice."""
+    drop, root = _DropOpenClipErrors(), logging.getLogger()  # open_clip calls logging.error(): the root logger
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def needs_quick_gelu(name: str, pretrained: str | None) -> bool:

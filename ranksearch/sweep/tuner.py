@@ -24,6 +24,7 @@ from ranksearch.sweep.folder import (
     prepare_folder,
     sweep_folder,
 )
+from ranksearch.sweep.preflight import preflight
 from ranksearch.tracking.credentials import is_database_url, redact
 
 log = logging.getLogger(__name__)
@@ -148,6 +149,8 @@ def _run_sweep(
     space = (given or load_space(space_file, overrides)) if not reuse or name is None else None
     name = name or (space.spec.name if space else None) or Path(space_file).stem
     folder = sweep_folder(name, storage)
+    if runner == "trial" and space is not None and not reuse:
+        preflight(space)  # the model and data load: before any folder, study or MLflow run exists
     if study_storage is not None and not is_database_url(study_storage):
         raise ConfigError([("--storage", f"{redact(study_storage)}: not a database URL (postgresql://...)")])
     from ranksearch.sweep.study_storage import open_storage
@@ -186,8 +189,8 @@ def _run_sweep(
     total = trials if (trials and manifest.resumes == 0) else _recorded_trials(space, manifest, tracking_uri)
     total -= len(manifest.earlier_trials)  # this Tune experiment's share (--extend)
 
-    if runner == "trial":
-        ensure_builtin_weights(space)
+    if runner == "trial" and reuse:  # the recorded space, checked now that it is known
+        preflight(space)
     started_ray = False
     if not ray.is_initialized():
         kw = {"include_dashboard": False, "log_to_driver": False, **(ray_init or {})}
@@ -296,19 +299,6 @@ def _runners() -> dict[str, Any]:
     from ranksearch.sweep.runners import RUNNERS
 
     return RUNNERS
-
-
-def ensure_builtin_weights(space: SearchSpace) -> None:
-    """Build the offline checkpoint in the driver, with its progress bar, before any trial needs it.
-
-    Otherwise the first trial would pretrain silently inside a Ray worker while the others wait on its lock.
-    """
-    from ranksearch.models.clip import BUILTIN_PRETRAINED
-    from ranksearch.pretrain import ensure_checkpoint
-
-    config = space.trial_config(None)
-    if config.model.pretrained == BUILTIN_PRETRAINED:
-        ensure_checkpoint(config.model.name)
 
 
 def _recorded_url(given: str | None, recorded: str | None, option: str) -> str | None:
