@@ -7,7 +7,6 @@ style classes (6 base, of which 2 are pseudo-new under the default ``data.val_ne
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import tempfile
@@ -17,7 +16,6 @@ import numpy as np
 import pytest
 import yaml
 from PIL import Image
-from rich.console import Console
 
 pytestmark = pytest.mark.ray
 
@@ -39,18 +37,17 @@ def make_coop_pets(root: Path) -> None:
     (base / "split_zhou_OxfordPets.json").write_text(json.dumps(doc))
 
 
-def test_coop_base2new_sweep_has_finite_validation_hm(tmp_path: Path) -> None:
-    from ranksearch.sweep.live import leaderboard
-    from ranksearch.sweep.tuner import run_sweep
+def test_coop_base2new_sweep_has_finite_validation_hm(tmp_path: Path, capsys, monkeypatch) -> None:
+    """The issue's reproduction through the command: ``ranksearch sweep`` on CoOp data under base2new prints a
+    leaderboard whose every completed trial has a finite val/hm, exits 0, and ``best`` finds the winner."""
+    from ranksearch.cli import main
+    from ranksearch.report.data import load_sweep
 
     make_coop_pets(tmp_path / "DATA")
     space = {
         "base": {
             "model": {"pretrained": None},
-            "data": {
-                "task": "oxford_pets", "root": str(tmp_path / "DATA"), "protocol": "base2new", "shots": 2,
-                "cache_dir": str(tmp_path / "cache"),
-            },
+            "data": {"shots": 2, "cache_dir": str(tmp_path / "cache")},
             "train": {"iterations": 4, "batch_size": 8},
             "eval": {"evals": 2},
         },
@@ -61,25 +58,43 @@ def test_coop_base2new_sweep_has_finite_validation_hm(tmp_path: Path) -> None:
         "trials": 2,
         "concurrency": 2,
         "resources": {"cpu": 1, "gpu": 0},
-    }  # fmt: skip
+    }
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    ray_tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # Ray's socket paths must stay short
-    result = run_sweep(
-        tmp_path / "space.yaml", name="coop", storage=tmp_path / "runs", live=False,
-        ray_init={"num_cpus": 2, "_temp_dir": ray_tmp},
-    )  # fmt: skip
-    completed = [r for r in result.rows if r["status"] == "completed"]
-    assert len(completed) == 2, [(r["status"], r.get("error")) for r in result.rows]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_TMPDIR", tempfile.mkdtemp(prefix="rc", dir="/tmp"))  # short socket paths
+    main(
+        [
+            "sweep",
+            "space.yaml",
+            "--name",
+            "coop",
+            "--no-live",
+            "--set",
+            "data.task=oxford_pets",
+            "--set",
+            f"data.root={tmp_path / 'DATA'}",
+            "--set",
+            "data.protocol=base2new",
+        ]
+    )  # fmt: skip  (returns: exit 0)
+    printed = capsys.readouterr().out
+    folder = tmp_path / "ranksearch-runs" / "sweeps" / "coop"
+    rows = load_sweep(folder, history=False).trials.to_dict("records")
+    completed = [r for r in rows if r["status"] == "completed"]
+    assert len(completed) == 2, [(r["status"], r.get("error")) for r in rows]
     for r in completed:
         for key in ("val/base", "val/new", "val/hm", "test/base", "test/new", "test/hm", "zs/val/hm"):
             assert math.isfinite(r[key]), (key, r)
-    console = Console(file=io.StringIO(), width=200)
-    console.print(leaderboard(result.rows, result.space))
-    board = console.file.getvalue()
+    board = printed[: printed.index("sweep folder:")]
     assert "nan" not in board.lower() and "zero-shot" in board, board
+    for r in completed:  # each completed trial's row shows its val/hm
+        assert f"{r['val/hm']:.4g}" in board, (r["val/hm"], board)
+    main(["best", "coop"])
+    best = yaml.safe_load(capsys.readouterr().out)
+    assert best["data"]["task"] == "oxford_pets" and best["data"]["protocol"] == "base2new"
     # every trial held out the same pseudo-new classes (identical across the trials of a sweep)
     held = {
         json.dumps(json.loads(p.read_text())["classes"]["val_new"])
-        for p in (result.folder / "trials").rglob("metrics.json")
+        for p in (folder / "trials").rglob("metrics.json")
     }
     assert len(held) == 1 and len(json.loads(held.pop())) == 2
