@@ -98,7 +98,8 @@ class _DropOpenClipErrors(logging.Filter):
 def _without_open_clip_errors() -> Iterator[None]:
     """open_clip logs a failed download on the root logger and then raises it; the raise becomes our one-line
     ``ModelLoadError``, so the logged copy would only print the same message twice."""
-    drop, root = _DropOpenClipErrors(), logging.getLogger()  # open_clip calls logging.error(): the root logger
+    # open_clip calls logging.error(): a filter on the root logger itself sees it
+    drop, root = _DropOpenClipErrors(), logging.getLogger()
     root.addFilter(drop)
     try:
         yield
