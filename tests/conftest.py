@@ -8,6 +8,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# The per-user key that signs sweep folders' pickles (ranksearch.sweep.signing): the tests' own, never the user's.
+os.environ["XDG_CONFIG_HOME"] = __import__("tempfile").mkdtemp(prefix="rs-config-")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -100,6 +100,14 @@ def sweep(
             "--debug", help="show the libraries' start-up output (MLflow, Ray, Tune) and tracebacks"
         ),
     ] = False,
+    trust_state: Annotated[
+        bool,
+        typer.Option(
+            "--trust-state",
+            help="with --resume: accept (and sign as yours) Tune state your key did not sign, e.g. a folder "
+            "you wrote on another machine; its pickles run code, so only for folders you trust",
+        ),
+    ] = False,
 ) -> None:
     """Run a sweep: Ray Tune trials sampled by Optuna, early-stopped by ASHA, logged to MLflow (one parent run).
 
@@ -135,7 +143,7 @@ def sweep(
     result = run_sweep(
         space, gpus=gpus, address=address, trials=trials, name=name, resume=resume, extend=extend,
         tracking_uri=tracking_uri, storage=runs_dir, study_storage=study_storage, warm_start=warm_start,
-        live=live, overrides=set_, debug=debug,
+        live=live, overrides=set_, debug=debug, trust_state=trust_state,
     )  # fmt: skip
     out = Console()
     out.print(leaderboard(result.rows, result.space, width=out.width))

@@ -53,6 +53,9 @@ class Manifest:
         tmp = folder / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(asdict(self), indent=2))
         os.replace(tmp, folder / MANIFEST)  # atomic: a killed driver never leaves half a manifest
+        from ranksearch.sweep.signing import sign_manifest
+
+        sign_manifest(folder)  # marks the folder as this user's: its tracking URI may be contacted
 
     @classmethod
     def load(cls, folder: Path) -> Manifest:

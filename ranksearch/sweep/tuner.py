@@ -66,6 +66,7 @@ def run_sweep(
     ray_init: dict[str, Any] | None = None,
     overrides: list[str] | tuple[str, ...] = (),
     debug: bool = False,
+    trust_state: bool = False,
 ) -> SweepResult:
     """Run (or resume) a sweep over a search space.
 
@@ -92,6 +93,8 @@ def run_sweep(
         live: live terminal table (default: when stderr is a terminal).
         ray_init: extra ``ray.init`` keyword arguments when this call starts Ray (e.g. ``_temp_dir``).
         debug: show the libraries' start-up output (MLflow, Ray, Tune, Optuna); see ``ranksearch.quiet``.
+        trust_state: on resume, accept Tune state that this user's key did not sign (a folder written by an
+            older ranksearch or on another machine) and sign it; only for folders the user trusts.
 
     Returns:
         A ``SweepResult`` (rows, best trial, locations).
@@ -99,6 +102,7 @@ def run_sweep(
     Raises:
         ConfigError: an invalid space, an existing folder without ``--resume``, nothing to resume, nothing
             finished to extend.
+        TrustError: on resume, a pickle in the folder's Tune state is not signed with this user's key.
     """
     from ranksearch.quiet import quiet_libraries
 
@@ -107,6 +111,7 @@ def run_sweep(
             space_file, gpus=gpus, address=address, trials=trials, name=name, resume=resume, extend=extend,
             tracking_uri=tracking_uri, storage=storage, study_storage=study_storage, warm_start=warm_start,
             runner=runner, runner_options=runner_options, live=live, ray_init=ray_init, overrides=overrides,
+            trust_state=trust_state,
         )  # fmt: skip
 
 
@@ -128,6 +133,7 @@ def _run_sweep(
     live: bool | None,
     ray_init: dict[str, Any] | None,
     overrides: list[str] | tuple[str, ...],
+    trust_state: bool = False,
 ) -> SweepResult:
     import ray
     from ray import tune
@@ -136,6 +142,8 @@ def _run_sweep(
     from ranksearch.sweep.live import LiveView
     from ranksearch.sweep.mlflow_sweep import MlflowSweepCallback
     from ranksearch.sweep.results import best_trial, trial_rows
+    from ranksearch.sweep.signing import sign_tune_state
+    from ranksearch.sweep.state_signer import StateSigner
 
     t0 = time.time()
     if runner not in _runners():
@@ -161,6 +169,7 @@ def _run_sweep(
     earlier: list[dict[str, Any]] = []  # rows of the trials of earlier Tune experiments (--extend)
     if extend is not None:  # a new Tune experiment for the finished sweep's study, parent run and folder
         manifest = finished_manifest(folder)
+        _check_state_signed(folder, space_file, name, storage, trust_state)  # its stores, then its Tune folder
         space = load_space(folder / SPACE_COPY)
         tracking_uri = _recorded_url(tracking_uri, manifest.tracking_uri, "--tracking-uri")
         study_storage = _recorded_url(study_storage, manifest.study_storage, "--storage")
@@ -173,6 +182,7 @@ def _run_sweep(
         _reopen_parent(manifest, tracking_uri, added=extend)
     elif (manifest := prepare_folder(folder, resume)) is not None:
         # resume: the recorded space and stores, whatever the arguments say
+        _check_state_signed(folder, space_file, name, storage, trust_state)
         space = load_space(folder / SPACE_COPY)
         tracking_uri = _recorded_url(tracking_uri, manifest.tracking_uri, "--tracking-uri")
         study_storage = _recorded_url(study_storage, manifest.study_storage, "--storage")
@@ -216,6 +226,7 @@ def _run_sweep(
         runner_options = {**(runner_options or {}), "pack_broker": broker_name}
     trainable = _trainable(space, folder, runner, runner_options)
     callbacks = [
+        StateSigner(str(folder)),
         LiveView(space, name, total, live=live),
         MlflowSweepCallback(tracking_uri, manifest.parent_run_id, space, name, str(folder), earlier=earlier),
     ]
@@ -229,7 +240,9 @@ def _run_sweep(
         else:
             # a new Tune experiment in the same tune/ folder (the newest state is what --resume restores)
             tuner = _new_tuner(space, folder, manifest, trainable, callbacks, total, warm_start, study)
+            sign_tune_state(folder)  # tune/tuner.pkl, written by the Tuner itself (not staged)
         grid = tuner.fit()
+        sign_tune_state(folder)  # fit waited for Tune's last copy into tune/: sign what is there now
         trials_done = _grid_trials(grid)
         rows = trial_rows(trials_done, space)
         # Tune returns normally after Ctrl-C (it saves its state first): an unfinished sweep is "interrupted",
@@ -293,6 +306,18 @@ def _earlier_rows(folder: Path, ids: list[str] | None = None) -> list[dict[str, 
     rows = [{k: v for k, v in r.items() if v is not None} for r in table.to_pylist()]
     wanted = None if ids is None else set(ids)
     return [r for r in rows if wanted is None or str(r.get("trial_id")) in wanted]
+def _check_state_signed(
+    folder: Path, space_file: Any, name: str, storage: Path | None, trust_state: bool
+) -> None:
+    """Before ``Tuner.restore`` unpickles anything: every pickle in the folder must carry this user's MAC."""
+    from ranksearch.sweep.signing import sign_tune_state, verify_tune_state
+
+    if trust_state:
+        log.warning("--trust-state: signing %s's Tune state as yours without verifying it", folder)
+        sign_tune_state(folder)
+        return
+    where = f" --runs-dir {storage}" if storage is not None else ""
+    verify_tune_state(folder, f"ranksearch sweep {space_file} --name {name}{where} --resume --trust-state")
 
 
 def _runners() -> dict[str, Any]:

@@ -1,0 +1,158 @@
+"""A sweep folder is data, never code (issue 21, part B): pickles are verified before Ray unpickles them.
+
+Tune's ``Tuner.restore`` unpickles ``tune/tuner.pkl`` and the other state files, so ``--resume`` refuses any
+file there that this user's key did not sign (``ranksearch.sweep.signing``). The crafted pickles here really
+run their payload when unpickled (asserted), so a refusal that let them through would create the marker.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import stat
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ranksearch.cli import main
+from ranksearch.sweep import signing
+from ranksearch.sweep.folder import Manifest
+
+
+class _Payload:
+    """Unpickling this touches ``marker``: stands for any code a crafted pickle would run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def crafted_pickle(marker: Path) -> bytes:
+    data = pickle.dumps(_Payload(marker))
+    probe = marker.with_name(marker.name + ".probe")
+    pickle.loads(pickle.dumps(_Payload(probe)))  # the payload is live: unpickling runs it
+    assert probe.exists()
+    probe.unlink()
+    return data
+
+
+@pytest.fixture
+def key_home(tmp_path, monkeypatch):
+    """A fresh per-user config folder (the signing key lives there, outside every sweep folder)."""
+    home = tmp_path / "config"
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home))
+    return home
+
+
+def sweep_folder(root: Path, name: str = "shared") -> Path:
+    """A sweep folder as a sweep leaves it (manifest, space copy, Tune state), without running one."""
+    folder = root / name
+    (folder / "tune").mkdir(parents=True)
+    (folder / "space.yaml").write_text(
+        yaml.safe_dump({"params": {"adapter.r": [1, 2]}, "objective": {"metric": "val/hm"}})
+    )
+    Manifest(name, "space.yaml", f"sqlite:///{folder / 'mlflow.db'}", name, "0" * 32).save(folder)
+    return folder
+
+
+def resume(folder: Path, capsys, *extra: str) -> tuple[int, str]:
+    args = ["sweep", str(folder / "space.yaml"), "--name", folder.name, "--runs-dir", str(folder.parent)]
+    try:
+        main([*args, "--resume", "--no-live", *extra])
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+def test_crafted_tuner_pkl_is_refused_and_never_run(tmp_path, key_home, capsys):
+    """The headline: a shared folder whose tune/tuner.pkl runs code on unpickling is refused by --resume."""
+    folder = sweep_folder(tmp_path / "runs")
+    marker = tmp_path / "pwned"
+    (folder / "tune" / "tuner.pkl").write_bytes(crafted_pickle(marker))
+    code, text = resume(folder, capsys)
+    assert code == 2, text
+    lines = text.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in text, text
+    assert "tune/tuner.pkl is not signed by your ranksearch key" in text, text
+    assert "--trust-state" in text, text  # the way on, for a folder the user does trust
+    assert not marker.exists()
+    # nothing else happened either: no Ray, no MLflow store, manifest untouched
+    assert not (folder / "mlflow.db").exists()
+    assert Manifest.load(folder).resumes == 0
+
+
+@pytest.mark.parametrize(
+    "victim",
+    ["tuner.pkl", "experiment_state-2026-01-01_00-00-00.json", "searcher-state-x.pkl", "t1/error.pkl"],
+)
+def test_signed_state_tampered_after_signing_is_refused(tmp_path, key_home, capsys, victim):
+    """Every file Tune may unpickle is covered: replacing any signed one is caught before Ray reads it."""
+    folder = sweep_folder(tmp_path / "runs")
+    for rel in (
+        "tuner.pkl",
+        "experiment_state-2026-01-01_00-00-00.json",
+        "searcher-state-x.pkl",
+        "t1/error.pkl",
+    ):
+        (folder / "tune" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / "tune" / rel).write_bytes(pickle.dumps({"benign": rel}))
+    signing.sign_tune_state(folder)
+    signing.verify_tune_state(folder, "hint")  # control: the sweep's own state passes
+
+    marker = tmp_path / "pwned"
+    (folder / "tune" / victim).write_bytes(crafted_pickle(marker))
+    code, text = resume(folder, capsys)
+    assert code == 2, text
+    assert f"tune/{victim} changed after your sweep signed it" in text, text
+    assert not marker.exists()
+
+
+def test_an_added_unsigned_state_file_is_refused(tmp_path, key_home):
+    """Tune loads the newest ``searcher-state-*.pkl`` by name: an extra one planted beside signed ones is refused."""
+    folder = sweep_folder(tmp_path / "runs")
+    (folder / "tune" / "searcher-state-a.pkl").write_bytes(pickle.dumps({}))
+    signing.sign_tune_state(folder)
+    (folder / "tune" / "searcher-state-zz.pkl").write_bytes(crafted_pickle(tmp_path / "pwned"))
+    with pytest.raises(signing.TrustError, match="searcher-state-zz.pkl is not signed"):
+        signing.verify_tune_state(folder, "hint")
+
+
+def test_another_users_key_does_not_verify(tmp_path, key_home, monkeypatch):
+    """Signatures made with someone else's key (the folder's author) mean nothing to this user."""
+    folder = sweep_folder(tmp_path / "runs")
+    (folder / "tune" / "tuner.pkl").write_bytes(pickle.dumps({}))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "author"))
+    signing.sign_tune_state(folder)
+    assert signing.trusted_manifest(folder) is False  # signed by our key (key_home), not the author's
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(key_home))
+    with pytest.raises(signing.TrustError, match="changed after your sweep signed it"):
+        signing.verify_tune_state(folder, "hint")
+    assert signing.trusted_manifest(folder) is True
+
+
+def test_signing_key_is_private_and_outside_the_folder(tmp_path, key_home):
+    folder = sweep_folder(tmp_path / "runs")  # Manifest.save signs, creating the key
+    key = key_home / "ranksearch" / "state.key"
+    assert key.is_file() and not key.is_relative_to(folder)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    assert signing.trusted_manifest(folder)
+    key.chmod(0o644)  # a key others can read signs nothing and verifies nothing
+    with pytest.raises(signing.TrustError, match="readable or writable by others: chmod 600"):
+        signing.load_key(create=False)
+    assert signing.trusted_manifest(folder) is False
+
+
+def test_trust_state_is_explicit_and_signs(tmp_path, key_home):
+    """``--trust-state`` (a folder the user wrote elsewhere) signs its state, after which it verifies."""
+    folder = sweep_folder(tmp_path / "runs")
+    (folder / "tune" / "tuner.pkl").write_bytes(pickle.dumps({}))
+    with pytest.raises(signing.TrustError):
+        signing.verify_tune_state(folder, "hint")
+    signing.sign_tune_state(folder)
+    signing.verify_tune_state(folder, "hint")
