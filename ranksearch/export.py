@@ -170,7 +170,7 @@ def trial_run(source: str, trial_dir: Path, tracking_uri: str | None = None) -> 
     from ranksearch.report.data import open_sweep
     from ranksearch.report.detail import run_ids
 
-    data = open_sweep(sweep)
+    data = open_sweep(sweep, tracking_uri)
     run = run_ids(data)[0].get(trial_dir.relative_to(sweep).parts[1])
     return (data.manifest.tracking_uri, run) if run else None
 

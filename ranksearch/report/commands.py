@@ -29,6 +29,13 @@ Storage = Annotated[
 ]
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="print only the essential line (a path or URL)")]
 AsJson = Annotated[bool, typer.Option("--json", help="print the result as JSON, for scripts")]
+# a folder's sweep.json may name any server: its store is contacted only for a folder this user's sweep wrote
+TrackingUri = Annotated[
+    str | None,
+    typer.Option(
+        help="MLflow store of the sweep (confirms the one sweep.json names, for a folder you did not create)"
+    ),
+]
 # read by ranksearch.cli.main (tracebacks instead of one-line errors); declared so each command accepts it
 Debug = Annotated[bool, typer.Option("--debug", help="show the full traceback on errors")]
 
@@ -65,6 +72,7 @@ def report(
     mlflow: Annotated[
         bool, typer.Option("--mlflow/--no-mlflow", help="log the report to the parent run")
     ] = True,
+    tracking_uri: TrackingUri = None,
     storage: Storage = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
@@ -83,7 +91,7 @@ def report(
 
     folder = _sweep(sweep, storage)
     t0 = time.perf_counter()
-    options = {"mlflow_url": mlflow_url}
+    options = {"mlflow_url": mlflow_url, "tracking_uri": tracking_uri}
     if watch:
         result = _watch(folder, out_file, top, every, options, quiet or as_json)
     elif quiet or as_json:
@@ -95,7 +103,7 @@ def report(
     logged = None
     if mlflow:
         try:
-            logged = log_to_parent(folder, result.path)
+            logged = log_to_parent(folder, result.path, tracking_uri)
         except Exception as e:  # the report exists either way; a tracking hiccup must not hide it
             err.print(f"[yellow]warning:[/yellow] report not logged to MLflow: {e}", highlight=False)
     seconds = round(time.perf_counter() - t0, 2)
@@ -180,11 +188,17 @@ def ui(
                 raise
             folder = None
         if folder is not None:
+            from ranksearch.report.data import tracking_store
             from ranksearch.sweep.folder import Manifest
 
             manifest = Manifest.load(folder)
             run_id, name = manifest.parent_run_id, manifest.name
-            uri = tracking_uri or manifest.tracking_uri
+            uri = tracking_store(folder, manifest.tracking_uri, tracking_uri)
+            if not uri:
+                raise RanksearchError(
+                    f"{folder} was not created by you (sweep.json is not signed by your ranksearch key): pass "
+                    f"--tracking-uri {manifest.tracking_uri} to serve the store it names"
+                )
     if uri is None:
         from ranksearch.tracking.mlflow_log import default_tracking_uri
 
@@ -297,6 +311,7 @@ def best(
     alias: Annotated[
         str, typer.Option(help="with --register: the alias pointed at the new version")
     ] = "champion",
+    tracking_uri: TrackingUri = None,
     storage: Storage = None,
     quiet: Quiet = False,
     as_json: AsJson = False,
@@ -311,7 +326,7 @@ def best(
     from ranksearch.report.data import best_row, load_sweep, trial_params
     from ranksearch.space import load_space
 
-    data = load_sweep(_sweep(sweep, storage), history=False)
+    data = load_sweep(_sweep(sweep, storage), history=False, tracking_uri=tracking_uri)
     row = best_row(data, trial)
     if row is None:
         raise RanksearchError(
@@ -361,6 +376,11 @@ def _register(data: Any, row: dict[str, Any], name: str, alias: str, silent: boo
     source = trial_folder(data.folder, tid)
     if source is None:
         raise RanksearchError(f"trial {tid} has no adapter.safetensors under {data.folder / 'trials' / tid}")
+    if not data.manifest.tracking_uri:
+        raise RanksearchError(
+            f"{data.folder} was not created by you (sweep.json is not signed by your ranksearch key): pass "
+            "--tracking-uri to name the MLflow store to register in"
+        )
     run = run_ids(data)[0].get(tid)
     if run is None:
         raise RanksearchError(

@@ -13,7 +13,9 @@ so a 1,000-trial sweep loads in about a second:
 from __future__ import annotations
 
 import json
+import logging
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +25,7 @@ import pandas as pd
 
 from ranksearch.errors import RanksearchError
 
+log = logging.getLogger(__name__)
 DONE = ("completed", "pruned", "failed", "error")
 # history columns worth keeping besides the objectives (the report's base-vs-new, curves, and the optimisation
 # history's compute axis: Tune's time_total_s/timestamp)
@@ -109,8 +112,12 @@ def find_sweep(arg: str | Path | None, root: Path | None = None) -> Path:
     raise RanksearchError(f"no sweep folder {path} (nor a sweep named {arg!r} under {root})")
 
 
-def open_sweep(folder: str | Path) -> SweepData:
-    """The sweep's manifest, space and objectives only (no tables read yet: ``load_sweep`` reads them)."""
+def open_sweep(folder: str | Path, tracking_uri: str | None = None) -> SweepData:
+    """The sweep's manifest, space and objectives only (no tables read yet: ``load_sweep`` reads them).
+
+    ``manifest.tracking_uri`` is what the commands may contact: ``tracking_uri`` if given (the user's
+    ``--tracking-uri``), else sweep.json's when this user's sweep wrote it, else "" (see ``tracking_store``).
+    """
     from ranksearch.sweep.folder import Manifest
 
     folder = find_sweep(folder)
@@ -120,15 +127,47 @@ def open_sweep(folder: str | Path) -> SweepData:
         if space is not None
         else [Objective("val/hm", "max")]
     )
-    return SweepData(folder, Manifest.load(folder), space, objectives, pd.DataFrame())
+    manifest = Manifest.load(folder)
+    manifest.tracking_uri = tracking_store(folder, manifest.tracking_uri, tracking_uri)
+    return SweepData(folder, manifest, space, objectives, pd.DataFrame())
 
 
-def load_sweep(folder: str | Path | SweepData, history: bool = True) -> SweepData:
+def tracking_store(folder: Path, recorded: str, confirmed: str | None) -> str:
+    """The MLflow store a read-only command may contact for this sweep folder.
+
+    A folder is data: its sweep.json can name any server (or any sqlite file, whose artifact locations can
+    point anywhere). So the recorded URI is used only when this user's key signed sweep.json (a folder this
+    user's sweep wrote, ``ranksearch.sweep.signing``); otherwise only after ``--tracking-uri`` names a store
+    (``confirmed``), and "" (no MLflow at all) until then, with one warning line saying so.
+    """
+    from ranksearch.sweep.signing import trusted_manifest
+
+    if confirmed:
+        return confirmed
+    if not recorded or trusted_manifest(folder):
+        return recorded
+    if (str(folder), recorded) not in _WARNED:
+        _WARNED.add((str(folder), recorded))
+        log.warning(
+        "%s was not created by you (sweep.json is not signed by your ranksearch key): its MLflow store %s is "
+            "not contacted; pass --tracking-uri %s to use it",
+            folder, recorded, recorded,
+        )  # fmt: skip
+    return ""
+
+
+_WARNED: set[tuple[str, str]] = set()
+
+
+def load_sweep(
+    folder: str | Path | SweepData, history: bool = True, tracking_uri: str | None = None
+) -> SweepData:
     """Read a sweep folder (see module docstring). ``history=False`` skips the per-report histories.
 
-    ``folder`` may be the result of ``open_sweep``, which is then completed in place and returned.
+    ``folder`` may be the result of ``open_sweep``, which is then completed in place and returned;
+    ``tracking_uri`` is passed on to ``open_sweep``.
     """
-    data = folder if isinstance(folder, SweepData) else open_sweep(folder)
+    data = folder if isinstance(folder, SweepData) else open_sweep(folder, tracking_uri)
     trials = read_trials(data.folder)
     data.history = (
         read_histories(data.folder, list(trials["trial_id"])) if history and len(trials) else pd.DataFrame()
@@ -167,15 +206,46 @@ def read_trials(folder: Path) -> pd.DataFrame:
     table = pq.read_table(path)
     # Tune's nested "config" column duplicates the param: columns; a struct column only gets in the way
     keep = [n for n in table.column_names if n != "config"]
-    return table.select(keep).to_pandas()
+    trials = table.select(keep).to_pandas()
+    if "trial_id" not in trials.columns:
+        raise RanksearchError(f"{path} has no trial_id column: not a ranksearch trials table")
+    ids = trials["trial_id"].astype(str)
+    plain = ids.map(is_plain_id)
+    if not plain.all():  # ids become paths (tune/<id>, trials/<id>): one like ../../x would leave the folder
+        bad = list(ids[~plain])
+        log.warning(
+            "%s: skipped %d trial(s) whose id is not a plain name (e.g. %r): ids never address files outside "
+            "the sweep folder", path, len(bad), bad[0],
+        )  # fmt: skip
+        trials = trials[plain.values].reset_index(drop=True)
+    return trials
+
+
+_PLAIN_ID = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}$")
+
+
+def is_plain_id(trial_id: object) -> bool:
+    """Whether a trial id is one harmless path component (what ``sweep.folder.safe_name`` produces)."""
+    return isinstance(trial_id, str) and bool(_PLAIN_ID.match(trial_id))
+
+
+def inside(folder: Path, path: Path) -> bool:
+    """Whether ``path``, links resolved, is within ``folder`` (a crafted folder may hold links that leave it)."""
+    try:
+        return path.resolve().is_relative_to(folder.resolve())
+    except (OSError, RuntimeError):
+        return False
 
 
 def read_histories(folder: Path, trial_ids: list[str]) -> pd.DataFrame:
     """Every report of every trial as a long table: trial_id, report (1-based), step and metrics."""
     records: list[dict[str, Any]] = []
     for tid in trial_ids:
-        reports = _tune_reports(folder / "tune" / tid / "result.json") or _metrics_history(
-            folder / "trials" / tid
+        if not is_plain_id(tid):
+            continue
+        result = folder / "tune" / tid / "result.json"
+        reports = (_tune_reports(result) if inside(folder, result) else []) or _metrics_history(
+            folder, folder / "trials" / tid
         )
         for i, rep in enumerate(reports, 1):
             rec = {k: v for k, v in rep.items() if _is_number(v) and (k in _CURVE_KEYS or _useful(k))}
@@ -202,12 +272,12 @@ def _tune_reports(path: Path) -> list[dict[str, Any]]:
     return out
 
 
-def _metrics_history(trial_dir: Path) -> list[dict[str, Any]]:
+def _metrics_history(folder: Path, trial_dir: Path) -> list[dict[str, Any]]:
     """The ``history`` of the trial's metrics.json files (one per seed replicate, in seed-folder order)."""
     out: list[dict[str, Any]] = []
-    if not trial_dir.is_dir():
+    if not trial_dir.is_dir() or not inside(folder, trial_dir):
         return out
-    for path in sorted(trial_dir.rglob("metrics.json")):
+    for path in sorted(p for p in trial_dir.rglob("metrics.json") if inside(folder, p)):
         try:
             out += json.loads(path.read_text()).get("history", [])
         except (json.JSONDecodeError, OSError):
@@ -242,8 +312,10 @@ def _with_best(trials: pd.DataFrame, hist: pd.DataFrame, first: Objective) -> pd
 
 def trial_folder(folder: Path, trial_id: str) -> Path | None:
     """The folder holding the trial's adapter and config (its last seed replicate), or None."""
-    root = folder / "trials" / trial_id
-    found = sorted(p.parent for p in root.rglob("adapter.safetensors")) if root.is_dir() else []
+    root = folder / "trials" / str(trial_id)
+    if not is_plain_id(trial_id) or not root.is_dir() or not inside(folder, root):
+        return None
+    found = sorted(p.parent for p in root.rglob("adapter.safetensors") if inside(folder, p))
     return found[-1] if found else None
 
 
@@ -252,8 +324,9 @@ def final_allocation(folder: Path, trial_id: str) -> pd.DataFrame | None:
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    root = folder / "trials" / trial_id
-    files = sorted(root.rglob("allocation.parquet")) if root.is_dir() else []
+    root = folder / "trials" / str(trial_id)
+    ok = is_plain_id(trial_id) and root.is_dir() and inside(folder, root)
+    files = sorted(p for p in root.rglob("allocation.parquet") if inside(folder, p)) if ok else []
     if not files:
         return None
     cols = ["step", "tower", "layer", "module", "rank", "max_rank"]

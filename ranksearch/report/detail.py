@@ -108,8 +108,11 @@ def links(
 
 def _config_text(folder: Path, trial_id: str) -> str | None:
     """The trial's config.yaml as the trial wrote it (last seed replicate), or None."""
-    root = folder / "trials" / trial_id
-    found = sorted(root.rglob("config.yaml")) if root.is_dir() else []
+    from ranksearch.report.data import inside, is_plain_id
+
+    root = folder / "trials" / str(trial_id)
+    ok = is_plain_id(trial_id) and root.is_dir() and inside(folder, root)
+    found = sorted(p for p in root.rglob("config.yaml") if inside(folder, p)) if ok else []
     if not found:
         return None
     try:

@@ -66,6 +66,7 @@ def build_report(
     *,
     refresh_s: float | None = None,
     mlflow_url: str | None = None,
+    tracking_uri: str | None = None,
     details: int = detail.TOP,
 ) -> Report:
     """Load a sweep folder and write its dashboard (default ``<folder>/report.html``).
@@ -94,7 +95,7 @@ def build_report(
         t0 = now
 
     say("reading the sweep folder")
-    data = open_sweep(folder)
+    data = open_sweep(folder, tracking_uri)
     child = importance.start(data)  # overlaps with everything below (see report.importance)
     load_sweep(data)
     lap("load")
@@ -147,6 +148,7 @@ def watch_report(
     on_build: Any = None,
     *,
     mlflow_url: str | None = None,
+    tracking_uri: str | None = None,
     poll_s: float = 2.0,
     max_s: float | None = None,
 ) -> Report:
@@ -172,14 +174,20 @@ def watch_report(
         sig = _signature(folder)
         due = time.monotonic() - last_build >= every or not running
         if sig != seen and due:
-            report = build_report(folder, out, top, refresh_s=every, mlflow_url=mlflow_url)
+            report = build_report(
+                folder, out, top, refresh_s=every, mlflow_url=mlflow_url, tracking_uri=tracking_uri
+            )
             seen, last_build = sig, time.monotonic()
             if on_build is not None:
                 on_build(report, not running)
         if not running and report is not None and sig == seen:
             return report
         if max_s is not None and time.monotonic() - start > max_s:
-            return report if report is not None else build_report(folder, out, top, mlflow_url=mlflow_url)
+            return (
+                report
+                if report is not None
+                else build_report(folder, out, top, mlflow_url=mlflow_url, tracking_uri=tracking_uri)
+            )
         time.sleep(poll_s)
 
 
@@ -434,14 +442,19 @@ def _render(
     )  # fmt: skip
 
 
-def log_to_parent(data_folder: Path, path: Path) -> str | None:
-    """Log the report to the sweep's parent MLflow run (artifact path ``report/``); returns the run id."""
+def log_to_parent(data_folder: Path, path: Path, tracking_uri: str | None = None) -> str | None:
+    """Log the report to the sweep's parent MLflow run (artifact path ``report/``); returns the run id.
+
+    Only to a store this user's sweep recorded, or the one ``tracking_uri`` names (``data.tracking_store``).
+    """
+    from ranksearch.report.data import tracking_store
     from ranksearch.sweep.folder import Manifest
 
     manifest = Manifest.load(data_folder)
-    if not manifest.parent_run_id:
+    uri = tracking_store(data_folder, manifest.tracking_uri, tracking_uri)
+    if not manifest.parent_run_id or not uri:
         return None
     from mlflow.tracking import MlflowClient
 
-    MlflowClient(tracking_uri=manifest.tracking_uri).log_artifact(manifest.parent_run_id, str(path), "report")
+    MlflowClient(tracking_uri=uri).log_artifact(manifest.parent_run_id, str(path), "report")
     return manifest.parent_run_id

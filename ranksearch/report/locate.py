@@ -66,7 +66,11 @@ def _candidate_uris(explicit: str | None) -> list[str]:
     uris = [os.environ["MLFLOW_TRACKING_URI"]] if os.environ.get("MLFLOW_TRACKING_URI") else []
     from ranksearch.sweep.folder import DEFAULT_ROOT, Manifest
 
+    from ranksearch.sweep.signing import trusted_manifest
+
     for manifest in sorted(DEFAULT_ROOT.glob("*/sweep.json")):
+        if not trusted_manifest(manifest.parent):  # a folder is data: its sweep.json may name any server
+            continue
         try:
             uris.append(Manifest.load(manifest.parent).tracking_uri)
         except (OSError, ValueError, TypeError):
