@@ -69,7 +69,7 @@ def resume(folder: Path, capsys, *extra: str) -> tuple[int, str]:
     return code, captured.out + captured.err
 
 
-def test_crafted_tuner_pkl_is_refused_and_never_run(tmp_path, key_home, capsys):
+def test_crafted_tuner_pkl_is_refused_and_never_run(tmp_path, key_home, capsys, caplog):
     """The headline: a shared folder whose tune/tuner.pkl runs code on unpickling is refused by --resume."""
     folder = sweep_folder(tmp_path / "runs")
     marker = tmp_path / "pwned"
@@ -156,3 +156,129 @@ def test_trust_state_is_explicit_and_signs(tmp_path, key_home):
         signing.verify_tune_state(folder, "hint")
     signing.sign_tune_state(folder)
     signing.verify_tune_state(folder, "hint")
+
+
+# ------------------------------------------------------------------------- read-only commands read plain data
+def foreign_folder(root: Path, uri: str, ids: list[str]) -> Path:
+    """A sweep folder someone else wrote (sweep.json not signed by this user's key), with a trials table."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = root / "foreign"
+    folder.mkdir(parents=True)
+    (folder / "space.yaml").write_text(
+        yaml.safe_dump({"params": {"adapter.r": [1, 2]}, "objective": {"metric": "val/hm", "mode": "max"}})
+    )
+    manifest = {"name": "foreign", "space_file": "space.yaml", "tracking_uri": uri, "experiment": "foreign",
+                "parent_run_id": "f" * 32, "started": 0.0, "status": "finished"}  # fmt: skip
+    (folder / "sweep.json").write_text(json.dumps(manifest))
+    rows = [{"trial_id": t, "status": "completed", "family": "lora", "param:adapter.r": 1, "val/hm": 50.0 + i}
+            for i, t in enumerate(ids)]  # fmt: skip
+    pq.write_table(pa.Table.from_pylist(rows), folder / "trials.parquet")
+    return folder
+
+
+def cli(args: list[str], capsys, caplog) -> tuple[int, str]:
+    """Exit status and everything the command said (stdout, stderr, its warnings), for one command."""
+    caplog.clear()
+    try:
+        main(args)
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err + caplog.text
+
+
+def test_trial_ids_never_address_files_outside_the_folder(tmp_path, key_home, capsys, caplog):
+    """A trial id ``../../x`` in trials.parquet is skipped with a message; nothing outside the folder is read."""
+    import json
+
+    from ranksearch.report.data import load_sweep, trial_folder
+
+    folder = foreign_folder(tmp_path / "runs", "", ["a1b2c3d4", "../../outside"])
+    # what the crafted id points at: tune/../../outside/result.json == tmp_path/outside/result.json
+    secret = tmp_path / "runs" / "outside"
+    secret.mkdir()
+    (secret / "result.json").write_text(json.dumps({"val/hm": 31337.5}) + "\n")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "result.json").write_text(json.dumps({"val/hm": 31337.5}) + "\n")
+    # a trial folder that is a link out of the sweep folder is not followed either
+    (folder / "trials").mkdir()
+    (folder / "trials" / "a1b2c3d4").symlink_to(tmp_path / "outside")
+
+    data = load_sweep(folder)
+    assert list(data.trials["trial_id"]) == ["a1b2c3d4"]
+    assert data.history.empty or 31337.5 not in set(data.history.get("val/hm", []))
+    assert trial_folder(folder, "../../outside") is None and trial_folder(folder, "a1b2c3d4") is None
+
+    code, text = cli(["status", str(folder), "--json"], capsys, caplog)
+    assert code == 0, text
+    assert "skipped 1 trial(s) whose id is not a plain name (e.g. '../../outside')" in text, text
+    assert "31337" not in text
+    code, text = cli(["best", str(folder), "--trial", "../../outside"], capsys, caplog)
+    assert code != 0 and "no trial" in text.lower(), text
+
+
+class _Listener:
+    """A TCP port that counts connections: stands for the server a crafted sweep.json names."""
+
+    def __init__(self):
+        import socket
+        import threading
+
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.port = self.sock.getsockname()[1]
+        self.hits = 0
+        self.stop = False
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while not self.stop:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                continue
+            self.hits += 1
+            conn.close()
+
+    def close(self):
+        self.stop = True
+        self.thread.join()
+        self.sock.close()
+
+
+@pytest.mark.slow  # ~7 s: two report builds
+def test_a_folders_tracking_uri_is_contacted_only_when_signed_or_confirmed(
+    tmp_path, key_home, capsys, caplog, monkeypatch
+):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    server = _Listener()
+    try:
+        uri = f"http://127.0.0.1:{server.port}"
+        folder = foreign_folder(tmp_path / "runs", uri, ["a1b2c3d4"])
+        code, text = cli(
+            ["report", str(folder), "--out", str(tmp_path / "r.html"), "--quiet"], capsys, caplog
+        )
+        assert code == 0, text
+        assert f"its MLflow store {uri} is not contacted; pass --tracking-uri {uri} to use it" in text, text
+        code, text = cli(["best", str(folder), "--register", "m"], capsys, caplog)
+        assert code == 2 and "was not created by you" in text, text
+        code, text = cli(["ui", str(folder), "--port", "0"], capsys, caplog)
+        assert code == 2 and f"--tracking-uri {uri}" in text, text
+        assert server.hits == 0
+        # the user confirms it: now it is used (the listener is no MLflow server, so logging fails politely)
+        code, text = cli(
+            ["report", str(folder), "--out", str(tmp_path / "r.html"), "--tracking-uri", uri], capsys, caplog
+        )
+        assert code == 0 and "report not logged to MLflow" in text, text
+        assert server.hits >= 1
+    finally:
+        server.close()

@@ -195,7 +195,9 @@ def ui(
             run_id, name = manifest.parent_run_id, manifest.name
             uri = tracking_store(folder, manifest.tracking_uri, tracking_uri)
             if not uri:
-                raise RanksearchError(
+                from ranksearch.sweep.signing import TrustError
+
+                raise TrustError(
                     f"{folder} was not created by you (sweep.json is not signed by your ranksearch key): pass "
                     f"--tracking-uri {manifest.tracking_uri} to serve the store it names"
                 )
@@ -373,14 +375,16 @@ def _register(data: Any, row: dict[str, Any], name: str, alias: str, silent: boo
         raise RanksearchError(
             f"trial {tid} did not complete ({row.get('status')}): it has no model to register"
         )
-    source = trial_folder(data.folder, tid)
-    if source is None:
-        raise RanksearchError(f"trial {tid} has no adapter.safetensors under {data.folder / 'trials' / tid}")
     if not data.manifest.tracking_uri:
-        raise RanksearchError(
+        from ranksearch.sweep.signing import TrustError
+
+        raise TrustError(
             f"{data.folder} was not created by you (sweep.json is not signed by your ranksearch key): pass "
             "--tracking-uri to name the MLflow store to register in"
         )
+    source = trial_folder(data.folder, tid)
+    if source is None:
+        raise RanksearchError(f"trial {tid} has no adapter.safetensors under {data.folder / 'trials' / tid}")
     run = run_ids(data)[0].get(tid)
     if run is None:
         raise RanksearchError(

@@ -28,6 +28,7 @@ from pathlib import Path
 from ranksearch.errors import RanksearchError
 
 SIGNATURES = "signatures.json"
+MANIFEST = "sweep.json"  # as ranksearch.sweep.folder names it (which imports this module, not the reverse)
 KEEP = 8  # MACs kept per path: Tune's background copy into tune/ can lag a few state saves behind
 # every file under the sweep folder that Ray Tune may unpickle on restore (relative glob patterns)
 PICKLED = ("tune/*.pkl", "tune/*.json", "tune/*/*.pkl")
@@ -171,15 +172,11 @@ def verify_tune_state(folder: Path, resume_hint: str) -> None:
 
 def sign_manifest(folder: Path) -> None:
     """Mark ``sweep.json`` as written by this user (its tracking URI may then be contacted)."""
-    from ranksearch.sweep.folder import MANIFEST
-
     sign(folder, {MANIFEST: folder / MANIFEST})
 
 
 def trusted_manifest(folder: Path) -> bool:
     """Whether ``sweep.json`` carries this user's MAC (a folder this user's sweep wrote)."""
-    from ranksearch.sweep.folder import MANIFEST
-
     try:
         key = load_key(create=False)
         data = (folder / MANIFEST).read_bytes()
