@@ -65,7 +65,6 @@ def _candidate_uris(explicit: str | None) -> list[str]:
         return [explicit]
     uris = [os.environ["MLFLOW_TRACKING_URI"]] if os.environ.get("MLFLOW_TRACKING_URI") else []
     from ranksearch.sweep.folder import DEFAULT_ROOT, Manifest
-
     from ranksearch.sweep.signing import trusted_manifest
 
     for manifest in sorted(DEFAULT_ROOT.glob("*/sweep.json")):

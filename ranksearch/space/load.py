@@ -49,6 +49,9 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     text = read_text_file(p)
     data = parse_yaml(text, source=str(p))
     if overrides:
+        searched = _searched_by_overrides(data, overrides)
+        if searched:
+            raise ConfigError(searched, str(p))
         base = data.get("base") if isinstance(data.get("base"), dict) else {}
         data = {**data, "base": apply_overrides(base, overrides)}
         # the recorded copy must hold the overrides too, so a resumed sweep runs the same space
@@ -57,6 +60,32 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         return validate_space(data, source=str(p), text=text)
     except ConfigError as e:
         raise blame_overrides(e, overrides) from None
+
+
+def _searched_by_overrides(data: Any, overrides: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
+    """``--set`` on a field the space searches would be silently overridden by the sampled value: refused.
+
+    (``--set`` fixes a field for every trial; a searched field is not fixed, so the parameter must go first.)
+    """
+    if not isinstance(data, dict):
+        return []
+    searched: dict[str, str] = {}
+    if isinstance(data.get("params"), dict):
+        searched.update({str(k): f"params.{k}" for k in data["params"]})
+    families = data.get("families") if isinstance(data.get("families"), dict) else {}
+    for family, sub in families.items():
+        if isinstance(sub, dict) and isinstance(sub.get("params"), dict):
+            for k in sub["params"]:
+                searched.setdefault(str(k), f"families.{family}.params.{k}")
+    problems = []
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        for path, where in searched.items():
+            if key and (key == path or key.startswith(path + ".") or path.startswith(key + ".")):
+                problems.append((f"--set {item}", f"{path} is searched by this space ({where}), so a fixed value "
+                                 "would be ignored; remove that parameter from the space to fix the field"))  # fmt: skip
+                break
+    return problems
 
 
 def validate_space(

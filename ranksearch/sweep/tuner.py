@@ -141,6 +141,7 @@ def _run_sweep(
     from ranksearch.sweep.compute_budget import budget_spent
     from ranksearch.sweep.live import LiveView
     from ranksearch.sweep.mlflow_sweep import MlflowSweepCallback
+    from ranksearch.sweep.ray_runtime import check_resources, probe_address, start_ray
     from ranksearch.sweep.results import best_trial, trial_rows
     from ranksearch.sweep.signing import sign_tune_state
     from ranksearch.sweep.state_signer import StateSigner
@@ -150,6 +151,13 @@ def _run_sweep(
         raise ConfigError([("runner", f"unknown runner {runner!r}; known: {', '.join(_runners())}")])
     if extend is not None:
         _check_extend(extend, resume, trials, overrides, warm_start)
+    if trials is not None and (isinstance(trials, bool) or not isinstance(trials, int) or trials < 1):
+        # Ray reads num_samples=-1 as "forever", and 0 was taken for "the space's count"
+        raise ConfigError(
+            [("--trials", f"{trials!r}: the number of trials must be an integer of at least 1")]
+        )
+    if address and not ray.is_initialized():
+        probe_address(address)  # before anything is created: nothing answers there -> nothing left behind
     given = space_file if isinstance(space_file, SearchSpace) else None  # the Python API passes the object
     if given is not None:
         space_file = Path(given.source or "space.yaml")
@@ -203,14 +211,15 @@ def _run_sweep(
         preflight(space)
     started_ray = False
     if not ray.is_initialized():
-        kw = {"include_dashboard": False, "log_to_driver": False, **(ray_init or {})}
-        # Ray's dashboard and Jobs API run code for whoever reaches them: loopback unless the user says otherwise
-        kw.setdefault("dashboard_host", "127.0.0.1")
-        if address:
-            ray.init(address=address, **kw)
-        else:
-            ray.init(address="local", num_cpus=kw.pop("num_cpus", os.cpu_count()), num_gpus=gpus, **kw)
+        start_ray(address, gpus, ray_init)  # fails fast on an --address nothing answers
         started_ray = True
+    res = space.spec.resources
+    try:  # a request no node can hold would leave every trial pending forever
+        check_resources(res.cpu, res.gpu, "per pack" if res.pack > 1 else "per trial")
+    except ConfigError:
+        if started_ray:
+            ray.shutdown()
+        raise
     # Save the experiment state often: after a killed driver, only trials started since the last save are
     # lost (and re-created); the default "auto" period can be minutes on long sweeps.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
