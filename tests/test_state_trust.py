@@ -123,16 +123,20 @@ def test_an_added_unsigned_state_file_is_refused(tmp_path, key_home):
 
 
 def test_another_users_key_does_not_verify(tmp_path, key_home, monkeypatch):
-    """Signatures made with someone else's key (the folder's author) mean nothing to this user."""
+    """A folder signed throughout by someone else's key (its author's) means nothing to this user."""
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "author"))
     folder = sweep_folder(tmp_path / "runs")
     (folder / "tune" / "tuner.pkl").write_bytes(pickle.dumps({}))
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "author"))
     signing.sign_tune_state(folder)
-    assert signing.trusted_manifest(folder) is False  # signed by our key (key_home), not the author's
+    signing.verify_tune_state(folder, "hint")  # the author may resume it
+    assert signing.trusted_manifest(folder)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(key_home))
-    with pytest.raises(signing.TrustError, match="changed after your sweep signed it"):
+    with pytest.raises(signing.TrustError, match="no signing key at"):  # this user never signed anything
         signing.verify_tune_state(folder, "hint")
-    assert signing.trusted_manifest(folder) is True
+    signing.load_key(create=True)
+    with pytest.raises(signing.TrustError, match="sweep.json changed after your sweep signed it"):
+        signing.verify_tune_state(folder, "hint")
+    assert signing.trusted_manifest(folder) is False
 
 
 def test_signing_key_is_private_and_outside_the_folder(tmp_path, key_home):

@@ -177,7 +177,7 @@ def _run_sweep(
     earlier: list[dict[str, Any]] = []  # rows of the trials of earlier Tune experiments (--extend)
     if extend is not None:  # a new Tune experiment for the finished sweep's study, parent run and folder
         manifest = finished_manifest(folder)
-        _check_state_signed(folder, space_file, name, storage, trust_state)  # its stores, then its Tune folder
+        _check_state_signed(folder, space_file, name, storage, trust_state)  # the stores sweep.json names
         space = load_space(folder / SPACE_COPY)
         tracking_uri = _recorded_url(tracking_uri, manifest.tracking_uri, "--tracking-uri")
         study_storage = _recorded_url(study_storage, manifest.study_storage, "--storage")
@@ -315,6 +315,8 @@ def _earlier_rows(folder: Path, ids: list[str] | None = None) -> list[dict[str, 
     rows = [{k: v for k, v in r.items() if v is not None} for r in table.to_pylist()]
     wanted = None if ids is None else set(ids)
     return [r for r in rows if wanted is None or str(r.get("trial_id")) in wanted]
+
+
 def _check_state_signed(
     folder: Path, space_file: Any, name: str, storage: Path | None, trust_state: bool
 ) -> None:
