@@ -33,6 +33,7 @@ BENCHMARKS = [
     "cache_prefix",
     "merged_inference",
     "memory",
+    "threads",
     "search_overhead",
     "search_efficiency",
     "startup",

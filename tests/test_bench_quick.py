@@ -16,8 +16,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED_ROWS = [
-    "tiny: ranksearch / PEFT",
-    "tiny: ranksearch / plain CLIP-LoRA",
+    "tiny: ranksearch / PEFT, equal work (EOT cut on both)",
+    "tiny: ranksearch / plain CLIP-LoRA, equal work (EOT cut on both)",
+    "tiny: ranksearch / PEFT, equal work (full 77-token prompts on both)",
+    "tiny: EOT prompt cut, a property of CLIP any peer could use",
     "tiny: option fused q/k/v matmul / default",
     "tiny: option AMP",
     "tiny: option torch.compile",
@@ -36,6 +38,8 @@ EXPECTED_ROWS = [
     "trial step peak / floor",
     "optimizer state only for adapter parameters",
     "bytes per adapter parameter",
+    "tiny: step with 2 torch threads / 1",
+    "2 concurrent tiny trials vs 2 sequential at their fastest",
     "per-trial overhead: ranksearch sweep / bare Ray Tune",
     "NAS-Bench-201 cifar10: compute to random's final median regret, default / random",
     "LCDB OpenML 6: compute to within 1 seed-SD of the best, default / random",

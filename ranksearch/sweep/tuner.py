@@ -29,6 +29,10 @@ from ranksearch.tracking.credentials import is_database_url, redact
 
 log = logging.getLogger(__name__)
 
+# Tune keeps a finished trial's actor for the next one (no re-import of torch/open_clip per trial);
+# bench/search_overhead.py gives its bare-Tune baseline the same setting
+REUSE_ACTORS = True
+
 TUNE_DIR, SPACE_COPY, JOURNAL = "tune", "space.yaml", "optuna.journal"
 
 
@@ -443,7 +447,7 @@ def _new_tuner(
             scheduler=build_scheduler(space),
             num_samples=total,
             max_concurrent_trials=space.spec.concurrency,
-            reuse_actors=True,
+            reuse_actors=REUSE_ACTORS,
             trial_dirname_creator=trial_dirname,
         ),  # fmt: skip
         run_config=tune.RunConfig(
