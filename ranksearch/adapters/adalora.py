@@ -62,6 +62,9 @@ class SVDLinear(AdapterLayer):
     def delta_weight(self) -> torch.Tensor:
         return self.ada_B @ (self.ada_A * self.ada_E) * self.scale  # (d_out, d_in)
 
+    def lowrank(self) -> tuple[torch.Tensor, float, torch.Tensor, nn.Module]:
+        return self.ada_A * self.ada_E, self.scale, self.ada_B, self.ada_dropout
+
     def rank(self) -> int:
         return int(self.ada_mask.count_nonzero())  # allocated rank (PEFT's rank_pattern)
 
