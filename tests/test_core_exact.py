@@ -60,12 +60,18 @@ CASES = [
     ("lora", ["q", "k", "v"], {"r": 2, "dropout": 0.25}),  # each projection its own mask, same RNG order
     ("codyra", ["q", "k", "v"], {"r": 3}),
     ("adalora", ["q", "k", "v"], {"init_r": 4, "target_r": 2}),
-    ("rlrr", ["q", "k", "v"], {"ssf": False}),  # no low-rank factors: per-third updates on the fused matmul
+    # RLRR in its generic form (base + update): no low-rank factors, so per-third updates on the fused matmul
+    ("rlrr", ["q", "k", "v"], {"ssf": False}),
 ]
 
 
 @pytest.mark.parametrize(("family", "matrices", "cfg"), CASES)
-def test_stacked_qkv_equals_separate_projections(family, matrices, cfg):
+def test_stacked_qkv_equals_separate_projections(family, matrices, cfg, monkeypatch):
+    if family == "rlrr":
+        from ranksearch.adapters.base import AdapterLayer
+        from ranksearch.adapters.rlrr import RlrrLinear
+
+        monkeypatch.setattr(RlrrLinear, "forward", AdapterLayer.forward)
     model, _ = _model(family, matrices, **cfg)
     old = _run(model, stacked=False)
     new = _run(model, stacked=True)
@@ -106,3 +112,68 @@ def test_fused_qkv_follows_a_merge_of_the_frozen_weights():
     merged = _run(model, stacked=True, train=False, grads=False)
     torch.testing.assert_close(merged[0], before[0], **TOL)
     torch.testing.assert_close(merged[1], before[1], **TOL)
+
+
+@pytest.mark.parametrize("cfg", [{"r": 1}, {"r": 3, "residual": False}, {"r": 1, "sides": "left", "ssf": False}])
+def test_rlrr_effective_weight_equals_the_rescaled_matmuls(cfg, monkeypatch):
+    """One matmul with W ⊙ (1 + S_l S_r) gives the outputs and gradients of base(x) + Σ_k ((x ⊙ sr_k) Wᵀ) ⊙ sl_k."""
+    from ranksearch.adapters.base import AdapterLayer
+    from ranksearch.adapters.rlrr import RlrrLinear
+
+    model, _ = _model("rlrr", ["q", "k", "v", "o", "fc", "proj"], **cfg)
+    new = _run(model, stacked=True)
+    monkeypatch.setattr(RlrrLinear, "forward", AdapterLayer.forward)  # the form it replaced
+    old = _run(model, stacked=True)
+    for a, b in zip(new[:2], old[:2], strict=True):
+        torch.testing.assert_close(a, b, **TOL)
+    assert len(new[2]) == len(old[2]) > 0
+    for g1, g0 in zip(new[2], old[2], strict=True):
+        torch.testing.assert_close(g1, g0, **TOL)
+
+
+def _adalora_reference_step(fam, ema: dict) -> None:
+    """The per-parameter loop the vectorised update replaced (PEFT's RankAllocator.update_ipt)."""
+    b1, b2 = fam.config.beta1, fam.config.beta2
+    for key, p in fam._params():
+        ipt = (p * p.grad).abs()
+        avg, unc = ema.get(key, (torch.zeros_like(p), torch.zeros_like(p)))
+        avg = b1 * avg + (1 - b1) * ipt
+        unc = b2 * unc + (1 - b2) * (ipt - avg).abs()
+        ema[key] = (avg, unc)
+
+
+def _adalora_reference_orth(fam) -> torch.Tensor:
+    terms = []
+    for layer in fam.layers:
+        for cov in (layer.ada_A @ layer.ada_A.t(), layer.ada_B.t() @ layer.ada_B):
+            eye = torch.eye(cov.shape[0], dtype=cov.dtype)
+            terms.append(torch.linalg.matrix_norm(cov - eye, ord="fro"))
+    return fam.config.orth_reg_weight * torch.stack(terms).mean()
+
+
+def test_adalora_vectorised_importance_and_orthogonality_equal_the_loop():
+    model, fam = _model("adalora", ["q", "k", "v", "fc"], init_r=4, target_r=2, orth_reg_weight=0.3)
+    params = [p for _, p in fam._params()]
+    ema: dict = {}
+    g = torch.Generator().manual_seed(5)
+    for _ in range(4):  # several steps: the EMAs carry over
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+        _adalora_reference_step(fam, ema)
+        assert fam.update_importance()
+    assert set(fam._ema) == set(ema) and len(ema) == 3 * len(fam.layers)
+    for key, (avg, unc) in ema.items():
+        torch.testing.assert_close(fam._ema[key][0], avg, atol=0, rtol=0)
+        torch.testing.assert_close(fam._ema[key][1], unc, atol=0, rtol=0)
+    reg, ref = fam.regularizer(), _adalora_reference_orth(fam)
+    torch.testing.assert_close(reg, ref, **TOL)
+    ga = torch.autograd.grad(reg, params, allow_unused=True)
+    gb = torch.autograd.grad(ref, params, allow_unused=True)
+    for a, b in zip(ga, gb, strict=True):
+        assert (a is None) == (b is None)
+        if a is not None:
+            torch.testing.assert_close(a, b, **TOL)
+    params[3].grad[0, 0] = float("nan")  # a skipped (non-finite) step changes nothing
+    before = {k: (a.clone(), u.clone()) for k, (a, u) in fam._ema.items()}
+    assert not fam.update_importance()
+    assert all(torch.equal(fam._ema[k][0], a) and torch.equal(fam._ema[k][1], u) for k, (a, u) in before.items())

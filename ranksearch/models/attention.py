@@ -73,8 +73,8 @@ class UnfusedAttention(nn.Module):
         """The frozen q/k/v linears when all three can share one matmul, else None.
 
         A projection qualifies when it is a plain ``nn.Linear`` or an adapter layer whose ``fusable_linear()`` returns
-        its frozen ``nn.Linear`` (forward is the generic ``base(x) + adapter_forward(x)``: LoRA, CoDyRA, AdaLoRA,
-        RLRR). Asked by duck typing so that models never import adapters (adapters build on models).
+        its frozen ``nn.Linear`` (forward is the generic ``base(x) + adapter_forward(x)``: LoRA, CoDyRA, AdaLoRA; RLRR
+        has its own). Asked by duck typing so that models never import adapters (adapters build on models).
         """
         bases = []
         for proj in (self.q_proj, self.k_proj, self.v_proj):
