@@ -34,6 +34,7 @@ BENCHMARKS = [
     "merged_inference",
     "memory",
     "threads",
+    "packed",
     "search_overhead",
     "search_efficiency",
     "startup",

@@ -77,7 +77,12 @@ def _ranksearch(
 def _plain(s: Scale, ctx: Context, work: Workload, cut: bool = True) -> Callable[[], object]:
     model, _ = build(s.model, ctx.device)
     return PeerLoop(
-        model, attach_plain_lora(model, r=2, alpha=1.0, dropout=0.0), work, ctx.device, s.batch, cut_prompts=cut
+        model,
+        attach_plain_lora(model, r=2, alpha=1.0, dropout=0.0),
+        work,
+        ctx.device,
+        s.batch,
+        cut_prompts=cut,
     ).step
 
 
@@ -108,7 +113,10 @@ def run(ctx: Context) -> list[Row]:
         cands.update({p: (_plain if p == "plain" else _peft)(s, ctx, work) for p in peers})
         cands["ranksearch, full prompts"] = _ranksearch(s, ctx, work, full_prompts=True)
         cands.update(
-            {f"{p}, full prompts": (_plain if p == "plain" else _peft)(s, ctx, work, cut=False) for p in peers}
+            {
+                f"{p}, full prompts": (_plain if p == "plain" else _peft)(s, ctx, work, cut=False)
+                for p in peers
+            }
         )
         ctx.log(f"{label}: ranksearch vs peers, {len(cands)} candidates, {s.repeats} rounds")
         t = interleaved(cands, ctx.device, s.repeats, s.warmup)
@@ -116,7 +124,9 @@ def run(ctx: Context) -> list[Row]:
         for peer in ("peft", "plain"):
             what = f"{label}: ranksearch / {PEERS[peer]}, equal work (EOT cut on both)"
             if peer not in peers:
-                rows.append(Row("step_vs_peers", what, f"≤ {TARGETS[peer]:.2f}", "skipped: peft not installed"))
+                rows.append(
+                    Row("step_vs_peers", what, f"≤ {TARGETS[peer]:.2f}", "skipped: peft not installed")
+                )
                 continue
             m, ok = at_most(t.ratio("ranksearch", peer), TARGETS[peer])
             rows.append(

@@ -32,7 +32,7 @@ def _model(family: str, matrices: list[str], seed: int = 0, **cfg) -> tuple[nn.M
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for layer in adapter_layers(model):
-            for name, p in layer.named_parameters():
+            for p in layer.parameters():
                 if p.requires_grad:  # a non-identity update everywhere (B = 0 / E = 0 at init otherwise)
                     p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3)
     return model, fam
@@ -114,7 +114,9 @@ def test_fused_qkv_follows_a_merge_of_the_frozen_weights():
     torch.testing.assert_close(merged[1], before[1], **TOL)
 
 
-@pytest.mark.parametrize("cfg", [{"r": 1}, {"r": 3, "residual": False}, {"r": 1, "sides": "left", "ssf": False}])
+@pytest.mark.parametrize(
+    "cfg", [{"r": 1}, {"r": 3, "residual": False}, {"r": 1, "sides": "left", "ssf": False}]
+)
 def test_rlrr_effective_weight_equals_the_rescaled_matmuls(cfg, monkeypatch):
     """One matmul with W ⊙ (1 + S_l S_r) gives the outputs and gradients of base(x) + Σ_k ((x ⊙ sr_k) Wᵀ) ⊙ sl_k."""
     from ranksearch.adapters.base import AdapterLayer
@@ -176,4 +178,6 @@ def test_adalora_vectorised_importance_and_orthogonality_equal_the_loop():
     params[3].grad[0, 0] = float("nan")  # a skipped (non-finite) step changes nothing
     before = {k: (a.clone(), u.clone()) for k, (a, u) in fam._ema.items()}
     assert not fam.update_importance()
-    assert all(torch.equal(fam._ema[k][0], a) and torch.equal(fam._ema[k][1], u) for k, (a, u) in before.items())
+    assert all(
+        torch.equal(fam._ema[k][0], a) and torch.equal(fam._ema[k][1], u) for k, (a, u) in before.items()
+    )

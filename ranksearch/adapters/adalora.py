@@ -275,7 +275,8 @@ class Adalora(AdapterFamily):
             raise ValueError(f"adalora state has EMAs for modules this trial does not have: {unknown[:3]}")
         # copies: the EMAs are updated in place, the caller's state must stay as it was
         self._ema = {
-            k: (a.to(devices[k], copy=True), u.to(devices[k], copy=True)) for k, (a, u) in state.get("ema", {}).items()
+            k: (a.to(devices[k], copy=True), u.to(devices[k], copy=True))
+            for k, (a, u) in state.get("ema", {}).items()
         }
         self.rank_history = [dict(h) for h in state.get("rank_history", [])]
         self.skipped_updates = int(state.get("skipped_updates", 0))

@@ -104,7 +104,8 @@ class UnfusedAttention(nn.Module):
                     w = torch.cat(weights)
                     b = torch.cat(biases) if has_bias else None
                     d = self.embed_dim
-                    for i, lin in enumerate(bases):  # frozen: no optimizer holds these; the next call finds a view
+                    # frozen: no optimizer holds these tensors; re-pointed, the next call finds a view
+                    for i, lin in enumerate(bases):
                         lin.weight.data = w[i * d : (i + 1) * d]
                         if b is not None:
                             lin.bias.data = b[i * d : (i + 1) * d]
@@ -127,7 +128,9 @@ class UnfusedAttention(nn.Module):
         w, b = self._fused_weights(bases)
         out = F.linear(query, w, b)  # (N, L, 3E)
         projs = (self.q_proj, self.k_proj, self.v_proj)
-        adapted = [i for i, (p, base) in enumerate(zip(projs, bases, strict=True)) if p is not base and not p.merged]
+        adapted = [
+            i for i, (p, base) in enumerate(zip(projs, bases, strict=True)) if p is not base and not p.merged
+        ]
         factors = {i: projs[i].lowrank() for i in adapted}
         stacked = [i for i in adapted if factors[i] is not None]
         if stacked:
@@ -138,7 +141,9 @@ class UnfusedAttention(nn.Module):
                 chunks[i] = chunks[i] + projs[i].adapter_forward(query).to(chunks[i].dtype)
         return chunks[0], chunks[1], chunks[2]
 
-    def _add_stacked(self, x: torch.Tensor, out: torch.Tensor, factors: list[tuple[int, tuple]]) -> torch.Tensor:
+    def _add_stacked(
+        self, x: torch.Tensor, out: torch.Tensor, factors: list[tuple[int, tuple]]
+    ) -> torch.Tensor:
         """``out`` (N, L, 3E) plus every listed projection's ``((Drop(x) Aᵀ) ⊙ gain) Bᵀ`` in its third.
 
         Shapes: A_i (r_i, E), gain_i (r_i,), B_i (E, r_i); stacked A (R, E), gain (R,), block-diagonal B (3E, R)
