@@ -69,7 +69,7 @@ MISSES = {
 def _settings(ctx: Context) -> Scale:
     if ctx.quick:
         return Scale("rs-tiny-clip", batch=32, classes=10, images=64, repeats=3, warmup=1)
-    return Scale("ViT-B-32", batch=8, classes=10, images=32, repeats=7, warmup=1)
+    return Scale("ViT-B-32", batch=8, classes=10, images=32, repeats=5, warmup=1)
 
 
 def run(ctx: Context) -> list[Row]:

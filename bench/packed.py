@@ -205,7 +205,8 @@ def run(ctx: Context) -> list[Row]:
     repeats, warmup = (2, 1) if ctx.quick else (9, 2)
     rows = [_throughput(ctx, mixed=False, repeats=repeats, warmup=warmup)]
     gc.collect()
-    if not ctx.quick:  # quick mode (CI) runs each code path once: one throughput group, one packed memory child
+    # quick mode (CI) runs each code path once: one throughput group, one packed memory child
+    if not ctx.quick:
         rows.append(_throughput(ctx, mixed=True, repeats=repeats, warmup=warmup))
         gc.collect()
     rows += _memory(ctx)

@@ -20,7 +20,7 @@ EXPECTED_ROWS = [
     "tiny: ranksearch / plain CLIP-LoRA, equal work (EOT cut on both)",
     "tiny: ranksearch / PEFT, equal work (full 77-token prompts on both)",
     "tiny: EOT prompt cut, a property of CLIP any peer could use",
-    "tiny: option fused q/k/v matmul / default",
+    "tiny: stacked q/k/v (fused frozen matmul + one low-rank product, default) / separate",
     "tiny: option AMP",
     "tiny: option torch.compile",
     "lora: step / floor",
