@@ -181,3 +181,15 @@ def test_adalora_vectorised_importance_and_orthogonality_equal_the_loop():
     assert all(
         torch.equal(fam._ema[k][0], a) and torch.equal(fam._ema[k][1], u) for k, (a, u) in before.items()
     )
+
+
+def test_stacked_qkv_first_used_under_inference_mode_still_trains():
+    """A first forward under torch.inference_mode (after a dtype move re-stacks q/k/v) leaves no inference tensor
+    behind for training to trip over."""
+    model, _ = _model("lora", ["q", "k", "v"], r=2, dropout=0.0)
+    with torch.inference_mode():
+        model.encode_image(torch.randn(2, 3, 32, 32, dtype=torch.float64))
+    img = model.encode_image(torch.randn(2, 3, 32, 32, dtype=torch.float64))
+    img.square().sum().backward()
+    vision = [p for layer in adapter_layers(model) if layer.site.tower == "vision" for p in layer.parameters()]
+    assert vision and all(p.grad is not None for p in vision if p.requires_grad)

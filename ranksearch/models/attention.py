@@ -96,7 +96,8 @@ class UnfusedAttention(nn.Module):
         tensors = [t for t in weights + biases if t is not None]
         key = tuple((id(t), t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
         if self._fused is None or self._fused[0] != key:
-            with torch.no_grad():
+            # never inference tensors (a first call under torch.inference_mode): training reuses the cached view
+            with torch.inference_mode(False), torch.no_grad():
                 w = _back_to_back(weights)
                 has_bias = all(t is not None for t in biases)
                 b = _back_to_back(biases) if has_bias else None
