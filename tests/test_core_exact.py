@@ -191,5 +191,7 @@ def test_stacked_qkv_first_used_under_inference_mode_still_trains():
         model.encode_image(torch.randn(2, 3, 32, 32, dtype=torch.float64))
     img = model.encode_image(torch.randn(2, 3, 32, 32, dtype=torch.float64))
     img.square().sum().backward()
-    vision = [p for layer in adapter_layers(model) if layer.site.tower == "vision" for p in layer.parameters()]
+    vision = [
+        p for layer in adapter_layers(model) if layer.site.tower == "vision" for p in layer.parameters()
+    ]
     assert vision and all(p.grad is not None for p in vision if p.requires_grad)
