@@ -38,6 +38,7 @@ BENCHMARKS = [
     "search_overhead",
     "search_efficiency",
     "startup",
+    "oneshot_search",
 ]
 
 PREAMBLE = """

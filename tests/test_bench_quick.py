@@ -49,6 +49,7 @@ EXPECTED_ROWS = [
     "NAS-Bench-201 cifar10, two objectives: hypervolume at equal compute, default / random",
     "start-up: ranksearch validate",
     "start-up: ranksearch best",
+    "Kendall τ, one-shot estimate vs retrained val/hm",
 ]
 
 
