@@ -180,7 +180,13 @@ def _memory(ctx: Context) -> list[Row]:
     alone = _measure("alone", model, ctx, batch, steps)
     rows = []
     what = "CUDA max allocated" if ctx.device.type == "cuda" else "process VmHWM"
-    for group in (1,) if ctx.quick else (1, K):
+    # RANKSEARCH_BENCH_PACK_STACKED=0 leaves out the all-stacked pack (8 batches in one pass: minutes of CPU)
+    stacked = not ctx.quick and os.environ.get("RANKSEARCH_BENCH_PACK_STACKED") != "0"
+    if "RANKSEARCH_BENCH_PACK_STACKED" in os.environ:
+        ctx.notes.append(
+            f"packed: run with RANKSEARCH_BENCH_PACK_STACKED={os.environ['RANKSEARCH_BENCH_PACK_STACKED']}"
+        )
+    for group in (1, K) if stacked else (1,):
         packed = _measure(f"pack-{group}", model, ctx, batch, steps)
         ratio = packed["peak"] / alone["peak"]
         target = 1.3

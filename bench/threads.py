@@ -44,6 +44,10 @@ def run(ctx: Context) -> list[Row]:
 
     rows: list[Row] = []
     before = torch.get_num_threads()
+    if "RANKSEARCH_BENCH_THREADS_VIT" in os.environ:
+        ctx.notes.append(
+            f"threads: run with RANKSEARCH_BENCH_THREADS_VIT={os.environ['RANKSEARCH_BENCH_THREADS_VIT']}"
+        )
     try:
         for s in _settings(ctx):
             label = "ViT-B-32" if s.model == "ViT-B-32" else "tiny"
