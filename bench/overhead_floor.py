@@ -8,6 +8,8 @@ defaults otherwise (LoRA r=2 with dropout 0.25, CoDyRA r=16, RLRR r=1 with SSF, 
 from __future__ import annotations
 
 import gc
+import os
+import types
 
 import torch
 
@@ -69,7 +71,26 @@ MISSES = {
 def _settings(ctx: Context) -> Scale:
     if ctx.quick:
         return Scale("rs-tiny-clip", batch=32, classes=10, images=64, repeats=3, warmup=1)
-    return Scale("ViT-B-32", batch=8, classes=10, images=32, repeats=5, warmup=1)
+    repeats = int(os.environ.get("RANKSEARCH_BENCH_VIT_REPEATS", "5"))  # fewer on a crowded machine (noted)
+    return Scale("ViT-B-32", batch=8, classes=10, images=32, repeats=repeats, warmup=1)
+
+
+def _previous_form(name: str, model) -> None:
+    """Put back the form a family's step had before the equal-work rewrites (the same numbers, measured beside
+    the new one): separate q, k, v projections for LoRA; RLRR's base matmul plus r rescaled ones."""
+    from ranksearch.adapters.base import AdapterLayer
+    from ranksearch.adapters.rlrr import RlrrLinear
+    from ranksearch.models.attention import set_fused_qkv
+
+    if name == "lora":
+        set_fused_qkv(model, False)
+    elif name == "rlrr":
+        for m in model.modules():
+            if isinstance(m, RlrrLinear):
+                m.forward = types.MethodType(AdapterLayer.forward, m)
+
+
+PREVIOUS = {"lora": "separate q, k, v projections", "rlrr": "base matmul + r rescaled matmuls"}
 
 
 def run(ctx: Context) -> list[Row]:
@@ -79,22 +100,32 @@ def run(ctx: Context) -> list[Row]:
     label = "ViT-B-32" if s.model == "ViT-B-32" else "tiny"
     _, size = build(s.model, torch.device("cpu"))
     work = Workload.make(s.model, size, s.images, s.classes)
+    # RANKSEARCH_BENCH_FLOOR_FAMILIES=lora,rlrr,... measures only these (a crowded machine); recorded in the notes
+    only = os.environ.get("RANKSEARCH_BENCH_FLOOR_FAMILIES")
+    families = {k: v for k, v in FAMILIES.items() if only is None or k in only.split(",")}
+    for var in ("RANKSEARCH_BENCH_FLOOR_FAMILIES", "RANKSEARCH_BENCH_VIT_REPEATS"):
+        if var in os.environ:
+            ctx.notes.append(f"overhead_floor: run with {var}={os.environ[var]}")
     cands = {}
     starts = {}
-    for name, (matrices, _) in FAMILIES.items():
-        model, _ = build(s.model, ctx.device)
-        sites = lora_sites(model, "both", "all", matrices)
-        starts[name] = lowest_adapted(sites)
-        cfg = get_family(name).config_cls()
-        trainer, _ = make_trainer(model, name, cfg, sites, work, ctx.device, s.batch)
-        cands[name] = trainer.train_step
-    floor_starts = starts["lora"]
+    for name, (matrices, _) in families.items():
+        for previous in (False, True) if name in PREVIOUS else (False,):
+            model, _ = build(s.model, ctx.device)
+            sites = lora_sites(model, "both", "all", matrices)
+            starts[name] = lowest_adapted(sites)
+            cfg = get_family(name).config_cls()
+            trainer, _ = make_trainer(model, name, cfg, sites, work, ctx.device, s.batch)
+            if previous:
+                _previous_form(name, model)
+            cands[f"{name}, previous form" if previous else name] = trainer.train_step
+    floor_starts = next(iter(starts.values()))
     assert all(v == floor_starts for v in starts.values())  # every placement starts at block 0 of both towers
     # The floor is the faster of two frozen models: stock open_clip (fused nn.MultiheadAttention) and the same
     # model with ranksearch's unfused q/k/v/o attention and no adapter; per round the smaller time counts, so no
     # attention implementation detail makes the floor easy to beat.
+    cuts = (True, False) if "dra" in families else (True,)  # the full-prompt floor is DRA's
     for kind in ("stock", "unfused"):
-        for cut in (True, False):
+        for cut in cuts:
             model, _ = build(s.model, ctx.device)
             if kind == "unfused":
                 unfuse_all(model)
@@ -102,23 +133,38 @@ def run(ctx: Context) -> list[Row]:
             cands[name] = FloorLoop(model, work, ctx.device, s.batch, floor_starts, cut_prompts=cut).step
     ctx.log(f"{label}: {len(cands)} candidates, {s.repeats} rounds")
     t = interleaved(cands, ctx.device, s.repeats, s.warmup)
-    for suffix in ("", ", full prompts"):
+    for suffix in ("", ", full prompts")[: len(cuts)]:
         pairs = zip(t.times[f"floor stock{suffix}"], t.times[f"floor unfused{suffix}"], strict=True)
         t.times[f"floor{suffix}"] = [min(a, b) for a, b in pairs]
         cpu = zip(t.cpu[f"floor stock{suffix}"], t.cpu[f"floor unfused{suffix}"], strict=True)
         t.cpu[f"floor{suffix}"] = [min(a, b) for a, b in cpu]
     rows = []
-    for name, (_, target) in FAMILIES.items():
+    for name, (_, target) in families.items():
         floor = "floor, full prompts" if name == "dra" else "floor"
         m, ok = at_most(t.ratio(name, floor), target)
         note = (
             f"{label}; step {t.median(name):.3f} s, floor {t.median(floor):.3f} s (stock "
             f"{t.median('floor stock' + floor[5:]):.3f}, unfused {t.median('floor unfused' + floor[5:]):.3f}); "
-            f"{ratio_note(t, name, floor)}"
+            f"{ratio_note(t, name, floor)}; {s.repeats} rounds"
         )
         if name == "dra":
             note += "; floor on the full 77-token prompts, as DRA's text path runs"
+        if name in PREVIOUS:
+            old = f"{name}, previous form"
+            note += f"; previous form ({PREVIOUS[name]}) {t.median(old):.3f} s, {t.ratio(old, floor):.2f}× the floor"
         rows.append(Row("overhead_floor", f"{name}: step / floor", f"≤ {target:.2f}", m, ok, note))
+        if name in PREVIOUS:
+            old = f"{name}, previous form"
+            rows.append(
+                Row(
+                    "overhead_floor",
+                    f"{name}: step / its previous form ({PREVIOUS[name]})",
+                    "< 1 (same numbers, less work)",
+                    f"{t.ratio(name, old):.2f}",
+                    t.ratio(name, old) < 1,
+                    f"{label}; exact (tests/test_core_exact.py); {ratio_note(t, name, old)}",
+                )
+            )
     del cands, t
     gc.collect()
     return rows
