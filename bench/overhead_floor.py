@@ -165,6 +165,12 @@ def run(ctx: Context) -> list[Row]:
                     f"{label}; exact (tests/test_core_exact.py); {ratio_note(t, name, old)}",
                 )
             )
+    for name, (_, target) in FAMILIES.items():
+        if name not in families:  # left out by RANKSEARCH_BENCH_FLOOR_FAMILIES: said so, no stale figure
+            rows.append(
+                Row("overhead_floor", f"{name}: step / floor", f"≤ {target:.2f}", "not re-measured in this run",
+                    None, "left out by RANKSEARCH_BENCH_FLOOR_FAMILIES; see this file's history for its last figure")
+            )  # fmt: skip
     del cands, t
     gc.collect()
     return rows
