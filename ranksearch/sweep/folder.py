@@ -3,6 +3,8 @@
 Layout of ``./ranksearch-runs/sweeps/<name>/``::
 
     sweep.json       manifest: name, space file, parent MLflow run id, tracking URI, started, status, trials
+                     (no absolute path into the folder: the default store is "sqlite:///mlflow.db", the
+                     folder's own, so a copied or moved folder is independent of its original)
     space.yaml       a copy of the search-space file as it was when the sweep started
     optuna.journal   the Optuna study (optuna-dashboard optuna.journal), unless --storage names a database
     mlflow.db        MLflow tracking store (default; --tracking-uri / $MLFLOW_TRACKING_URI to use another)
@@ -24,6 +26,8 @@ from ranksearch.errors import ConfigError
 
 DEFAULT_ROOT = Path("ranksearch-runs") / "sweeps"
 MANIFEST = "sweep.json"
+# sweep.json's spelling of the folder's own store: a path relative to the folder (read back by Manifest.load)
+IN_FOLDER_URI = "sqlite:///mlflow.db"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -50,8 +54,11 @@ class Manifest:
     study_storage: str | None = None
 
     def save(self, folder: Path) -> None:
+        data = asdict(self)
+        if data["tracking_uri"] == default_tracking_uri(folder):  # relative: a copied folder uses its own
+            data["tracking_uri"] = IN_FOLDER_URI
         tmp = folder / (MANIFEST + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.write_text(json.dumps(data, indent=2))
         os.replace(tmp, folder / MANIFEST)  # atomic: a killed driver never leaves half a manifest
         from ranksearch.sweep.signing import sign_manifest
 
@@ -60,6 +67,8 @@ class Manifest:
     @classmethod
     def load(cls, folder: Path) -> Manifest:
         data = json.loads((folder / MANIFEST).read_text())
+        if data.get("tracking_uri") == IN_FOLDER_URI:
+            data["tracking_uri"] = default_tracking_uri(Path(folder).resolve())
         return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
@@ -70,20 +79,27 @@ def sweep_folder(name: str, storage: Path | None) -> Path:
     return ((storage or DEFAULT_ROOT) / name).resolve()
 
 
-def prepare_folder(folder: Path, resume: bool) -> Manifest | None:
-    """Check the folder fits the request: new sweep -> must not exist (or be empty); resume -> must exist.
+def prepare_folder(folder: Path, resume: bool, unstarted: bool = False) -> None:
+    """Check the folder fits the request: new sweep -> must not exist, be empty, or hold a start that failed
+    before its first trial (``state.unstarted``); resume -> must hold a started sweep.
 
-    Returns the existing manifest when resuming.
+    ``unstarted``: ``state.unstarted``. Nothing is read here: ``state.check_resumable`` reads the state
+    once the lock is held.
     """
     has_manifest = (folder / MANIFEST).is_file()
     if resume:
-        # tune/: an ordinary sweep's experiment; supernet/: a one-shot search's first phase (ranksearch.oneshot)
-        if not has_manifest or not ((folder / "tune").is_dir() or (folder / "supernet").is_dir()):
+        if not has_manifest or not (folder / "tune").is_dir():
+            hint = "; start it again without --resume (the folder is reused)" if unstarted else ""
             raise ConfigError(
-                [("--resume", f"{folder} holds no sweep to resume (no {MANIFEST} or tune/ folder)")]
+                [("--resume", f"{folder} holds no sweep to resume (no {MANIFEST} or tune/ folder){hint}")]
             )
-        return Manifest.load(folder)
-    if folder.exists() and any(folder.iterdir()):
+        if unstarted:
+            raise ConfigError(
+                [("--resume", f"{folder} holds a start that failed before its first trial: run the same "
+                              "command without --resume (the folder is reused)")]
+            )  # fmt: skip
+        return
+    if folder.exists() and any(folder.iterdir()) and not unstarted:
         raise ConfigError(
             [
                 (
@@ -93,7 +109,6 @@ def prepare_folder(folder: Path, resume: bool) -> Manifest | None:
             ]
         )
     folder.mkdir(parents=True, exist_ok=True)
-    return None
 
 
 def finished_manifest(folder: Path) -> Manifest:

@@ -61,6 +61,8 @@ class TrackingJournal:
         self._entries: dict[int, dict[str, Any]] = {}  # pending, by seq
         self._seen: set[tuple[str, str, int]] = set()  # (target, key, step) of every journaled metric
         self._uncertain: set[int] = set()  # entries that may have reached MLflow without an ack
+        self._held: dict[str, dict[str, set[int]]] = {}  # run id -> key -> steps MLflow holds
+        self._created: set[str] = set()  # runs this journal created (nothing in them it did not deliver)
         self.acked = 0
         self.seq = 0
         self.stats = {"appended": 0, "delivered": 0, "dropped": 0, "skipped_duplicates": 0, "failures": 0}
@@ -72,23 +74,35 @@ class TrackingJournal:
 
     # ------------------------------------------------------------------------------------------ the file
     def _load(self) -> None:
+        from ranksearch.sweep.jsonl import read_jsonl, refuse
+
         if not self.path.exists():
             return
+        # a garbled line refuses (StateError naming the file and line); a last line cut short by a crash was
+        # never acknowledged to the caller: it is dropped, so the next append starts on a line of its own
+        items, whole = read_jsonl(self.path, what="MLflow journal entry", allow_cut_tail=True)
+        if whole < self.path.stat().st_size:
+            log.warning(
+                "MLflow journal: dropped a last entry cut short (%d bytes)", self.path.stat().st_size - whole
+            )
+            os.truncate(self.path, whole)
         acks: set[int] = set()
-        with open(self.path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    item = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a line cut short by a crash: it was never acknowledged to the caller
-                if "ack" in item:
-                    acks.add(int(item["ack"]))
-                    continue
-                seq = int(item["seq"])
-                self.seq = max(self.seq, seq)
-                self._entries[seq] = item
-                if item["op"] == "metrics":
-                    self._seen |= {(item["target"], m[0], int(m[3])) for m in item["metrics"]}
+        for number, item in enumerate(items, start=1):
+            if not _well_formed(item):
+                raise refuse(
+                    self.path, f"line {number} is JSON but not a journal entry",
+                    f"its other {len(items) - 1} entries are whole",
+                    f"after making a copy of the folder, delete line {number} ( sed -i {number}d {self.path} ) and "
+                    "--resume again (the runs' metrics are checked against MLflow, so nothing is logged twice)",
+                )  # fmt: skip
+            if "ack" in item:
+                acks.add(int(item["ack"]))
+                continue
+            seq = int(item["seq"])
+            self.seq = max(self.seq, seq)
+            self._entries[seq] = item
+            if item["op"] == "metrics":
+                self._seen |= {(item["target"], m[0], int(m[3])) for m in item["metrics"]}
         for seq in acks:
             self._entries.pop(seq, None)
         self.acked = max(acks, default=0)
@@ -255,15 +269,12 @@ class TrackingJournal:
         if op == "metrics":
             from mlflow.entities import Metric
 
-            metrics = item["metrics"]
-            if verify:  # idempotent replay: keep only points MLflow does not have yet
-                logged = set()
-                for key in {m[0] for m in metrics}:
-                    logged |= {(key, point.step) for point in client.get_metric_history(run_id, key)}
-                metrics = [m for m in metrics if (m[0], int(m[3])) not in logged]
+            metrics = self._new_points(run_id, item["metrics"], verify)
             batch = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in metrics]
             for i in range(0, len(batch), 1000):
                 client.log_batch(run_id, metrics=batch[i : i + 1000])
+            for k, _v, _ts, step in metrics:
+                self._held[run_id][k].add(int(step))
         elif op == "tags":
             from mlflow.entities import RunTag
 
@@ -272,6 +283,9 @@ class TrackingJournal:
                 client.log_batch(run_id, tags=tags[i : i + 100])
         elif op == "artifact":
             path = Path(item["path"])
+            path = (
+                path if path.is_absolute() else self.path.parent / path
+            )  # relative: inside the sweep folder
             if not path.exists():
                 log.warning("MLflow: artifact %s is gone; not logged", path)
             elif path.is_dir():
@@ -284,6 +298,29 @@ class TrackingJournal:
             client.update_run(run_id, status="RUNNING")
         else:
             log.warning("MLflow journal: unknown op %r skipped", op)
+
+    def _new_points(self, run_id: str, metrics: list[list[Any]], verify: bool) -> list[list[Any]]:
+        """The points of ``metrics`` MLflow does not hold yet (by key and step).
+
+        What a run holds is read from MLflow once per key for every run this journal did not create (a run of
+        an earlier driver, or the parent), so the keys survive the journal's loss: a resumed trial's re-run
+        tail is never logged twice even when ``mlflow.journal.jsonl`` was deleted. ``verify``: read it again
+        (the entry may have been stored without its acknowledgement).
+        """
+        held = self._held.setdefault(run_id, {})
+        for key in {m[0] for m in metrics}:
+            if verify or key not in held:
+                fresh = run_id in self._created and not verify
+                held[key] = set() if fresh else {p.step for p in self.client.get_metric_history(run_id, key)}
+        out, batch = [], set()
+        for m in metrics:
+            point = (m[0], int(m[3]))
+            if point[1] in held[m[0]] or point in batch:
+                self.stats["skipped_duplicates"] += 1
+                continue
+            batch.add(point)
+            out.append(m)
+        return out
 
     def _value(self, v: Any) -> str:
         """A tag value; ``{"run_of": trial_id}`` is the MLflow run id of that trial (resolved at delivery)."""
@@ -302,25 +339,57 @@ class TrackingJournal:
             return
         run = self.client.create_run(self.experiment_id, run_name=item["run_name"], tags=item["tags"])
         self._runs[trial_id] = run.info.run_id
+        self._created.add(run.info.run_id)  # MLflow holds only what this journal delivers to it
         params = [Param(k, str(v)[:6000]) for k, v in item["params"].items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(run.info.run_id, params=params[i : i + 100])
 
     def _deliver_orphans(self, known: set[str]) -> None:
-        """Delete child runs of trials the restored Tune experiment does not know (see MlflowSweepCallback)."""
+        """Mark child runs of trials the restored Tune experiment does not know (see MlflowSweepCallback).
+
+        Nothing a trial logged is deleted: a run with metrics is kept, ended KILLED and tagged
+        ``ranksearch.orphaned`` (its point may be trained again under a new trial id). Only a run that holds no
+        metric at all (created just before the driver died) is removed.
+        """
         runs = self.client.search_runs(
             [self.experiment_id],
             filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}'",
             max_results=50_000,
         )
-        orphans = [r for r in runs if r.data.tags.get(TRIAL_TAG) and r.data.tags[TRIAL_TAG] not in known]
+        orphans = [
+            r for r in runs
+            if r.data.tags.get(TRIAL_TAG) and r.data.tags[TRIAL_TAG] not in known
+            and r.data.tags.get("ranksearch.orphaned") != "true"
+        ]  # fmt: skip
+        kept = 0
         for run in orphans:
             self.client.set_tag(run.info.run_id, "ranksearch.orphaned", "true")
-            self.client.set_terminated(run.info.run_id, status="KILLED")
-            self.client.delete_run(run.info.run_id)
+            if run.info.status == "RUNNING":
+                self.client.set_terminated(run.info.run_id, status="KILLED")
+            if run.data.metrics:
+                kept += 1
+            else:
+                self.client.delete_run(run.info.run_id)
             self._runs.pop(run.data.tags[TRIAL_TAG], None)
         if orphans:
-            log.info("removed %d MLflow runs of trials lost with the previous driver", len(orphans))
+            log.info(
+                "%d MLflow runs belong to trials the restored Tune state does not know: %d with metrics kept "
+                "(tag ranksearch.orphaned), %d empty ones removed", len(orphans), kept, len(orphans) - kept,
+            )  # fmt: skip
+
+
+def _well_formed(item: dict[str, Any]) -> bool:
+    """An ``{"ack": seq}`` line or an entry with its seq, op, target (and a metrics list for metrics)."""
+    if "ack" in item:
+        return isinstance(item["ack"], int)
+    if not (isinstance(item.get("seq"), int) and isinstance(item.get("op"), str)):
+        return False
+    if not isinstance(item.get("target"), str):
+        return False
+    metrics = item.get("metrics", [])
+    return item["op"] != "metrics" or (
+        isinstance(metrics, list) and all(isinstance(m, list) and len(m) == 4 for m in metrics)
+    )
 
 
 def _permanent(error: Exception) -> bool:

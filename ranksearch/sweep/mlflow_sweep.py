@@ -142,8 +142,9 @@ class MlflowSweepCallback(Callback):
         self.journal.flush()  # the retry clock of a tracking outage
 
     def remove_orphans(self, known: set[str]) -> None:
-        """Delete child runs of trials the restored Tune experiment does not know (started after its last
-        checkpoint, before the driver died): Tune runs those points again as new trials."""
+        """Mark child runs of trials the restored Tune experiment does not know (started after its last
+        checkpoint, before the driver died; Tune runs those points again as new trials): a run with metrics is
+        kept, ended and tagged ``ranksearch.orphaned``; only an empty one is removed (``TrackingJournal``)."""
         known = known | {str(r["trial_id"]) for r in getattr(self, "earlier", [])}
         self._send("orphans", PARENT, known=sorted(known))
 
@@ -210,7 +211,15 @@ class MlflowSweepCallback(Callback):
         # journal keeps its path and logs it whenever MLflow answers
         art = Path(ckpt.path) / "artifacts"
         if art.is_dir():
-            self._send("artifact", trial.trial_id, path=str(art))
+            self._send("artifact", trial.trial_id, path=self._in_folder(art))
+
+    def _in_folder(self, path: Path) -> str:
+        """``path`` relative to the sweep folder when it is inside it (the journal of a copied folder then
+        logs the copy's files), else absolute."""
+        try:
+            return str(Path(path).resolve().relative_to(Path(self.folder).resolve()))
+        except ValueError:
+            return str(path)
 
     # -------------------------------------------------------------------------------------- parent run
     def write_table(self, trials: list, ended: dict[str, str] | None = None) -> None:
@@ -220,7 +229,7 @@ class MlflowSweepCallback(Callback):
         rows = list(getattr(self, "earlier", [])) + trial_rows(trials, self.space, ended)
         path = Path(self.folder) / "trials.parquet"
         write_parquet(rows, path)
-        self._send("artifact", PARENT, path=str(path))
+        self._send("artifact", PARENT, path=self._in_folder(path))
         tags: dict[str, Any] = {}
         best = best_trial(rows, self.space)
         if best is not None:

@@ -145,8 +145,42 @@ class PruneAwareOptunaSearch(OptunaSearch):
                 pass
         return None
 
+    def relocate(self, folder: str | Path) -> None:
+        """Restore into the sweep folder ``folder`` (call before Tune restores this searcher).
+
+        The saved state pickles the absolute paths of the folder it was saved in (the Optuna journal, the Tune
+        experiment): a copied or moved folder would otherwise keep writing the original's study.
+        """
+        self._relocate_to = str(folder)
+
+    def _move_to(self, folder: Path) -> None:
+        """Point the restored study, its trials and ``tune_dir`` at ``folder``'s own files."""
+        import copy
+
+        import optuna
+        from optuna.storages import JournalStorage
+        from optuna.storages.journal import JournalFileBackend
+
+        self.tune_dir = str(folder / "tune")
+        if not isinstance(self._ot_study._storage, JournalStorage):
+            return  # a study on a database server (--storage postgresql://...) is shared, not in the folder
+        storage = JournalStorage(JournalFileBackend(str(folder / "optuna.journal")))
+        old = self._ot_study
+        study = optuna.load_study(
+            study_name=old.study_name, storage=storage, sampler=old.sampler, pruner=old.pruner
+        )
+        moved = {}
+        for tid, trial in self._ot_trials.items():  # rebound, not rebuilt: a new Trial would call the sampler
+            moved[tid] = copy.copy(trial)
+            moved[tid].study, moved[tid].storage = study, study._storage
+        self._ot_study, self._ot_trials, self._storage = study, moved, storage
+
     def restore(self, checkpoint_path: str) -> None:
+        target = getattr(self, "_relocate_to", None)  # the saved state brings the old one along
         super().restore(checkpoint_path)
+        if target is not None:
+            self._relocate_to = target
+            self._move_to(Path(target))
         # Trials Optuna already finished, whose completion the restored Tune state predates: Tune runs their
         # tail again from the last checkpoint; keep Optuna's first record and ignore the repeat.
         for tid, t in self._ot_trials.items():
@@ -161,8 +195,8 @@ class PruneAwareOptunaSearch(OptunaSearch):
         Tune snapshots its experiment every few seconds; a driver killed after Optuna was told a trial's result
         but before the next snapshot leaves a finished Optuna trial that Tune will not report again (it runs a
         new trial in its place). Optuna's record cannot be undone (finished trials are immutable), so it stays,
-        learned from like any result, and ``lost_by_tune.json`` lists it; its MLflow run is removed with the
-        other orphans, so MLflow and Tune agree.
+        learned from like any result, and ``lost_by_tune.json`` lists it; its MLflow run is kept and tagged
+        ``ranksearch.orphaned`` with the other orphans (nothing a trial logged is deleted).
         """
         owned = {t.number for t in self._ot_trials.values()}
         lost = [

@@ -25,13 +25,10 @@ from ranksearch.sweep.folder import (
     sweep_folder,
 )
 from ranksearch.sweep.preflight import preflight
+from ranksearch.sweep.state import check_resumable, claim, unstarted
 from ranksearch.tracking.credentials import is_database_url, redact
 
 log = logging.getLogger(__name__)
-
-# Tune keeps a finished trial's actor for the next one (no re-import of torch/open_clip per trial);
-# bench/search_overhead.py gives its bare-Tune baseline the same setting
-REUSE_ACTORS = True
 
 TUNE_DIR, SPACE_COPY, JOURNAL = "tune", "space.yaml", "optuna.journal"
 
@@ -49,7 +46,6 @@ class SweepResult:
     experiment: str
     wall_s: float
     space: SearchSpace
-    oneshot: dict[str, Any] | None = None  # a one-shot search's summary (rows: estimate vs retrained)
 
 
 def run_sweep(
@@ -141,15 +137,8 @@ def _run_sweep(
     trust_state: bool = False,
 ) -> SweepResult:
     import ray
-    from ray import tune
 
-    from ranksearch.sweep.compute_budget import budget_spent
-    from ranksearch.sweep.live import LiveView
-    from ranksearch.sweep.mlflow_sweep import MlflowSweepCallback
-    from ranksearch.sweep.ray_runtime import check_resources, probe_address, start_ray
-    from ranksearch.sweep.results import best_trial, trial_rows
-    from ranksearch.sweep.signing import sign_tune_state
-    from ranksearch.sweep.state_signer import StateSigner
+    from ranksearch.sweep.ray_runtime import probe_address
 
     t0 = time.time()
     if runner not in _runners():
@@ -179,6 +168,39 @@ def _run_sweep(
     study = None
     if study_storage and not reuse:  # reach the study server before anything is created
         study = open_storage(study_storage)
+    if extend is None:
+        prepare_folder(folder, resume, unstarted(folder))
+    # one driver per folder; a new sweep that fails before its first trial leaves no folder behind
+    with claim(folder, reuse):
+        return _run_in_folder(
+            folder, space, space_file, name=name, gpus=gpus, address=address, trials=trials, resume=resume,
+            extend=extend, tracking_uri=tracking_uri, storage=storage, study_storage=study_storage,
+            study=study, warm_start=warm_start, runner=runner, runner_options=runner_options, live=live,
+            ray_init=ray_init, trust_state=trust_state, t0=t0,
+        )  # fmt: skip
+
+
+def _run_in_folder(
+    folder: Path, space: SearchSpace | None, space_file: str | Path, *, name: str, gpus: int | None,
+    address: str | None, trials: int | None, resume: bool, extend: int | None, tracking_uri: str | None,
+    storage: Path | None, study_storage: str | None, study: Any, warm_start: Path | None, runner: str,
+    runner_options: dict[str, Any] | None, live: bool | None, ray_init: dict[str, Any] | None,
+    trust_state: bool, t0: float,
+) -> SweepResult:  # fmt: skip
+    """The sweep in its claimed folder: start, resume or extend the manifest, run Tune, record the outcome."""
+    import ray
+    from ray import tune
+
+    from ranksearch.sweep.compute_budget import budget_spent
+    from ranksearch.sweep.live import LiveView
+    from ranksearch.sweep.mlflow_sweep import MlflowSweepCallback
+    from ranksearch.sweep.ray_runtime import check_resources, start_ray
+    from ranksearch.sweep.results import best_trial, trial_rows
+    from ranksearch.sweep.signing import sign_tune_state
+    from ranksearch.sweep.state_signer import StateSigner
+    from ranksearch.sweep.study_storage import open_storage
+
+    reuse = resume or extend is not None
     earlier: list[dict[str, Any]] = []  # rows of the trials of earlier Tune experiments (--extend)
     if extend is not None:  # a new Tune experiment for the finished sweep's study, parent run and folder
         manifest = finished_manifest(folder)
@@ -193,13 +215,18 @@ def _run_sweep(
         manifest.extensions += 1
         manifest.trials = len(earlier) + extend
         _reopen_parent(manifest, tracking_uri, added=extend)
-    elif (manifest := prepare_folder(folder, resume)) is not None:
-        # resume: the recorded space and stores, whatever the arguments say
+    elif resume:  # the recorded space and stores, whatever the arguments say
+        check_resumable(folder)  # every state file whole and consistent before anything is read or written
+        manifest = Manifest.load(folder)
         _check_state_signed(folder, space_file, name, storage, trust_state)
         space = load_space(folder / SPACE_COPY)
         tracking_uri = _recorded_url(tracking_uri, manifest.tracking_uri, "--tracking-uri")
         study_storage = _recorded_url(study_storage, manifest.study_storage, "--storage")
         manifest.resumes += 1
+        if manifest.tracking_uri == default_tracking_uri(folder):  # a copied/moved folder logs into itself
+            from ranksearch.sweep.relocate import relocate_store
+
+            relocate_store(folder, manifest.parent_run_id)
         _reopen_parent(manifest, tracking_uri)
         if manifest.earlier_trials:  # an interrupted extension
             earlier = _earlier_rows(folder, manifest.earlier_trials)
@@ -225,8 +252,6 @@ def _run_sweep(
         if started_ray:
             ray.shutdown()
         raise
-    if space.spec.one_shot:  # one supernet, evaluations, retrains: ranksearch.oneshot.pipeline
-        return _run_oneshot(space, folder, manifest, name, started_ray, t0, tracking_uri)
     # Save the experiment state often: after a killed driver, only trials started since the last save are
     # lost (and re-created); the default "auto" period can be minutes on long sweeps.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
@@ -253,6 +278,7 @@ def _run_sweep(
                 str(folder / TUNE_DIR), trainable, resume_unfinished=True, resume_errored=True
             )
             _use_callbacks(tuner, callbacks)
+            _relocate_searcher(tuner, folder)
         else:
             # a new Tune experiment in the same tune/ folder (the newest state is what --resume restores)
             tuner = _new_tuner(space, folder, manifest, trainable, callbacks, total, warm_start, study)
@@ -336,39 +362,6 @@ def _check_state_signed(
         return
     where = f" --runs-dir {storage}" if storage is not None else ""
     verify_tune_state(folder, f"ranksearch sweep {space_file} --name {name}{where} --resume --trust-state")
-
-
-def _run_oneshot(
-    space: SearchSpace, folder: Path, manifest: Manifest, name: str, started_ray: bool, t0: float, uri: str
-) -> SweepResult:
-    """``search: {mode: one-shot}``: the one-shot pipeline in place of Tune; the same folder, parent run, result."""
-    import ray
-
-    from ranksearch.oneshot.pipeline import run_oneshot
-    from ranksearch.sweep.signing import sign_tune_state
-
-    sign_tune_state(folder)  # sweep.json as saved just now: a killed driver's folder still resumes
-    status = "failed"
-    try:
-        result = run_oneshot(space, folder, manifest, uri)
-        status = "finished"
-    except KeyboardInterrupt:
-        status = "interrupted"
-        raise
-    finally:
-        manifest.status = status
-        manifest.save(folder)
-        sign_tune_state(folder)
-        if status != "interrupted":
-            _end_parent(manifest, status, uri)
-        if started_ray:
-            ray.shutdown()
-    rows = result.summary["rows"]
-    best = rows[0] if rows else None
-    return SweepResult(
-        name, folder, rows, best, manifest.parent_run_id, redact(uri), manifest.experiment, time.time() - t0,
-        space, oneshot=result.summary,
-    )  # fmt: skip
 
 
 def _runners() -> dict[str, Any]:
@@ -483,7 +476,7 @@ def _new_tuner(
             scheduler=build_scheduler(space),
             num_samples=total,
             max_concurrent_trials=space.spec.concurrency,
-            reuse_actors=REUSE_ACTORS,
+            reuse_actors=True,
             trial_dirname_creator=trial_dirname,
         ),  # fmt: skip
         run_config=tune.RunConfig(
@@ -515,6 +508,22 @@ def _use_callbacks(tuner: Any, callbacks: list) -> None:
             "Ray Tune's restored Tuner no longer exposes its run config; update ranksearch.sweep.tuner"
         )
     run_config.callbacks = callbacks
+
+
+def _relocate_searcher(tuner: Any, folder: Path) -> None:
+    """Make the restored searcher use this folder's Optuna journal, not the one its pickle names.
+
+    Ray re-derives trial and checkpoint paths from the restore path, but restores the searcher as it was
+    pickled; a copied or moved sweep folder must not write its original's study. Private attribute, checked.
+    """
+    searcher = getattr(
+        getattr(getattr(tuner, "_local_tuner", None), "_tune_config", None), "search_alg", None
+    )
+    if not hasattr(searcher, "relocate"):
+        raise RanksearchError(
+            "Ray Tune's restored Tuner no longer exposes its searcher; update ranksearch.sweep.tuner"
+        )
+    searcher.relocate(folder)
 
 
 def name_objectives(study: Any, space: SearchSpace) -> None:
