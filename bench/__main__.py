@@ -33,9 +33,12 @@ BENCHMARKS = [
     "cache_prefix",
     "merged_inference",
     "memory",
+    "threads",
+    "packed",
     "search_overhead",
     "search_efficiency",
     "startup",
+    "oneshot_search",
 ]
 
 PREAMBLE = """
@@ -59,11 +62,23 @@ forward and unmerged after. "plain" is CLIP-LoRA's `PlainMultiheadAttentionLoRA`
 `bench/common.py`. Each row's notes give the absolute times and the same ratio on this process's CPU time
 (a cross-check: other jobs steal wall time, not CPU time).
 
+Peer rows compare **equal work**: the headline gives ranksearch and both peers the end-of-text prompt cut (a
+property of CLIP's causal, EOT-pooled text tower that any implementation could use), a cross-check runs all three
+on the full 77-token prompts, and the cut itself is a row of its own. Baselines are taken at their best: the
+concurrency row's sequential trials run at whichever thread count is faster, the bare-Tune baseline reuses actors
+as the sweep does, the packed-trial baseline is credited with perfectly scaling concurrent trials.
+
 Speed work in the training core (`ranksearch/training/loop.py`, `ranksearch/models/attention.py`,
-`ranksearch/adapters/lora.py`; equivalence tests in `tests/test_speed_options.py`):
+`ranksearch/adapters/`; equivalence tests in `tests/test_speed_options.py` and `tests/test_core_exact.py`):
 
 - prompts are encoded only up to the batch's last end-of-text token (`text_prefix_length`): exact for CLIP's
   causal text tower with argmax pooling and token-wise adapters (not DRA-style), on by default;
+- q, k, v of an adapted self-attention: one matmul over the three frozen weights (slices of one tensor, no copy)
+  and one stacked low-rank product for the three LoRA/CoDyRA/AdaLoRA updates, accumulated into it by the same
+  GEMM (`addmm`, block-diagonal B), on by default (`set_fused_qkv(model, False)` restores separate projections);
+- RLRR computes each adapted linear with its effective weight W ⊙ (1 + S_l S_r): one matmul instead of 1 + r;
+- AdaLoRA's per-step importance update runs as foreach kernels over every A, E, B at once, its orthogonality term
+  as one batched product per shape;
 - `train.cache_frozen_prefix` (augmentation off): the frozen vision blocks below the lowest adapted one run once
   per training image, later steps start from the cache (`FrozenPrefixCache`);
 - class text features are computed once per trial when the text tower is frozen (already the case; verified);
@@ -71,8 +86,10 @@ Speed work in the training core (`ranksearch/training/loop.py`, `ranksearch/mode
   erratic on a loaded machine and is not used);
 - LoRA applies its mask and scale on the r-wide activations instead of the d-wide output;
 - `model.train()` is only called when the model is not already in training mode;
-- opt-in: fused q/k/v projection matmul (`ranksearch.models.attention.set_fused_qkv`), AMP
-  (`model.precision: amp`), `torch.compile` (`model.compile: true`).
+- `model.threads: auto`: 1 torch thread for models under 20 M parameters, every CPU of the trial otherwise;
+- adapter dropout: `nn.Dropout` already takes torch's fused `native_dropout` kernel on CUDA (one pass: mask and
+  output together); torch has no fused CPU kernel, so on CPU it stays bernoulli + scale + multiply;
+- opt-in: AMP (`model.precision: amp`), `torch.compile` (`model.compile: true`).
 """
 
 

@@ -223,6 +223,9 @@ class PeerLoop:
     batch: int
     precision: str = "fp32"
     text_adapted: bool = True
+    # encode prompts only up to the batch's last end-of-text token, as ranksearch's Trainer does: the cut is a
+    # property of CLIP's causal, EOT-pooled text tower, so the peers get it too when rows compare equal work
+    cut_prompts: bool = False
 
     def __post_init__(self) -> None:
         from ranksearch.training.loop import autocast_for
@@ -237,14 +240,23 @@ class PeerLoop:
         self._text: torch.Tensor | None = None
 
     def text(self) -> torch.Tensor:
-        from ranksearch.training.text import class_text_features
-
         if self.text_adapted:
-            return class_text_features(self.model, self.tokens, self.work.num_templates)
+            return self._encode()
         if self._text is None:
             with torch.no_grad():
-                self._text = class_text_features(self.model, self.tokens, self.work.num_templates)
+                self._text = self._encode()
         return self._text
+
+    def _encode(self) -> torch.Tensor:
+        from ranksearch.training.loop import fast_class_text_features
+        from ranksearch.training.text import class_text_features
+
+        if not self.cut_prompts:
+            return class_text_features(self.model, self.tokens, self.work.num_templates)
+        # the length ranksearch's text_prefix_length gives for these tokens (a causal mask, argmax pooling),
+        # passed in: its check of the model's modules is ranksearch-specific and the peers' modules differ
+        length = int(self.tokens.argmax(dim=-1).max()) + 1
+        return fast_class_text_features(self.model, self.tokens, self.work.num_templates, length)
 
     def step(self) -> float:
         loss = batch_loss(self)

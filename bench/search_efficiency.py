@@ -238,9 +238,10 @@ def gate_row(case: Case, s: dict[str, Any]) -> Row:
     r2, rho = n["variance_explained"], n["seed_spearman"]
     gated = case.kind == "reach"
     aa = s["aa"]
-    spread = _ci(aa.get("reach_random_final") or aa.get("hypervolume_vs_random") or aa["reach_1sd_vs_random"])
-    what = "reach-random compute" if "reach_random_final" in aa else (
-        "hypervolume ratio" if "hypervolume_vs_random" in aa else "within-1-SD compute ratio")  # fmt: skip
+    key, what = {"reach": ("reach_1sd_vs_random", "compute ratio to within one seed-SD"),
+                 "pareto": ("hypervolume_vs_random", "hypervolume ratio")}.get(
+        case.kind, ("reach_random_final", "compute to random's final regret"))  # fmt: skip
+    spread = _ci(aa[key])
     return Row(
         "search_efficiency", f"{case.title}: gate (the table's noise, before any claim)",
         f"R² ≥ {GATE_R2:.0%}, ρ ≥ {GATE_RHO}" if gated else "report",

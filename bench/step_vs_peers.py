@@ -3,12 +3,14 @@
 Same open_clip model, same placement (q, k, v of both towers, r = 2, no adapter dropout), same batch and data
 path. ranksearch runs its real ``Trainer.train_step``; the peers run ``bench.common.PeerLoop`` (the same
 normalise + augment + loss + AdamW). Then the options the plain code does not have, each measured against
-ranksearch's default step in its own interleaved group: fused q/k/v projections, AMP, ``torch.compile``.
+ranksearch's default step in its own interleaved group: the stacked q/k/v path against separate projections,
+AMP, ``torch.compile``.
 """
 
 from __future__ import annotations
 
 import gc
+import os
 from collections.abc import Callable
 
 import torch
@@ -27,16 +29,35 @@ from bench.common import (
 from bench.report import Context, Row, at_most, ratio_note
 from bench.timing import interleaved
 
+_EQUAL = (
+    "At equal work ranksearch and the plain CLIP-LoRA code run the same frozen matmuls, attention kernels and "
+    "input-gradient backward; only the adapter overhead above the frozen-backprop floor can differ, and without "
+    "dropout that overhead is a few percent (overhead_floor: CoDyRA r=16 at 1.09× the floor; the stacked q/k/v "
+    "product at 0.96-0.98× separate projections on CPU time). 0.85× plain would need a step ~10% below the frozen "
+    "model's own forward + backward. "
+)
 MISSES = {
-    "tiny: ranksearch / PEFT": (
-        "at 3.7 M parameters (width 64, 32 px) a step is ~12 ms and mostly per-op dispatch, not arithmetic. PEFT's "
-        "MultiheadAttention path runs one fused in_proj matmul per block (merging a rank-2 update into a 192×64 "
-        "weight is nearly free at this size), while ranksearch, like the plain CLIP-LoRA code, runs three q/k/v "
-        "linears plus three LoRA branches (about a dozen more small ops per block, forward and backward). On the "
-        "ViT-B-32 row, where arithmetic dominates, ranksearch is at 0.5× PEFT. What would fix it: fused q/k/v with "
-        "one stacked LoRA A/B for the three branches (the fused-q/k/v option only fuses the frozen matmul), or "
-        "capturing the whole step (torch.compile of forward+backward, CUDA graphs on GPU); compiling encode_image "
-        "alone changed nothing measurable here."
+    "ViT-B-32: ranksearch / PEFT, equal work (EOT cut on both)": (
+        "0.72 wall, 0.71 CPU time, against ≤ 0.70, from 3 rounds on 1 thread at a load average of ~28 (the run's "
+        "switches are in the notes): within this run's noise of the target. PEFT's MultiheadAttention LoRA merges "
+        "its update into in_proj_weight before every forward, so its backward forms the full weight gradients of "
+        "in_proj and out_proj, which ranksearch's low-rank products never do; re-measure with 5 rounds on a quiet "
+        "machine before claiming either way."
+    ),
+    "ViT-B-32: ranksearch / plain CLIP-LoRA, equal work (EOT cut on both)": (
+        _EQUAL
+        + "CPU-time ratio 0.96 (wall 0.88 from 3 rounds at a load average of ~28). What could reach it: "
+        "lower precision (the AMP row), or on a GPU fewer kernel launches (CUDA graphs); neither is equal work."
+    ),
+    "tiny: ranksearch / PEFT, equal work (EOT cut on both)": (
+        "at 3.4 M parameters (width 64, 32 px) a step is per-op dispatch, not arithmetic; PEFT's weight-merge "
+        "costs little at this size, so the gap is op count: ranksearch's stacked q/k/v path runs about as many "
+        "small ops per block as PEFT's fused in_proj with merge/unmerge."
+    ),
+    "tiny: ranksearch / plain CLIP-LoRA, equal work (EOT cut on both)": (
+        _EQUAL
+        + "At this size the step is per-op dispatch: the stacked path's few extra ops (concatenating A, the "
+        "block-diagonal B) cost about what they save."
     ),
 }
 
@@ -44,8 +65,11 @@ MISSES = {
 def _settings(ctx: Context) -> list[Scale]:
     if ctx.quick:
         return [Scale("rs-tiny-clip", batch=32, classes=10, images=64, repeats=3, warmup=1)]
+    # on a crowded machine: RANKSEARCH_BENCH_VIT_REPEATS=3 (fewer ViT-B-32 rounds), RANKSEARCH_BENCH_PEER_FULL=0
+    # (no full-prompt cross-check of the peers on ViT-B-32); the run's notes record either
+    vit_repeats = int(os.environ.get("RANKSEARCH_BENCH_VIT_REPEATS", "5"))
     return [
-        Scale("ViT-B-32", batch=8, classes=10, images=32, repeats=7, warmup=1),
+        Scale("ViT-B-32", batch=8, classes=10, images=32, repeats=vit_repeats, warmup=1),
         Scale("rs-tiny-clip", batch=32, classes=10, images=64, repeats=21, warmup=3),
     ]
 
@@ -67,82 +91,101 @@ def _ranksearch(
     )
     if opts.get("full_prompts"):
         trainer.cut_prompts = False
-    if opts.get("fused_qkv"):
-        set_fused_qkv(model, True)
+    if "fused_qkv" in opts:
+        set_fused_qkv(model, opts["fused_qkv"])
     if opts.get("compile"):
         model.encode_image = torch.compile(model.encode_image)  # what model.compile=true does in run_trial
     return trainer.train_step
 
 
-def _plain(s: Scale, ctx: Context, work: Workload) -> Callable[[], object]:
+def _plain(s: Scale, ctx: Context, work: Workload, cut: bool = True) -> Callable[[], object]:
     model, _ = build(s.model, ctx.device)
     return PeerLoop(
-        model, attach_plain_lora(model, r=2, alpha=1.0, dropout=0.0), work, ctx.device, s.batch
+        model,
+        attach_plain_lora(model, r=2, alpha=1.0, dropout=0.0),
+        work,
+        ctx.device,
+        s.batch,
+        cut_prompts=cut,
     ).step
 
 
-def _peft(s: Scale, ctx: Context, work: Workload) -> Callable[[], object]:
+def _peft(s: Scale, ctx: Context, work: Workload, cut: bool = True) -> Callable[[], object]:
     model, _ = build(s.model, ctx.device)
     model, params = attach_peft_lora(model, r=2, alpha=1.0)
-    return PeerLoop(model, params, work, ctx.device, s.batch).step
+    return PeerLoop(model, params, work, ctx.device, s.batch, cut_prompts=cut).step
+
+
+# headline targets at equal work (issue 20): ViT-B-32-size step <= 0.70x PEFT and <= 0.85x plain CLIP-LoRA
+TARGETS = {"peft": 0.70, "plain": 0.85}
+PEERS = {"peft": "PEFT", "plain": "plain CLIP-LoRA"}
 
 
 def run(ctx: Context) -> list[Row]:
     rows: list[Row] = []
     peft_version = peft_available()
+    for var in ("RANKSEARCH_BENCH_VIT_REPEATS", "RANKSEARCH_BENCH_PEER_FULL", "RANKSEARCH_BENCH_COMPILE"):
+        if var in os.environ:
+            ctx.notes.append(f"step_vs_peers: run with {var}={os.environ[var]}")
     for s in _settings(ctx):
         label = "ViT-B-32" if s.model == "ViT-B-32" else "tiny"
         _, size = build(s.model, torch.device("cpu"))
         work = Workload.make(s.model, size, s.images, s.classes)
 
-        # group 1: ranksearch vs the peers
-        cands = {
-            "ranksearch": _ranksearch(s, ctx, work),
-            "ranksearch, full 77-token prompts": _ranksearch(s, ctx, work, full_prompts=True),
-            "plain": _plain(s, ctx, work),
-        }
-        if peft_version:
-            cands["peft"] = _peft(s, ctx, work)
-        ctx.log(f"{label}: ranksearch vs peers, {s.repeats} rounds")
-        t = interleaved(cands, ctx.device, s.repeats, s.warmup)
-        secs = ", ".join(f"{k} {t.median(k):.3f}" for k in t.times)
-        note = f"s/step: {secs}"
-        if peft_version:
-            m, ok = at_most(t.ratio("ranksearch", "peft"), 0.85)
-            rows.append(
-                Row("step_vs_peers", f"{label}: ranksearch / PEFT", "≤ 0.85", m, ok,
-                    f"{note}; {ratio_note(t, 'ranksearch', 'peft')}")
-            )  # fmt: skip
-        else:
-            rows.append(
-                Row("step_vs_peers", f"{label}: ranksearch / PEFT", "≤ 0.85", "skipped: peft not installed")
-            )
-        m, ok = at_most(t.ratio("ranksearch", "plain"), 1.0)
-        rows.append(
-            Row("step_vs_peers", f"{label}: ranksearch / plain CLIP-LoRA", "≤ 1.0", m, ok,
-                f"{note}; {ratio_note(t, 'ranksearch', 'plain')}")
-        )  # fmt: skip
-        m, ok = at_most(t.ratio("ranksearch, full 77-token prompts", "plain"), 1.0)
-        rows.append(
-            Row(
-                "step_vs_peers",
-                f"{label}: ranksearch with the prompt cut off / plain (same work as plain)",
-                "≤ 1.0",
-                m,
-                ok,
-                "text tower on the full context, as the plain code does; "
-                + ratio_note(t, "ranksearch, full 77-token prompts", "plain"),
-            )
+        # group 1: ranksearch vs the peers at equal work. The headline gives every candidate the EOT prompt cut
+        # (a property of CLIP's causal, EOT-pooled text tower that any implementation could use); the cross-check
+        # runs every candidate on the full 77-token prompts; the cut itself is reported on its own.
+        peers = ["plain"] + (["peft"] if peft_version else [])
+        cands = {"ranksearch": _ranksearch(s, ctx, work)}
+        cands.update({p: (_plain if p == "plain" else _peft)(s, ctx, work) for p in peers})
+        cands["ranksearch, full prompts"] = _ranksearch(s, ctx, work, full_prompts=True)
+        full_peers = (
+            peers if s.model != "ViT-B-32" or os.environ.get("RANKSEARCH_BENCH_PEER_FULL") != "0" else []
         )
+        cands.update(
+            {
+                f"{p}, full prompts": (_plain if p == "plain" else _peft)(s, ctx, work, cut=False)
+                for p in full_peers
+            }
+        )
+        ctx.log(f"{label}: ranksearch vs peers, {len(cands)} candidates, {s.repeats} rounds")
+        t = interleaved(cands, ctx.device, s.repeats, s.warmup)
+        note = "s/step: " + ", ".join(f"{k} {t.median(k):.3f}" for k in t.times)
+        for peer in ("peft", "plain"):
+            what = f"{label}: ranksearch / {PEERS[peer]}, equal work (EOT cut on both)"
+            if peer not in peers:
+                rows.append(
+                    Row("step_vs_peers", what, f"≤ {TARGETS[peer]:.2f}", "skipped: peft not installed")
+                )
+                continue
+            m, ok = at_most(t.ratio("ranksearch", peer), TARGETS[peer])
+            rows.append(
+                Row("step_vs_peers", what, f"≤ {TARGETS[peer]:.2f}", m, ok,
+                    f"{note}; {ratio_note(t, 'ranksearch', peer)}")
+            )  # fmt: skip
+        for peer in full_peers:
+            rows.append(
+                Row(
+                    "step_vs_peers",
+                    f"{label}: ranksearch / {PEERS[peer]}, equal work (full 77-token prompts on both)",
+                    "report",
+                    f"{t.ratio('ranksearch, full prompts', f'{peer}, full prompts'):.2f}",
+                    None,
+                    "cross-check of the headline without the cut; "
+                    + ratio_note(t, "ranksearch, full prompts", f"{peer}, full prompts"),
+                )
+            )
         rows.append(
             Row(
                 "step_vs_peers",
-                f"{label}: option prompt cut after EOT (default on) / off",
+                f"{label}: EOT prompt cut, a property of CLIP any peer could use (ranksearch: cut / full prompts)",
                 "report",
-                f"{t.ratio('ranksearch', 'ranksearch, full 77-token prompts'):.2f}",
+                f"{t.ratio('ranksearch', 'ranksearch, full prompts'):.2f}",
                 None,
-                "exact: causal text tower, argmax pooling; "
-                + ratio_note(t, "ranksearch", "ranksearch, full 77-token prompts"),
+                "exact (causal text tower, argmax pooling); the peers with the cut / without: "
+                + (", ".join(f"{p} {t.ratio(p, f'{p}, full prompts'):.2f}" for p in full_peers) or "not run")
+                + "; "
+                + ratio_note(t, "ranksearch", "ranksearch, full prompts"),
             )
         )
         del cands, t
@@ -152,17 +195,19 @@ def run(ctx: Context) -> list[Row]:
         amp = "fp16 + GradScaler" if ctx.device.type == "cuda" else "bf16 autocast"
         cands = {
             "default": _ranksearch(s, ctx, work),
-            "fused": _ranksearch(s, ctx, work, fused_qkv=True),
+            "separate": _ranksearch(s, ctx, work, fused_qkv=False),
             "amp": _ranksearch(s, ctx, work, precision="amp"),
         }
-        if not ctx.quick:  # compiling takes minutes on 2 cores; quick mode checks the rest
+        # compiling takes minutes on 2 cores: quick mode checks the rest, and RANKSEARCH_BENCH_COMPILE=0 skips it
+        if not ctx.quick and os.environ.get("RANKSEARCH_BENCH_COMPILE", "1") != "0":
             cands["compile"] = _ranksearch(s, ctx, work, compile=True)
         ctx.log(f"{label}: options, {s.repeats} rounds")
         t = interleaved(cands, ctx.device, s.repeats, max(s.warmup, 2 if "compile" in cands else 1))
         base = f"default {t.median('default'):.3f} s/step"
         rows.append(
-            Row("step_vs_peers", f"{label}: option fused q/k/v matmul / default", "report",
-                f"{t.ratio('fused', 'default'):.2f}", None, base + "; " + ratio_note(t, "fused", "default"))
+            Row("step_vs_peers", f"{label}: stacked q/k/v (fused frozen matmul + one low-rank product, default) "
+                "/ separate q, k, v projections", "report", f"{t.ratio('default', 'separate'):.2f}", None,
+                f"separate {t.median('separate'):.3f} s/step; " + ratio_note(t, "default", "separate"))
         )  # fmt: skip
         rows.append(
             Row("step_vs_peers", f"{label}: option AMP ({amp}) / fp32", "report",
@@ -177,7 +222,7 @@ def run(ctx: Context) -> list[Row]:
         else:
             rows.append(
                 Row("step_vs_peers", f"{label}: option torch.compile(encode_image) / eager", "report",
-                    "skipped in quick mode", None)
+                    "skipped (quick mode or RANKSEARCH_BENCH_COMPILE=0)", None)
             )  # fmt: skip
         del cands, t
         gc.collect()

@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +113,11 @@ def design(space: Any, n: int, seed: int = 0) -> list[dict[str, Any]]:
     from ranksearch.space.optuna_space import DefineByRun
 
     dims = 1 + max(len(space.active_params(f)) for f in space.families)
-    points = qmc.Sobol(d=dims, scramble=True, seed=seed).random(n)  # n need not be a power of 2 here
+    with (
+        warnings.catch_warnings()
+    ):  # any prefix of a Sobol sequence is well spread; 2^k points balance exactly
+        warnings.simplefilter("ignore", UserWarning)
+        points = qmc.Sobol(d=dims, scramble=True, seed=seed).random(n)
     out = []
     for u in points:
         trial = _QmcTrial(u)
@@ -126,7 +131,9 @@ def probes(space: Any) -> list[dict[str, Any]]:
     out = []
     for towers, layers in PROBE_PLACEMENTS:
         p = space.default_params("lora")
-        p.update({"placement.towers": towers, "placement.layers": layers})
+        for key, value in (("placement.towers", towers), ("placement.layers", layers)):
+            if key in p:  # a space that does not search a placement keeps its base value
+                p[key] = value
         out.append(p)
     out += [space.default_params(f) for f in FAMILIES if f != "lora" and f in space.families]
     return out
@@ -187,24 +194,25 @@ def run_one(
 def _jobs(
     space: Any, configs: list[dict], probe_list: list[dict], seeds: list[int], phase: str
 ) -> list[dict]:
-    """In the order they run: zero-shot and placement probes on every task (cheap, and what the "differs between
-    tasks" check needs), the main design (each configuration with all its seeds), then the family probes."""
+    """In the order they run: zero-shot on every task, then the towers probes on the tasks that tell the towers
+    apart (what the "differs between tasks" check needs first), the main design (each configuration with all its
+    seeds), then every other probe."""
     zs = [
         {"kind": "zs", "task": t, "config": 0, "seed": seeds[0], "params": probe_list[0]} for t in PROBE_TASKS
     ]
-    n_place = len(PROBE_PLACEMENTS)
 
-    def probe_jobs(indices: range) -> list[dict]:
-        return [{"kind": "probe", "task": t, "config": i, "seed": seeds[0], "params": probe_list[i]}
-                for i in indices for t in PROBE_TASKS]  # fmt: skip
+    def probe(i: int, task: str) -> dict:
+        return {"kind": "probe", "task": task, "config": i, "seed": seeds[0], "params": probe_list[i]}
 
+    first = [probe(i, t) for i in range(3) for t in ("mixed", "pixel", "words")]
+    rest = [probe(i, t) for i in range(len(probe_list)) for t in PROBE_TASKS if probe(i, t) not in first]
     main = [{"kind": "main", "task": "mixed", "config": i, "seed": s, "params": p}
             for i, p in enumerate(configs) for s in seeds]  # fmt: skip
     if phase == "main":
         return [zs[0], *main]
     if phase == "probes":
-        return [*zs, *probe_jobs(range(len(probe_list)))]
-    return [*zs, *probe_jobs(range(n_place)), *main, *probe_jobs(range(n_place, len(probe_list)))]
+        return [*zs, *first, *rest]
+    return [*zs, *first, *main, *rest]
 
 
 def _key(job: dict) -> str:
@@ -277,6 +285,7 @@ def gate(runs: list[dict], table: Any, seeds: list[int]) -> dict[str, Any]:
     default_runs = [r.get("cpu_s", r["seconds"]) for r in runs
                     if r["kind"] == "probe" and r["task"] == "mixed" and r["config"] == 0 and r["curve"]]  # fmt: skip
     main_s = [r["seconds"] for r in runs if r["kind"] == "main"]
+    main_cpu = [r.get("cpu_s", math.nan) for r in runs if r["kind"] == "main"]
     # per task: the best probe (family and placement)
     per_task: dict[str, dict[str, Any]] = {}
     for task in PROBE_TASKS:
@@ -309,7 +318,7 @@ def gate(runs: list[dict], table: Any, seeds: list[int]) -> dict[str, Any]:
         "best_minus_zero_shot": best_val - zs_val,
         "best_minus_median": best_val - median_val,
         "early_final_spearman": rep.early_final_spearman[quarter],
-        "default_trial_s": float(np.median(default_runs)) if default_runs else float(np.median(main_s or [math.nan])),
+        "default_trial_s": float(np.median(default_runs or main_cpu or [math.nan])),
     }  # fmt: skip
     checks = {}
     for k, v in figures.items():
@@ -323,8 +332,7 @@ def gate(runs: list[dict], table: Any, seeds: list[int]) -> dict[str, Any]:
         "zero_shot_test_hm": zs.get("mixed", {}).get("zs/test/hm", math.nan),
         "quarter_fidelity": quarter + 1, "early_final_spearman_all": rep.early_final_spearman,
         "median_trial_wall_s": float(np.median(main_s)) if main_s else math.nan,
-        "median_trial_cpu_s": float(np.median([r.get("cpu_s", math.nan) for r in runs if r["kind"] == "main"]))
-        if main_s else math.nan,
+        "median_trial_cpu_s": float(np.median(main_cpu)) if main_cpu else math.nan,
         "per_task": per_task, "checks": checks, "pass": all(c["pass"] for c in checks.values()),
     }  # fmt: skip
 

@@ -428,6 +428,7 @@ def export(
     mlflow: bool = True,
     register: str | None = None,
     alias: str = "champion",
+    allocation: int | None = None,
 ) -> dict[str, Any]:
     """Merge a trial's adapter into a plain open_clip model folder (``ranksearch export``).
 
@@ -439,6 +440,8 @@ def export(
         tracking_uri: with a run id, the MLflow store to look in.
         mlflow: log the export as an MLflow model of the trial's run (when its run is known).
         register: also register it in the MLflow model registry under this name, ``alias`` pointing at it.
+        allocation: with a one-shot sweep, export its evaluation number ``allocation`` (any scored allocation, the
+            supernet merged with that mask; ``ranksearch.oneshot.export``); not logged to MLflow.
 
     Returns:
         The export manifest (``export.json``): ``load_with``, ``merged``, and ``mlflow`` (model URI, run,
@@ -455,6 +458,10 @@ def export(
         with contextlib.suppress(RanksearchError):  # a sweep name under ./ranksearch-runs/sweeps
             source = str(find_sweep(source))
     out_dir = Path(out_dir)
+    if allocation is not None:
+        from ranksearch.oneshot.export import export_sweep_allocation
+
+        return export_sweep_allocation(Path(source), allocation, out_dir)
     with tempfile.TemporaryDirectory(prefix="rs-export-") as scratch:
         trial_dir, what = trial_source(source, trial, tracking_uri, Path(scratch))
         manifest = export_trial(trial_dir, out_dir)

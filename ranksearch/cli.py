@@ -298,6 +298,12 @@ def export(
     alias: Annotated[
         str, typer.Option(help="with --register: the alias pointed at the new version")
     ] = "champion",
+    allocation: Annotated[
+        int | None,
+        typer.Option(
+            min=0, help="with a one-shot sweep: export this scored allocation (its evaluation number)"
+        ),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="print only the export folder")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the export manifest as JSON")] = False,
     debug: Annotated[bool, typer.Option("--debug", help="show the full traceback on errors")] = False,
@@ -320,6 +326,7 @@ def export(
         mlflow=mlflow,
         register=register,
         alias=alias,
+        allocation=allocation,
     )
     what = manifest["exported"]
     if as_json:

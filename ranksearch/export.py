@@ -89,6 +89,7 @@ def export_trial(trial_dir: Path, out_dir: Path) -> dict:
     import open_clip
 
     from ranksearch.adapters.inject import merge_to_stock
+    from ranksearch.models.clip import activation_of
 
     trial_dir, out_dir = Path(trial_dir), Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
@@ -107,6 +108,8 @@ def export_trial(trial_dir: Path, out_dir: Path) -> dict:
     model_cfg = open_clip.get_model_config(config.model.name)
     if model_cfg is None:
         raise RanksearchError(f"no open_clip config found for {config.model.name!r}")
+    if activation_of(model) == "quick_gelu":  # OpenAI weights: the folder must rebuild QuickGELU, not nn.GELU
+        model_cfg = {**model_cfg, "quick_gelu": True}
     preprocess = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
     (out_dir / "open_clip_config.json").write_text(
         json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess}, indent=2)

@@ -16,9 +16,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 EXPECTED_ROWS = [
-    "tiny: ranksearch / PEFT",
-    "tiny: ranksearch / plain CLIP-LoRA",
-    "tiny: option fused q/k/v matmul / default",
+    "tiny: ranksearch / PEFT, equal work (EOT cut on both)",
+    "tiny: ranksearch / plain CLIP-LoRA, equal work (EOT cut on both)",
+    "tiny: ranksearch / PEFT, equal work (full 77-token prompts on both)",
+    "tiny: EOT prompt cut, a property of CLIP any peer could use",
+    "tiny: stacked q/k/v (fused frozen matmul + one low-rank product, default) / separate",
     "tiny: option AMP",
     "tiny: option torch.compile",
     "lora: step / floor",
@@ -36,12 +38,18 @@ EXPECTED_ROWS = [
     "trial step peak / floor",
     "optimizer state only for adapter parameters",
     "bytes per adapter parameter",
+    "tiny: step with 2 torch threads / 1",
+    "8 tiny trials packed (same-shape LoRA, lr differs) / best unpacked schedule",
+    "tiny: peak memory, pack of 8 (pack_group 1) / one trial",
+    "CUDA path: step times from CUDA events",
+    "2 concurrent tiny trials vs 2 sequential at their fastest",
     "per-trial overhead: ranksearch sweep / bare Ray Tune",
     "NAS-Bench-201 cifar10: compute to random's final median regret, default / random",
     "LCDB OpenML 6: compute to within 1 seed-SD of the best, default / random",
     "NAS-Bench-201 cifar10, two objectives: hypervolume at equal compute, default / random",
     "start-up: ranksearch validate",
     "start-up: ranksearch best",
+    "Kendall τ, one-shot estimate vs retrained val/hm",
 ]
 
 

@@ -173,3 +173,36 @@ def test_export_of_a_debug_trial_logs_a_model_of_its_run(tmp_path, capsys):
     assert {m.key for m in model.metrics} >= {"val/hm", "test/hm"}
     main(["export", str(folder), "--out", str(tmp_path / "exp2"), "--no-mlflow", "--json"])
     assert "mlflow" not in json.loads(capsys.readouterr().out)
+
+
+def test_export_keeps_quick_gelu(tmp_path, tiny_inputs):
+    """A model that runs QuickGELU (OpenAI weights; here a local-dir folder that says so) exports a folder that
+    rebuilds QuickGELU: the plain open_clip config of the name would load it with nn.GELU."""
+    from open_clip.transformer import QuickGELU
+
+    from ranksearch.models.clip import CONFIG_DIR, build_model
+
+    folder = tmp_path / "quick"
+    folder.mkdir()
+    cfg = json.loads((CONFIG_DIR / "rs-tiny-clip.json").read_text())
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {**cfg, "quick_gelu": True}}))
+    torch.manual_seed(0)
+    torch.save(build_model("rs-tiny-clip", None)[0].state_dict(), folder / "open_clip_pytorch_model.bin")
+    config = validate_trial_config(
+        {
+            "model": {"pretrained": f"local-dir:{folder}"},
+            "data": {"shots": 1, "test_per_class": 1},
+            "train": {"iterations": 2, "batch_size": 8, "lr": 1e-2},
+            "eval": {"evals": 1, "zero_shot": False},
+            "tracking": {"enabled": False},
+        }
+    )
+    run_trial(config, output_dir=tmp_path / "trial", progress=False)
+    adapted, _, _ = rebuild_adapted_model(tmp_path / "trial")
+    export_trial(tmp_path / "trial", tmp_path / "export")
+    exported = json.loads((tmp_path / "export" / "open_clip_config.json").read_text())
+    assert exported["model_cfg"]["quick_gelu"] is True
+    plain = open_clip.create_model(f"local-dir:{tmp_path / 'export'}").eval()
+    assert any(isinstance(m, QuickGELU) for m in plain.modules())
+    images, tokens = tiny_inputs
+    assert (logits(adapted, images, tokens) - logits(plain, images, tokens)).abs().max() <= 1e-4

@@ -205,3 +205,152 @@ def test_supernet_resumes_exactly(tmp_path):
         load_file(tmp_path / "b" / "adapter.safetensors"),
     )
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# --- allocation search: the budget is never exceeded ----------------------------------------------------------
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@st.composite
+def allocation_spaces(draw):
+    """A random allocation space: 1-24 sites, 2-6 candidate ranks, per-site costs, a budget the minimum fits."""
+    from ranksearch.oneshot.allocation import AllocationSpace
+    from ranksearch.space.spec import Constraint
+
+    n = draw(st.integers(1, 24))
+    ranks = sorted(draw(st.sets(st.integers(0, 64), min_size=2, max_size=6)))
+    if ranks[-1] == 0:
+        ranks.append(1)
+    costs = draw(st.lists(st.integers(1, 5000), min_size=n, max_size=n))
+    kind = draw(st.sampled_from(["rank", "params", "constraint"]))
+    floor = ranks[0] * (n if kind == "rank" else sum(costs))
+    top = ranks[-1] * (n if kind == "rank" else sum(costs))
+    budget = draw(st.integers(floor, max(floor, top)))
+    kw = {"rank": {"total_rank": budget}, "params": {"total_params": budget}}.get(kind, {})
+    cons = [Constraint(metric="trainable_params", max=budget)] if kind == "constraint" else []
+    space = AllocationSpace([f"vision.{i}.q" for i in range(n)], ranks, costs, constraints=cons, **kw)
+    return space, budget, kind
+
+
+def over(space, alloc, budget, kind) -> bool:
+    return (space.rank_total(alloc) if kind == "rank" else space.params(alloc)) > budget
+
+
+@settings(max_examples=300, deadline=None)
+@given(allocation_spaces(), st.data())
+def test_repair_never_exceeds_the_budget_and_only_lowers(case, data):
+    space, budget, kind = case
+    proposal = data.draw(
+        st.lists(st.sampled_from(space.ranks), min_size=len(space.sites), max_size=len(space.sites))
+    )
+    fixed = space.repair(proposal)
+    assert not over(space, fixed, budget, kind)
+    assert all(r in space.ranks and r <= p for r, p in zip(fixed, proposal, strict=True))
+    if not over(space, proposal, budget, kind):
+        assert fixed == proposal
+
+
+@settings(max_examples=12, deadline=None)
+@given(allocation_spaces(), st.sampled_from(["tpe", "nsga2", "random"]))
+def test_search_scores_only_allocations_within_the_budget(case, sampler):
+    """Every allocation a search scores (and every front member) fits, whatever the sampler proposes."""
+    from ranksearch.oneshot.allocation import search_allocations
+
+    space, budget, kind = case
+    scored = []
+
+    def score(batch):
+        scored.extend(batch)
+        # a stand-in accuracy that rises with rank (the real scorer is the supernet; this test is about budgets)
+        return [{"val/hm": float(sum(r**0.5 for r in a))} for a in batch]
+
+    evals = search_allocations(
+        space, score, evaluations=15, metric="val/hm", sampler=sampler, batch=4, enqueue=[space.maximum()]
+    )
+    assert len(evals) == 15 and scored
+    assert not any(over(space, a, budget, kind) for a in scored)
+    assert len(set(map(tuple, scored))) == len(scored)  # an allocation proposed twice is scored once
+    assert evals[0].proposed == space.maximum()  # enqueued first, repaired if over
+    front = sorted(
+        (e for e in evals if e.front), key=lambda e: (-e.metrics["val/hm"], e.metrics["trainable_params"])
+    )
+    assert front and all(not over(space, e.ranks, budget, kind) for e in front)
+    ps = [e.metrics["trainable_params"] for e in front]
+    accs = [e.metrics["val/hm"] for e in front]
+    assert accs == sorted(accs, reverse=True) and ps == sorted(
+        ps, reverse=True
+    )  # a front: more params, more acc
+
+
+def test_budget_below_the_smallest_allocation_is_one_line_error():
+    from ranksearch.errors import ConfigError
+    from ranksearch.oneshot.allocation import AllocationSpace
+
+    with pytest.raises(ConfigError, match=r"^search.budget: even the smallest allocation"):
+        AllocationSpace(["vision.0.q", "text.0.q"], [1, 2], [10, 10], total_params=15)
+
+
+ONESHOT_SPACE = {
+    "base": {"adapter": {"family": "lora"}},
+    "search": {"mode": "one-shot", "ranks": [0, 1, 2, 4]},
+    "objective": {"metric": "val/hm", "mode": "max"},
+}
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"params": {"train.lr": [0.1, 0.01]}}, "params: one-shot search varies the per-site ranks only"),
+        (
+            {"search": {"mode": "one-shot", "ranks": [4, 2]}},
+            "search.ranks: ranks must be distinct and ascending",
+        ),
+        (
+            {"search": {"mode": "one-shot", "top_k": 9, "evaluations": 3}},
+            "search.top_k: retrains 9 of only 3",
+        ),
+        ({"search": {"mode": "one-shot", "samplr": "tpe"}}, "search.samplr"),
+        ({"base": {"adapter": {"family": "dra"}}}, "base.adapter.family: one-shot search nests"),
+    ],
+)
+def test_one_shot_space_errors_name_the_field(change, message):
+    from ranksearch.errors import ConfigError
+    from ranksearch.space.load import validate_space
+
+    data = {**json.loads(json.dumps(ONESHOT_SPACE)), **change}
+    with pytest.raises(ConfigError) as e:
+        validate_space(data)
+    assert message in str(e.value)
+
+
+def test_kendall_tau_matches_scipy_tau_b():
+    scipy_stats = pytest.importorskip("scipy.stats")
+    from ranksearch.oneshot.pipeline import kendall_tau
+
+    rng = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        x = torch.randint(0, 6, (15,), generator=rng).tolist()  # ties on purpose
+        y = torch.randint(0, 6, (15,), generator=rng).tolist()
+        assert kendall_tau(x, y) == pytest.approx(scipy_stats.kendalltau(x, y).statistic, abs=1e-12)
+    assert kendall_tau([1, 2, 3], [3, 2, 1]) == -1.0
+
+
+def test_oneshot_table_shows_estimate_retrained_and_tau():
+    from rich.console import Console
+
+    from ranksearch.oneshot.report import oneshot_table
+
+    summary = {
+        "metric": "val/hm", "kendall_tau": 0.6, "front_size": 4,
+        "rows": [{"allocation": 7, "trainable_params": 2432, "estimate": 59.77, "retrained": 60.03,
+                  "retrained_test": 41.67, "status": "completed"}],
+        "compute": {"evaluations": 200, "supernet_steps": 300, "supernet_passes": 1200.0, "retrain_steps": 1500,
+                    "eval_seconds_mean": 0.12},
+    }  # fmt: skip
+    console = Console(width=200, record=True)
+    console.print(oneshot_table(summary))
+    text = console.export_text()
+    assert (
+        "59.77" in text and "60.03" in text and "2,432" in text and "Kendall tau" in text and "0.60" in text
+    )

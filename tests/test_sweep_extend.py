@@ -170,3 +170,88 @@ def test_extend_refuses_an_unfinished_sweep_in_one_line(finished, tmp_path, caps
         code, out = cli(["sweep", str(space), "--name", "cut", "--extend", bad], capsys)
         lines = [line for line in out.splitlines() if line.strip()]
         assert code == 2 and len(lines) == 1 and "--extend" in lines[0] and "Traceback" not in out, out
+
+
+DRIVER = """
+import json, sys
+from pathlib import Path
+from ranksearch.sweep.tuner import run_sweep
+space, storage, mode, tmp = sys.argv[1:5]
+r = run_sweep(space, gpus=2, name="cut", storage=Path(storage), resume=mode == "resume",
+              extend=int(mode) if mode.isdigit() else None, runner="synthetic", runner_options={"seconds_per_eval": 0.5},
+              live=False, ray_init={"num_cpus": 2, "_temp_dir": tmp})
+print("RESULT " + json.dumps({"rows": [[x["trial_id"], x["status"]] for x in r.rows], "parent": r.parent_run_id}))
+"""
+
+
+def driver(tmp: Path, mode: str):
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    ray_tmp = tempfile.mkdtemp(prefix="rx", dir="/tmp")
+    args = [sys.executable, "-c", DRIVER, str(tmp / "space.yaml"), str(tmp / "runs"), mode, ray_tmp]
+    log = open(tmp / f"driver-{mode}.log", "w")  # noqa: SIM115  (closed with the process)
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def finish(proc, tmp: Path, mode: str) -> dict:
+    from test_sweep_resume import kill_session
+
+    try:
+        proc.wait(timeout=300)
+    finally:
+        if proc.poll() is None:
+            kill_session(proc)
+    out = (tmp / f"driver-{mode}.log").read_text()
+    assert proc.returncode == 0, out[-4000:]
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+
+
+@pytest.mark.reliability  # drivers in subprocesses, one SIGKILLed mid-extension
+def test_an_interrupted_extension_resumes_with_every_trial_once(tmp_path):
+    """4 trials, then --extend 6 killed after 2 of them finished, then --resume: 10 trials, each once in Tune,
+    Optuna and MLflow, the first 4 untouched, none of them taken for orphans or lost."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+    from test_sweep_resume import finished_in_optuna, kill_session
+
+    (tmp_path / "space.yaml").write_text(
+        yaml.safe_dump({**SPACE, "trials": 4, "resources": {"cpu": 1, "gpu": 0.5}})
+    )
+    folder = tmp_path / "runs" / "cut"
+    first = finish(driver(tmp_path, "new"), tmp_path, "new")
+    before = {t.number: (t.state.name, t.params) for t in study_trials(folder)}
+    ext = driver(tmp_path, "6")
+    deadline = time.time() + 240
+    while finished_in_optuna(folder) < 6:  # two of the extension's trials finished, others running
+        assert ext.poll() is None, (tmp_path / "driver-6.log").read_text()[-3000:]
+        assert time.time() < deadline, "the extension did not finish 2 trials in time"
+        time.sleep(0.5)
+    kill_session(ext)
+    assert json.loads((folder / "sweep.json").read_text())["status"] == "running"
+    result = finish(driver(tmp_path, "resume"), tmp_path, "resume")
+
+    ids = [tid for tid, _ in result["rows"]]
+    old = [tid for tid, _ in first["rows"]]
+    assert len(ids) == 10 == len(set(ids)) and ids[:4] == old and result["parent"] == first["parent"]
+    assert all(status in ("completed", "pruned") for _, status in result["rows"]), result["rows"]
+    trials = study_trials(folder)
+    assert {t.number: (t.state.name, t.params) for t in trials[:4]} == before
+    lost_file = folder / "lost_by_tune.json"
+    lost = {e["number"] for e in json.loads(lost_file.read_text())} if lost_file.exists() else set()
+    assert all(n >= 4 for n in lost)  # the earlier experiment's trials are never "lost by Tune"
+    owned = [
+        t for t in trials if t.user_attrs.get("ranksearch_status") != "orphaned" and t.number not in lost
+    ]
+    assert sorted(t.user_attrs["ray_trial_id"] for t in owned) == sorted(ids)
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("cut")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == first["parent"]]
+    assert sorted(c.data.tags["ranksearch.trial_id"] for c in children) == sorted(ids)
+    manifest = json.loads((folder / "sweep.json").read_text())
+    assert manifest["status"] == "finished" and manifest["trials"] == 10 and manifest["earlier_trials"] == old
+    assert set(pq.read_table(folder / "trials.parquet").to_pydict()["trial_id"]) == set(ids)

@@ -62,6 +62,9 @@ class SVDLinear(AdapterLayer):
     def delta_weight(self) -> torch.Tensor:
         return self.ada_B @ (self.ada_A * self.ada_E) * self.scale  # (d_out, d_in)
 
+    def lowrank(self) -> tuple[torch.Tensor, float, torch.Tensor, nn.Module]:
+        return self.ada_A * self.ada_E, self.scale, self.ada_B, self.ada_dropout
+
     def rank(self) -> int:
         return int(self.ada_mask.count_nonzero())  # allocated rank (PEFT's rank_pattern)
 
@@ -155,18 +158,29 @@ class Adalora(AdapterFamily):
         params = [(k, p) for k, p in self._params() if p.grad is not None]
         if not params:
             return False
-        if not bool(torch.stack([torch.isfinite(p.grad).all() for _, p in params]).all()):
+        grads = [p.grad for _, p in params]
+        # one max-|g| per tensor (a foreach kernel), one check: inf and NaN survive the max, overflow cannot occur
+        if not bool(torch.stack(torch._foreach_norm(grads, float("inf"))).isfinite().all()):
             self.skipped_updates += 1
             if self.skipped_updates == 1:
                 log.warning("adalora: non-finite gradients at a step; importance update skipped (counted)")
             return False
         b1, b2 = self.config.beta1, self.config.beta2
         for key, p in params:
-            ipt = (p * p.grad).abs()
-            avg, unc = self._ema.get(key, (torch.zeros_like(p), torch.zeros_like(p)))
-            avg = b1 * avg + (1 - b1) * ipt
-            unc = b2 * unc + (1 - b2) * (ipt - avg).abs()
-            self._ema[key] = (avg, unc)
+            if key not in self._ema:
+                self._ema[key] = (torch.zeros_like(p), torch.zeros_like(p))
+        avgs = [self._ema[k][0] for k, _ in params]
+        uncs = [self._ema[k][1] for k, _ in params]
+        # the per-element update of every A, E and B as a handful of foreach kernels over all tensors at once:
+        # ipt = |θ ∇θ|,  Ī ← β1 Ī + (1−β1) ipt,  Ū ← β2 Ū + (1−β2) |ipt − Ī|   (in place; same values as the loop)
+        ipt = torch._foreach_mul([p.detach() for _, p in params], grads)
+        torch._foreach_abs_(ipt)
+        torch._foreach_mul_(avgs, b1)
+        torch._foreach_add_(avgs, torch._foreach_mul(ipt, 1 - b1))
+        dev = torch._foreach_sub(ipt, avgs)
+        torch._foreach_abs_(dev)
+        torch._foreach_mul_(uncs, b2)
+        torch._foreach_add_(uncs, torch._foreach_mul(dev, 1 - b2))
         return True
 
     def _score(self, layer: SVDLinear, tag: str) -> torch.Tensor:
@@ -225,12 +239,19 @@ class Adalora(AdapterFamily):
         """orth_reg_weight · mean over all A and B of ‖A Aᵀ − I‖_F and ‖Bᵀ B − I‖_F."""
         if self.config.orth_reg_weight == 0 or not self.layers:
             return None
-        terms = []
+        # batched over the modules of one shape: one bmm and one batched norm per shape instead of a small matmul
+        # and norm per module; the mean over all 2·L terms is the same
+        groups: dict[tuple, list[torch.Tensor]] = {}
         for layer in self.layers:
-            for cov in (layer.ada_A @ layer.ada_A.t(), layer.ada_B.t() @ layer.ada_B):  # (r, r) each
-                eye = torch.eye(cov.shape[0], device=cov.device, dtype=cov.dtype)
-                terms.append(torch.linalg.matrix_norm(cov - eye, ord="fro"))
-        return self.config.orth_reg_weight * torch.stack(terms).mean()
+            groups.setdefault(("A", *layer.ada_A.shape), []).append(layer.ada_A)  # (r, d_in): A Aᵀ
+            groups.setdefault(("B", *layer.ada_B.shape), []).append(layer.ada_B.t())  # (r, d_out): Bᵀ B
+        terms = []
+        for mats in groups.values():
+            m = torch.stack(mats)  # (G, r, d)
+            cov = torch.bmm(m, m.transpose(1, 2))  # (G, r, r)
+            eye = torch.eye(cov.shape[-1], device=cov.device, dtype=cov.dtype)
+            terms.append(torch.linalg.matrix_norm(cov - eye, ord="fro"))  # (G,)
+        return self.config.orth_reg_weight * torch.cat(terms).mean()
 
     def start_task(self) -> None:
         self._ema.clear()
@@ -252,6 +273,10 @@ class Adalora(AdapterFamily):
         unknown = sorted(set(state.get("ema", {})) - set(devices))
         if unknown:
             raise ValueError(f"adalora state has EMAs for modules this trial does not have: {unknown[:3]}")
-        self._ema = {k: (a.to(devices[k]), u.to(devices[k])) for k, (a, u) in state.get("ema", {}).items()}
+        # copies: the EMAs are updated in place, the caller's state must stay as it was
+        self._ema = {
+            k: (a.to(devices[k], copy=True), u.to(devices[k], copy=True))
+            for k, (a, u) in state.get("ema", {}).items()
+        }
         self.rank_history = [dict(h) for h in state.get("rank_history", [])]
         self.skipped_updates = int(state.get("skipped_updates", 0))

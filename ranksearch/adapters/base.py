@@ -53,6 +53,12 @@ class AdapterLayer(nn.Module):
     def delta_bias(self) -> torch.Tensor | None:
         return None
 
+    def lowrank(self) -> tuple[torch.Tensor, torch.Tensor | float, torch.Tensor, nn.Module] | None:
+        """``(A, gain, B, dropout)`` when ``adapter_forward(x) = ((dropout(x) Aᵀ) ⊙ gain) Bᵀ`` (A (r, d_in), gain
+        (r,) or a number, B (d_out, r)), so attention can stack q, k, v's updates into one product
+        (``UnfusedAttention``); None (the default) when the update has no such form."""
+        return None
+
     def rank(self) -> int:
         """Current (effective) rank of the update."""
         raise NotImplementedError

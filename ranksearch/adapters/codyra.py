@@ -99,6 +99,9 @@ class CodyraLinear(AdapterLayer):
     def delta_weight(self) -> torch.Tensor:
         return (self.codyra_B * self._g()) @ self.codyra_A  # B diag(g) A: (d_out, d_in)
 
+    def lowrank(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, nn.Module]:
+        return self.codyra_A, self._g(), self.codyra_B, self.codyra_dropout
+
     def rank(self) -> int:
         return int(self._g().count_nonzero())  # effective rank ρ = ‖g ⊙ mask‖₀
 

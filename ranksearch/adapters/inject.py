@@ -75,6 +75,8 @@ def unadapted(model: nn.Module) -> Iterator[nn.Module]:
                 for name, child in list(module.named_children()):
                     if isinstance(child, kind) and not isinstance(module, AdapterLayer):
                         plain = child.base if kind is AdapterLayer else _stock_attention(child)
+                        if plain is None:  # a projection wrapped by something else: equal within 1e-5 anyway
+                            continue
                         setattr(module, name, plain)
                         swapped.append((module, name, child))
         yield model
@@ -83,10 +85,14 @@ def unadapted(model: nn.Module) -> Iterator[nn.Module]:
             setattr(module, name, child)
 
 
-def _stock_attention(attn: UnfusedAttention) -> nn.Module:
+def _stock_attention(attn: UnfusedAttention) -> nn.Module | None:
     """A frozen stock ``nn.MultiheadAttention`` in ``attn``'s mode: the module open_clip built (a parameter that
-    requires grad, or training mode, takes PyTorch off its fast path, whose rounding differs)."""
-    mha = fuse_attention(attn).train(attn.training)
+    requires grad, or training mode, takes PyTorch off its fast path, whose rounding differs). None when a
+    projection is not a plain linear."""
+    try:
+        mha = fuse_attention(attn).train(attn.training)
+    except TypeError:
+        return None
     for p in mha.parameters():
         p.requires_grad_(False)
     return mha

@@ -45,6 +45,9 @@ class LoraLinear(AdapterLayer):
     def delta_weight(self) -> torch.Tensor:
         return (self.lora_B * self.lora_mask) @ self.lora_A * self.scale  # (d_out, d_in)
 
+    def lowrank(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, nn.Module]:
+        return self.lora_A, self.lora_mask * self.scale, self.lora_B, self.lora_dropout
+
     def rank(self) -> int:
         return int(self.lora_mask.count_nonzero())
 

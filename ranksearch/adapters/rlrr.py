@@ -27,6 +27,7 @@ multiplier is 1; SSF scale 1, shift 0.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ranksearch.adapters.base import AdapterFamily, AdapterLayer, Site
@@ -82,8 +83,27 @@ class RlrrLinear(AdapterLayer):
     def _w(self) -> torch.Tensor:
         return self.base.weight.to(self.rlrr_shift.dtype)
 
+    def effective_weight(self) -> torch.Tensor:
+        """W ⊙ (1 + S_left S_right) (residual) or W ⊙ (S_left S_right): (d_out, d_in)."""
+        w = self._w()
+        m = self.multiplier()
+        return torch.addcmul(w, w, m) if self.residual else w * m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x W'ᵀ + b + f`` with the effective weight W': one matmul (autograd forms the one weight gradient
+        S_left and S_right need), instead of the base matmul plus r rescaled ones (``adapter_forward``)."""
+        if self.merged:
+            return self.base(x)
+        w = self.effective_weight()
+        bias = self.rlrr_shift if self.base.bias is None else self.base.bias.to(w.dtype) + self.rlrr_shift
+        out = F.linear(x.to(w.dtype), w, bias)
+        return out if torch.is_autocast_enabled(x.device.type) else out.to(x.dtype)
+
     def adapter_forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x (W ⊙ Σ_k sl_k sr_kᵀ)ᵀ = Σ_k ((x ⊙ sr_k) Wᵀ) ⊙ sl_k: r matmuls, no (d_out, d_in) product materialised.
+        """The update alone, ``x (W ⊙ M)ᵀ + f`` (for callers that add it to a shared ``base(x)``).
+
+        x (W ⊙ Σ_k sl_k sr_kᵀ)ᵀ = Σ_k ((x ⊙ sr_k) Wᵀ) ⊙ sl_k: r matmuls, no (d_out, d_in) product materialised.
+        """
         x = x.to(self.rlrr_shift.dtype)
         w = self._w()
         xs = x.unsqueeze(-2) * self.rlrr_scale_right  # (..., r, d_in)

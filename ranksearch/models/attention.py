@@ -6,11 +6,15 @@ directly, so a wrapper around ``out_proj`` would be bypassed. ``UnfusedAttention
 ``nn.Linear`` modules that adapters can wrap. ``fuse_attention`` turns it back into a stock MHA, so a merged
 model is a plain open_clip model again.
 
-``fuse_qkv`` (off by default; ``set_fused_qkv``) runs the three frozen q/k/v projections of self-attention as one
-matmul with the concatenated weight, then adds each adapter's own update to its third of the output. That is
-what the stock MHA does; it saves kernel launches on GPUs, while on a 2-core CPU the measured effect is nil
-(``docs/benchmarks.md``), hence opt-in. The concatenated weight is a cached copy, rebuilt when a projection's
-weight changes (merge, load, device move), so it costs the q/k/v weights' memory once more.
+``fuse_qkv`` (on by default; ``set_fused_qkv``) computes self-attention's q, k and v as the stock MHA does, with
+one matmul over the three frozen weights, and adds the adapters' updates with **one stacked low-rank product**:
+the adapters whose update is ``((Drop(x) Aᵀ) ⊙ gain) Bᵀ`` (``AdapterLayer.lowrank``: LoRA, CoDyRA, AdaLoRA) have
+their A's stacked into one (Σr, d) matrix and their B's into one block-diagonal (3d, Σr) matrix, and the update
+is accumulated into the frozen output by the same GEMM (``addmm``), so neither the three (tokens × d) updates nor
+their sums are materialised, forward or backward (the input gradient is two matmuls instead of six plus five
+additions). The q/k/v weights of an ``UnfusedAttention`` are slices of one (3d, d) tensor, so the fused matmul
+needs no copy of them (a copy is made, once, only if something replaced them, e.g. a device move).
+``tests/test_stacked_qkv.py`` checks it against the separate projections (fp64, 1e-10).
 """
 
 from __future__ import annotations
@@ -49,24 +53,28 @@ class UnfusedAttention(nn.Module):
         )
         self.out_proj = nn.utils.skip_init(nn.Linear, d, d, bias=mha.out_proj.bias is not None, **kw)
         with torch.no_grad():
+            # q, k, v weights (and biases) are slices of one copy of the fused tensor (rows [0:d] q, [d:2d] k,
+            # [2d:3d] v), so the fused matmul reads them in place
+            w_all = w.clone()
+            b_all = b.detach().clone() if has_bias else None
             for i, proj in enumerate((self.q_proj, self.k_proj, self.v_proj)):
-                proj.weight.copy_(w[i * d : (i + 1) * d])  # fused rows: [0:d] q, [d:2d] k, [2d:3d] v
+                proj.weight = nn.Parameter(w_all[i * d : (i + 1) * d])
                 if has_bias:
-                    proj.bias.copy_(b.detach()[i * d : (i + 1) * d])
+                    proj.bias = nn.Parameter(b_all[i * d : (i + 1) * d])
             self.out_proj.load_state_dict(mha.out_proj.state_dict())
         # a frozen MHA stays frozen after unfusing (new Linears default to requires_grad=True)
         for p in self.parameters():
             p.requires_grad_(mha.in_proj_weight.requires_grad)
         self.probs_hook: Callable[[torch.Tensor], None] | None = None
-        self.fuse_qkv = False
+        self.fuse_qkv = True
         self._fused: tuple[tuple, torch.Tensor, torch.Tensor | None] | None = None  # (key, weight, bias)
 
     def _fusable_bases(self) -> list[nn.Linear] | None:
         """The frozen q/k/v linears when all three can share one matmul, else None.
 
         A projection qualifies when it is a plain ``nn.Linear`` or an adapter layer whose ``fusable_linear()`` returns
-        its frozen ``nn.Linear`` (forward is the generic ``base(x) + adapter_forward(x)``: LoRA, CoDyRA, AdaLoRA,
-        RLRR). Asked by duck typing so that models never import adapters (adapters build on models).
+        its frozen ``nn.Linear`` (forward is the generic ``base(x) + adapter_forward(x)``: LoRA, CoDyRA, AdaLoRA; RLRR
+        has its own). Asked by duck typing so that models never import adapters (adapters build on models).
         """
         bases = []
         for proj in (self.q_proj, self.k_proj, self.v_proj):
@@ -77,44 +85,90 @@ class UnfusedAttention(nn.Module):
         return bases
 
     def _fused_weights(self, bases: list[nn.Linear]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(3d, d) weight and (3d,) bias of q/k/v; cached until any of them changes.
+        """(3d, d) weight and (3d,) bias of q/k/v: a view when they lie back to back in one tensor (as
+        ``__init__`` leaves them), else a concatenated copy, after which the three are re-pointed at it.
 
-        In-place updates (merge, ``load_state_dict``) bump a tensor's version; replacing or moving one changes its
-        identity or storage: either way the key differs and the copy is rebuilt.
+        The key (identity, address, in-place version of each tensor) tells when a projection was changed: merged,
+        loaded or moved tensors are found again or re-stacked.
         """
-        tensors = [t for lin in bases for t in (lin.weight, lin.bias) if t is not None]
+        weights = [lin.weight for lin in bases]
+        biases = [lin.bias for lin in bases]
+        tensors = [t for t in weights + biases if t is not None]
         key = tuple((id(t), t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
         if self._fused is None or self._fused[0] != key:
-            with torch.no_grad():
-                w = torch.cat([lin.weight for lin in bases])
-                b = (
-                    torch.cat([lin.bias for lin in bases])
-                    if all(lin.bias is not None for lin in bases)
-                    else None
-                )
+            # never inference tensors (a first call under torch.inference_mode): training reuses the cached view
+            with torch.inference_mode(False), torch.no_grad():
+                w = _back_to_back(weights)
+                has_bias = all(t is not None for t in biases)
+                b = _back_to_back(biases) if has_bias else None
+                if w is None or (has_bias and b is None):
+                    w = torch.cat(weights)
+                    b = torch.cat(biases) if has_bias else None
+                    d = self.embed_dim
+                    # frozen: no optimizer holds these tensors; re-pointed, the next call finds a view
+                    for i, lin in enumerate(bases):
+                        lin.weight.data = w[i * d : (i + 1) * d]
+                        if b is not None:
+                            lin.bias.data = b[i * d : (i + 1) * d]
+                    tensors = [t for t in weights + biases if t is not None]
+                    key = tuple((id(t), t.data_ptr(), t._version, t.device, t.dtype) for t in tensors)
             self._fused = (key, w, b)
         return self._fused[1], self._fused[2]
 
     def _project_qkv(
         self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """q, k, v projections (N, L, E); one fused matmul for frozen self-attention projections if enabled."""
+        """q, k, v projections (N, L, E); one fused matmul plus one stacked low-rank product where possible."""
         bases = self._fusable_bases() if self.fuse_qkv and key is query and value is query else None
         if bases is not None and any(
             b.weight.requires_grad or (b.bias is not None and b.bias.requires_grad) for b in bases
         ):
-            bases = None  # a trained base weight needs its own gradient; the cached copy would not get it
+            bases = None  # a trained base weight needs its own gradient; the stacked view would not get it
         if bases is None:
             return self.q_proj(query), self.k_proj(key), self.v_proj(value)
         w, b = self._fused_weights(bases)
-        chunks = F.linear(query, w, b).split(self.embed_dim, dim=-1)
-        out = []
-        for proj, base, chunk in zip((self.q_proj, self.k_proj, self.v_proj), bases, chunks, strict=True):
-            # an adapter (not merged): add its update to its third, as AdapterLayer.forward does
-            if proj is not base and not proj.merged:
-                chunk = chunk + proj.adapter_forward(query).to(chunk.dtype)
-            out.append(chunk)
-        return out[0], out[1], out[2]
+        out = F.linear(query, w, b)  # (N, L, 3E)
+        projs = (self.q_proj, self.k_proj, self.v_proj)
+        adapted = [
+            i for i, (p, base) in enumerate(zip(projs, bases, strict=True)) if p is not base and not p.merged
+        ]
+        factors = {i: projs[i].lowrank() for i in adapted}
+        stacked = [i for i in adapted if factors[i] is not None]
+        if stacked:
+            out = self._add_stacked(query, out, [(i, factors[i]) for i in stacked])
+        chunks = list(out.split(self.embed_dim, dim=-1))
+        for i in adapted:  # an adapter without low-rank factors: add its update to its third, as forward does
+            if factors[i] is None:
+                chunks[i] = chunks[i] + projs[i].adapter_forward(query).to(chunks[i].dtype)
+        return chunks[0], chunks[1], chunks[2]
+
+    def _add_stacked(
+        self, x: torch.Tensor, out: torch.Tensor, factors: list[tuple[int, tuple]]
+    ) -> torch.Tensor:
+        """``out`` (N, L, 3E) plus every listed projection's ``((Drop(x) Aᵀ) ⊙ gain) Bᵀ`` in its third.
+
+        Shapes: A_i (r_i, E), gain_i (r_i,), B_i (E, r_i); stacked A (R, E), gain (R,), block-diagonal B (3E, R)
+        with zero blocks for projections without a low-rank update, R = Σ r_i.
+        """
+        dtype = factors[0][1][0].dtype
+        dropped = [f[3] for _, f in factors]
+        if self.training and any(not isinstance(m, nn.Identity) for m in dropped):
+            # each projection draws its own mask, in q, k, v order as the separate projections do (same RNG use)
+            h = torch.cat([m(x).to(dtype) @ f[0].t() for (_, f), m in zip(factors, dropped, strict=True)], -1)
+        else:
+            a = factors[0][1][0] if len(factors) == 1 else torch.cat([f[0] for _, f in factors])  # (R, E)
+            h = x.to(dtype) @ a.t()  # (N, L, R)
+        gains = [f[1] if torch.is_tensor(f[1]) else h.new_full((f[0].shape[0],), f[1]) for _, f in factors]
+        h = h * (gains[0] if len(gains) == 1 else torch.cat(gains))  # (N, L, R)
+        blocks, rows = [], {i: f[2] for i, f in factors}
+        e = self.embed_dim
+        for i in range(3):
+            blocks.append(rows[i] if i in rows else h.new_zeros(e, 0))
+        b_all = torch.block_diag(*blocks)  # (3E, R)
+        if out.dtype != b_all.dtype and not torch.is_autocast_enabled(out.device.type):
+            return out + (h @ b_all.t()).to(out.dtype)
+        flat = torch.addmm(out.reshape(-1, out.shape[-1]), h.reshape(-1, h.shape[-1]), b_all.t())  # (N·L, 3E)
+        return flat.view(out.shape)
 
     def _mask(
         self, attn_mask, key_padding_mask, n: int, q_len: int, k_len: int, dtype
@@ -178,6 +232,26 @@ class UnfusedAttention(nn.Module):
         if not self.batch_first:
             out = out.transpose(0, 1)
         return out, None
+
+
+def _back_to_back(tensors: list[torch.Tensor]) -> torch.Tensor | None:
+    """One tensor over ``tensors`` (equal shapes) stacked along dim 0 when they already lie back to back in one
+    storage, contiguous, in this order (a view: no copy), else None."""
+    first = tensors[0]
+    n, offset = first.numel(), first.storage_offset()
+    ptr = first.untyped_storage().data_ptr()
+    for i, t in enumerate(tensors):
+        if (
+            t.shape != first.shape
+            or t.dtype != first.dtype
+            or t.device != first.device
+            or not t.is_contiguous()
+            or t.untyped_storage().data_ptr() != ptr
+            or t.storage_offset() != offset + i * n
+        ):
+            return None
+    shape = (len(tensors) * first.shape[0], *first.shape[1:])
+    return first.new_empty(0).set_(first.untyped_storage(), offset, shape, first.stride())
 
 
 def set_fused_qkv(model: nn.Module, enabled: bool = True) -> int:

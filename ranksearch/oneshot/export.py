@@ -103,3 +103,34 @@ def export_allocation(supernet_dir: Path, allocation: dict[str, int], out_dir: P
     manifest["allocation"] = dict(allocation)
     (Path(out_dir) / "export.json").write_text(json.dumps(manifest, indent=2))
     return manifest
+
+
+def sweep_allocation(sweep_folder: Path, number: int) -> dict[str, int]:
+    """The site -> rank allocation scored as evaluation ``number`` in a one-shot sweep folder."""
+    import pyarrow.parquet as pq
+
+    path = Path(sweep_folder) / "search" / "evaluations.parquet"
+    if not path.is_file():
+        raise RanksearchError(
+            f"{sweep_folder} is not a finished one-shot sweep: search/evaluations.parquet is missing"
+        )
+    rows = pq.read_table(path, columns=["number", "ranks"]).to_pylist()
+    for row in rows:
+        if row["number"] == number:
+            return json.loads(row["ranks"])
+    known = sorted(r["number"] for r in rows)
+    raise RanksearchError(
+        f"--allocation {number}: no such evaluation in {path} (numbers {known[0]}..{known[-1]}; the front is in "
+        "search/allocation.parquet)"
+    )
+
+
+def export_sweep_allocation(sweep_folder: Path, number: int, out_dir: Path) -> dict:
+    """``ranksearch export SWEEP --allocation N``: evaluation N of a one-shot sweep, merged into open_clip."""
+    if Path(out_dir).exists() and any(Path(out_dir).iterdir()):
+        raise RanksearchError(f"--out {out_dir} exists and is not empty; choose a new folder")
+    manifest = export_allocation(
+        Path(sweep_folder) / "supernet", sweep_allocation(sweep_folder, number), out_dir
+    )
+    manifest["exported"] = f"allocation {number} of {Path(sweep_folder).name}"
+    return manifest

@@ -6,8 +6,9 @@ whose A and B are the first r rows of A and the first r columns of B, including 
 from scratch as an ordinary LoRA trial has the same parametrisation as the one scored in the supernet.
 ``NestedCodyraLinear`` likewise keeps the first r gated components (CoDyRA has no alpha scale).
 
-The forward slices the active prefix instead of multiplying by a 0/1 mask: the same operations as the
-truncated adapter (bit-identical results, tests/test_oneshot.py) and less work for small ranks. ``lora_mask`` /
+The forward (and ``lowrank``, the factors ``UnfusedAttention`` stacks for q/k/v) slices the active prefix instead
+of multiplying by a 0/1 mask: the same operations as the truncated adapter (bit-identical results,
+tests/test_oneshot.py) and less work for small ranks. ``lora_mask`` /
 ``codyra_mask`` are kept equal to the prefix so telemetry (allocation.parquet) and budgets read the rank as usual.
 """
 
@@ -70,6 +71,14 @@ class NestedLoraLinear(_Nested, LoraLinear):
         s = lora_scale(self.alpha, k, self.scaling)
         return (h * (self.lora_mask[:k] * s)) @ self.lora_B[:, :k].contiguous().t()  # (..., d_out)
 
+    def lowrank(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, nn.Module] | None:
+        """The active prefix's factors (``UnfusedAttention`` stacks q/k/v's); None at rank 0 (forward adds 0)."""
+        k = self.active
+        if k == 0:
+            return None
+        s = lora_scale(self.alpha, k, self.scaling)
+        return self.lora_A[:k], self.lora_mask[:k] * s, self.lora_B[:, :k].contiguous(), self.lora_dropout
+
     def delta_weight(self) -> torch.Tensor:
         k = self.active
         if k == 0:
@@ -95,6 +104,13 @@ class NestedCodyraLinear(_Nested, CodyraLinear):
         h = self.codyra_dropout(x).to(self.codyra_A.dtype) @ self.codyra_A[:k].t()  # (..., k)
         g = self.codyra_gate[:k] * self.codyra_mask[:k]  # (k,)
         return (h * g) @ self.codyra_B[:, :k].contiguous().t()  # (..., d_out)
+
+    def lowrank(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, nn.Module] | None:
+        k = self.active
+        if k == 0:
+            return None
+        g = self.codyra_gate[:k] * self.codyra_mask[:k]
+        return self.codyra_A[:k], g, self.codyra_B[:, :k].contiguous(), self.codyra_dropout
 
     def delta_weight(self) -> torch.Tensor:
         k = self.active

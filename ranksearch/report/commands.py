@@ -336,7 +336,12 @@ def best(
         )
     params = trial_params(data.folder, row["trial_id"])
     space = load_space(data.folder / "space.yaml")
-    config = space.trial_config(params)
+    if space.spec.one_shot:  # a retrained allocation: its config (the rank pattern) is in its trial folder
+        from ranksearch.config import load_trial_config
+
+        config = load_trial_config(data.folder / "trials" / row["trial_id"] / "config.yaml")
+    else:
+        config = space.trial_config(params)
     metrics = {o.metric: row.get(o.metric) for o in data.objectives}
     header = (
         f"# trial {row['trial_id']} ({row.get('status')}) of sweep {data.manifest.name}: "

@@ -317,6 +317,9 @@ def _leaderboard(data: SweepData, linked: set[str] = frozenset()) -> tuple[str, 
     front = F.front_ids(data, ranked)
     test = m.replace("val/", "test/", 1)
     metric_cols = [o.metric for o in data.objectives[1:]] + ["val/base", "val/new", test, "trainable_params"]
+    metric_cols.append(
+        "oneshot/estimate"
+    )  # a one-shot sweep's retrains: the supernet's estimate beside the result
     metric_cols = [c for i, c in enumerate(metric_cols) if c in ranked.columns and c not in metric_cols[:i]]
     head = [
         "#",

@@ -146,6 +146,18 @@ def sweep(
         live=live, overrides=set_, debug=debug, trust_state=trust_state,
     )  # fmt: skip
     out = Console()
+    if result.oneshot is not None:  # one-shot search: estimate vs retrained per allocation, Kendall tau
+        from ranksearch.oneshot.report import oneshot_table
+
+        out.print(oneshot_table(result.oneshot))
+        out.print(f"sweep folder: {result.folder}  ({result.wall_s:.0f} s)", highlight=False)
+        out.print(
+            f"front: {_shortest(result.folder / 'search')}  export one: ranksearch export {result.name} "
+            "--allocation N --out DIR",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
     out.print(leaderboard(result.rows, result.space, width=out.width))
     out.print(f"sweep folder: {result.folder}  ({result.wall_s:.0f} s)", highlight=False)
     out.print(

@@ -88,7 +88,8 @@ def prepare_folder(folder: Path, resume: bool, unstarted: bool = False) -> None:
     """
     has_manifest = (folder / MANIFEST).is_file()
     if resume:
-        if not has_manifest or not (folder / "tune").is_dir():
+        # tune/: an ordinary sweep's experiment; supernet/: a one-shot search's first phase (ranksearch.oneshot)
+        if not has_manifest or not ((folder / "tune").is_dir() or (folder / "supernet").is_dir()):
             hint = "; start it again without --resume (the folder is reused)" if unstarted else ""
             raise ConfigError(
                 [("--resume", f"{folder} holds no sweep to resume (no {MANIFEST} or tune/ folder){hint}")]

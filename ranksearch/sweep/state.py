@@ -42,12 +42,14 @@ def check_resumable(folder: Path) -> None:
     journal = folder / "optuna.journal"
     records = read_jsonl(journal, what="Optuna journal record")[0] if journal.exists() else []
     tune_dir = folder / "tune"
-    snapshot = check_tune(tune_dir)
+    # a one-shot search (ranksearch.oneshot) keeps its first phase in supernet/ and may have no Tune experiment
+    snapshot = check_tune(tune_dir) if tune_dir.is_dir() or not (folder / "supernet").is_dir() else None
     mlflow_journal = folder / "mlflow.journal.jsonl"
     if mlflow_journal.exists():
         read_jsonl(mlflow_journal, what="MLflow journal entry", allow_cut_tail=True)
     check_parquet(folder / "trials.parquet")
-    check_agreement(journal, records, snapshot)
+    if snapshot is not None:
+        check_agreement(journal, records, snapshot)
 
 
 def check_manifest(path: Path) -> dict[str, Any]:

@@ -30,6 +30,10 @@ from ranksearch.tracking.credentials import is_database_url, redact
 
 log = logging.getLogger(__name__)
 
+# Tune keeps a finished trial's actor for the next one (no re-import of torch/open_clip per trial);
+# bench/search_overhead.py gives its bare-Tune baseline the same setting
+REUSE_ACTORS = True
+
 TUNE_DIR, SPACE_COPY, JOURNAL = "tune", "space.yaml", "optuna.journal"
 
 
@@ -46,6 +50,7 @@ class SweepResult:
     experiment: str
     wall_s: float
     space: SearchSpace
+    oneshot: dict[str, Any] | None = None  # a one-shot search's summary (rows: estimate vs retrained)
 
 
 def run_sweep(
@@ -252,6 +257,8 @@ def _run_in_folder(
         if started_ray:
             ray.shutdown()
         raise
+    if space.spec.one_shot:  # one supernet, evaluations, retrains: ranksearch.oneshot.pipeline
+        return _run_oneshot(space, folder, manifest, name, started_ray, t0, tracking_uri)
     # Save the experiment state often: after a killed driver, only trials started since the last save are
     # lost (and re-created); the default "auto" period can be minutes on long sweeps.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
@@ -362,6 +369,39 @@ def _check_state_signed(
         return
     where = f" --runs-dir {storage}" if storage is not None else ""
     verify_tune_state(folder, f"ranksearch sweep {space_file} --name {name}{where} --resume --trust-state")
+
+
+def _run_oneshot(
+    space: SearchSpace, folder: Path, manifest: Manifest, name: str, started_ray: bool, t0: float, uri: str
+) -> SweepResult:
+    """``search: {mode: one-shot}``: the one-shot pipeline in place of Tune; the same folder, parent run, result."""
+    import ray
+
+    from ranksearch.oneshot.pipeline import run_oneshot
+    from ranksearch.sweep.signing import sign_tune_state
+
+    sign_tune_state(folder)  # sweep.json as saved just now: a killed driver's folder still resumes
+    status = "failed"
+    try:
+        result = run_oneshot(space, folder, manifest, uri)
+        status = "finished"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        manifest.status = status
+        manifest.save(folder)
+        sign_tune_state(folder)
+        if status != "interrupted":
+            _end_parent(manifest, status, uri)
+        if started_ray:
+            ray.shutdown()
+    rows = result.summary["rows"]
+    best = rows[0] if rows else None
+    return SweepResult(
+        name, folder, rows, best, manifest.parent_run_id, redact(uri), manifest.experiment, time.time() - t0,
+        space, oneshot=result.summary,
+    )  # fmt: skip
 
 
 def _runners() -> dict[str, Any]:
@@ -476,7 +516,7 @@ def _new_tuner(
             scheduler=build_scheduler(space),
             num_samples=total,
             max_concurrent_trials=space.spec.concurrency,
-            reuse_actors=True,
+            reuse_actors=REUSE_ACTORS,
             trial_dirname_creator=trial_dirname,
         ),  # fmt: skip
         run_config=tune.RunConfig(

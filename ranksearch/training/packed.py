@@ -103,8 +103,13 @@ class PackedSite(nn.Module):
         segments = self.ctx.segments
         if segments is None:
             raise RuntimeError("a packed model runs only inside a pack step or a member's view")
-        out = self.base(x)
         layers = [self.layer(m) for m, _ in segments]
+        if all(lay is not None and type(lay).forward is not AdapterLayer.forward for lay in layers):
+            # every member has its own forward (e.g. RLRR's effective weight): the shared base(x) would go unused
+            sizes = [n for _, n in segments]
+            pieces = [lay(xc) for lay, xc in zip(layers, x.split(sizes, self.batch_dim), strict=True)]
+            return pieces[0] if len(pieces) == 1 else torch.cat(pieces, self.batch_dim)
+        out = self.base(x)
         fast = _batched_lora(x, out, layers, segments, self.batch_dim)
         if fast is not None:
             return fast

@@ -1,0 +1,37 @@
+"""Score allocations on a trained supernet: set the nested ranks, evaluate the validation split, no training.
+
+``SupernetScorer`` is what a Ray evaluation actor holds (``ranksearch.oneshot.pipeline``): the supernet and the
+task are built once, then each allocation costs one validation pass (text features are recomputed when the
+text tower is adapted, since its ranks change them).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+
+class SupernetScorer:
+    """Scores allocations (rank lists in the supernet's site order) of the supernet in ``supernet_dir``."""
+
+    def __init__(self, supernet_dir: str | Path, device: str = "cpu", threads: int | None = None):
+        import torch
+
+        from ranksearch.data import build_task
+        from ranksearch.oneshot.supernet import rebuild_supernet
+
+        if threads is not None:
+            torch.set_num_threads(threads)
+        self.session = rebuild_supernet(Path(supernet_dir), device=device)
+        self.task = build_task(self.session.config.data, self.session.image_size)
+        self.sites = self.session.site_keys()
+
+    def score(self, allocs: list[list[int]]) -> list[dict[str, float]]:
+        """Validation metrics of each allocation, plus ``eval_seconds`` (the wall time of that evaluation)."""
+        out = []
+        for ranks in allocs:
+            t0 = time.perf_counter()
+            self.session.set_allocation(list(ranks))
+            metrics = self.session.evaluate(self.task, "val")
+            out.append({**metrics, "eval_seconds": time.perf_counter() - t0})
+        return out
