@@ -175,15 +175,22 @@ def sweep(
                 f"  {r['trial_id']} {r['status']}: {r.get('error') or 'no reason recorded'}", highlight=False
             )
     unfinished = [r for r in result.rows if r["status"] in ("pending", "running")]
-    if unfinished or (extend is None and len(result.rows) < (trials or result.space.spec.trials)):
+    short = extend is None and len(result.rows) < (trials or result.space.spec.trials)
+    if unfinished or short or result.stopped_by:
+        by = f" by {result.stopped_by}" if result.stopped_by else ""
         out.print(
-            f"[yellow]interrupted[/yellow]: continue with  ranksearch sweep {space} --name {result.name} --resume"
-        )
+            f"[yellow]interrupted{by}[/yellow]: continue with  ranksearch sweep {space} --name {result.name} "
+            "--resume", highlight=False, soft_wrap=True,
+        )  # fmt: skip
     # last, so it is what the terminal shows: the two commands to look at the results
     target = result.name if runs_dir is None else _shortest(result.folder)
     out.print("look at the results:", highlight=False)
     # never wrapped by rich (a wrapped command does not paste); short enough to fit as a rule
     out.print(f"  ranksearch report {target}\n  ranksearch ui {target}", highlight=False, soft_wrap=True)
+    if result.stopped_by:  # stopped by a signal: the shell learns it (130 Ctrl-C, 143 SIGTERM), resumable
+        from ranksearch.sweep.stop_signals import Stop
+
+        raise typer.Exit(Stop(result.stopped_by).exit_code)
     interrupted = bool(unfinished) or len(result.rows) < (trials or result.space.spec.trials)
     problem = None if interrupted else nothing_completed(result.rows)
     if problem:  # a sweep with no usable result is a failure, not "done" (exit 1)

@@ -51,6 +51,7 @@ class SweepResult:
     wall_s: float
     space: SearchSpace
     oneshot: dict[str, Any] | None = None  # a one-shot search's summary (rows: estimate vs retrained)
+    stopped_by: str | None = None  # "SIGINT" / "SIGTERM" when a signal ended the sweep early (resumable)
 
 
 def run_sweep(
@@ -203,6 +204,7 @@ def _run_in_folder(
     from ranksearch.sweep.results import best_trial, trial_rows
     from ranksearch.sweep.signing import sign_tune_state
     from ranksearch.sweep.state_signer import StateSigner
+    from ranksearch.sweep.stop_signals import stop_on_signals
     from ranksearch.sweep.study_storage import open_storage
 
     reuse = resume or extend is not None
@@ -290,7 +292,8 @@ def _run_in_folder(
             # a new Tune experiment in the same tune/ folder (the newest state is what --resume restores)
             tuner = _new_tuner(space, folder, manifest, trainable, callbacks, total, warm_start, study)
             sign_tune_state(folder)  # tune/tuner.pkl, written by the Tuner itself (not staged)
-        grid = tuner.fit()
+        with stop_on_signals() as stop:  # Ctrl-C, SIGTERM: Tune stops cleanly, state saved for --resume
+            grid = tuner.fit()
         sign_tune_state(folder)  # fit waited for Tune's last copy into tune/: sign what is there now
         trials_done = _grid_trials(grid)
         rows = trial_rows(trials_done, space)
@@ -298,6 +301,8 @@ def _run_in_folder(
         # unless it ended because its compute budget was spent
         unfinished = len(rows) < total or any(r["status"] in ("pending", "running") for r in rows)
         unfinished = unfinished and not budget_spent(space, trials_done)
+        if stop.signal:  # trials the signal cut short may look ended to Tune: only finished ones count
+            unfinished = unfinished or sum(r["status"] in _ENDED for r in rows) < total
         status = "interrupted" if unfinished else "finished"
         rows = earlier + rows
     except KeyboardInterrupt:
@@ -320,8 +325,11 @@ def _run_in_folder(
 
     return SweepResult(
         name, folder, rows, best_trial(rows, space), manifest.parent_run_id, redact(tracking_uri),
-        manifest.experiment, time.time() - t0, space,
+        manifest.experiment, time.time() - t0, space, stopped_by=stop.signal if status == "interrupted" else None,
     )  # fmt: skip
+
+
+_ENDED = ("completed", "pruned", "failed", "error")
 
 
 def _check_extend(
