@@ -111,6 +111,10 @@ def load_search_space(space: Any, overrides: list[str] | tuple[str, ...] = ()) -
         raise ConfigError(
             [("space", f"expected a dict, a YAML path or a SearchSpace, got {type(space).__name__}")]
         )
+    from ranksearch.space.load import searched_by_overrides
+
+    if searched_by_overrides(space, overrides):  # --set on a searched field would be silently ignored
+        raise ConfigError(searched_by_overrides(space, overrides), source)
     data = {**space, "base": apply_overrides(space.get("base") or {}, overrides)} if overrides else space
     # the sweep folder keeps this text as its record of what was searched (and --resume reads it back)
     return validate_space(data, source=source, text=yaml.safe_dump(data, sort_keys=False))
@@ -390,6 +394,7 @@ def sweep(
     runner: str = "trial",
     runner_options: dict[str, Any] | None = None,
     ray_init: dict[str, Any] | None = None,
+    trust_state: bool = False,
 ) -> Sweep:
     """Run (or resume) a sweep: Ray Tune trials sampled by Optuna, early-stopped by ASHA, logged to MLflow
     (``ranksearch sweep``). Blocks until the sweep ends; returns it read back (``load_sweep``).
@@ -403,6 +408,7 @@ def sweep(
         live: the live terminal table (default off: a notebook cell is not a terminal).
         debug: show the libraries' start-up output.
         runner, runner_options, ray_init: see ``ranksearch.sweep.tuner.run_sweep``.
+        trust_state: with ``resume``, accept Tune state your key did not sign (``--trust-state``).
     """
     from ranksearch.sweep.tuner import run_sweep
 
@@ -414,6 +420,7 @@ def sweep(
         tracking_uri=tracking_uri, storage=Path(storage) if storage else None,
         warm_start=Path(warm_start) if warm_start else None,
         runner=runner, runner_options=runner_options, live=live, ray_init=ray_init, debug=debug,
+        trust_state=trust_state,
     )  # fmt: skip
     return Sweep(result.folder)
 

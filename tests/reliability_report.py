@@ -34,6 +34,9 @@ SCENARIOS = {
     "postgres_restart": "PostgreSQL (MLflow server's store + Optuna study) crashed and restarted mid-sweep",
     "failing_trials": "NaN/inf loss, exception, time budget, memory budget (synthetic runner)",
     "real_divergence": "real tiny-CLIP trial with `train.logit_scale: 1e39` (loss non-finite at step 1)",
+    "crafted_state": "a shared sweep folder with crafted pickles (`tune/tuner.pkl` etc.), trial ids and tracking "
+    "URIs, then `--resume`, `report`, `status`, `best`, `ui`",
+    "stop_signal": "SIGTERM or Ctrl-C to the sweep driver mid-sweep, then `--resume`",
     "hostile_input": "malformed configs/spaces (hypothesis) + non-UTF-8, oversized, alias-bomb files",
     "corrupt_files": "truncated/corrupt checkpoints and adapter files",
     "security_defaults": "bind addresses, Ray auth in recipes, safe loaders, hostile names",

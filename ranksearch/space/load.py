@@ -49,7 +49,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     text = read_text_file(p)
     data = parse_yaml(text, source=str(p))
     if overrides:
-        searched = _searched_by_overrides(data, overrides)
+        searched = searched_by_overrides(data, overrides)
         if searched:
             raise ConfigError(searched, str(p))
         base = data.get("base") if isinstance(data.get("base"), dict) else {}
@@ -62,7 +62,7 @@ def load_space(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         raise blame_overrides(e, overrides) from None
 
 
-def _searched_by_overrides(data: Any, overrides: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
+def searched_by_overrides(data: Any, overrides: list[str] | tuple[str, ...]) -> list[tuple[str, str]]:
     """``--set`` on a field the space searches would be silently overridden by the sampled value: refused.
 
     (``--set`` fixes a field for every trial; a searched field is not fixed, so the parameter must go first.)
