@@ -188,11 +188,20 @@ def trusted_manifest(folder: Path) -> bool:
     return any(hmac.compare_digest(mac, m) for m in _read_signatures(folder).get(MANIFEST, []))
 
 
-def sign_staged(folder: Path, staging: Path, seen: dict[str, tuple[int, int]]) -> None:
+def sign_staged(
+    folder: Path, staging: Path, seen: dict[str, tuple[int, int]], trial_dirs: list[str] | None = None
+) -> None:
     """Sign the state files in Tune's staging folder that changed since ``seen`` (updated in place): Tune writes
-    them there synchronously, then copies them into ``tune/`` in the background."""
+    them there synchronously, then copies them into ``tune/`` in the background. ``trial_dirs`` limits the
+    per-trial files (``params.pkl``, ``error.pkl``) to those trial folders (None: all)."""
+    candidates = {
+        "tune/" + p.name: p for pattern in ("*.pkl", "*.json") for p in staging.glob(pattern) if p.is_file()
+    }
+    for d in trial_dirs if trial_dirs is not None else [p.name for p in staging.iterdir() if p.is_dir()]:
+        for p in (staging / d).glob("*.pkl"):
+            candidates[f"tune/{d}/{p.name}"] = p
     fresh = {}
-    for rel, path in pickled_files(staging, prefix="tune/").items():
+    for rel, path in candidates.items():
         try:
             st = path.stat()
         except OSError:
