@@ -301,8 +301,9 @@ def _run_in_folder(
         # unless it ended because its compute budget was spent
         unfinished = len(rows) < total or any(r["status"] in ("pending", "running") for r in rows)
         unfinished = unfinished and not budget_spent(space, trials_done)
-        if stop.signal:  # trials the signal cut short may look ended to Tune: only finished ones count
-            unfinished = unfinished or sum(r["status"] in _ENDED for r in rows) < total
+        # Tune marks the trials a signal cut short as ended (TERMINATED) in memory, though its saved state has
+        # them running (--resume continues them): after a stop signal the sweep is interrupted, whatever the rows
+        unfinished = unfinished or stop.signal is not None
         status = "interrupted" if unfinished else "finished"
         rows = earlier + rows
     except KeyboardInterrupt:
@@ -327,9 +328,6 @@ def _run_in_folder(
         name, folder, rows, best_trial(rows, space), manifest.parent_run_id, redact(tracking_uri),
         manifest.experiment, time.time() - t0, space, stopped_by=stop.signal if status == "interrupted" else None,
     )  # fmt: skip
-
-
-_ENDED = ("completed", "pruned", "failed", "error")
 
 
 def _check_extend(
