@@ -58,7 +58,13 @@ def sweep_folder(root: Path, name: str = "shared") -> Path:
         yaml.safe_dump({"params": {"adapter.r": [1, 2]}, "objective": {"metric": "val/hm"}})
     )
     Manifest(name, "space.yaml", f"sqlite:///{folder / 'mlflow.db'}", name, "0" * 32).save(folder)
+    # Tune's snapshot (no trial yet), signed as a sweep would: a started sweep, as --resume expects
+    (folder / "tune" / STATE).write_text('{"trial_data": [], "runner_data": {}, "stats": {}}')
+    signing.sign(folder, {f"tune/{STATE}": folder / "tune" / STATE})
     return folder
+
+
+STATE = "experiment_state-2026-01-01_00-00-00.json"
 
 
 def resume(folder: Path, capsys, *extra: str) -> tuple[int, str]:
@@ -90,26 +96,28 @@ def test_crafted_tuner_pkl_is_refused_and_never_run(tmp_path, key_home, capsys, 
     assert Manifest.load(folder).resumes == 0
 
 
-@pytest.mark.parametrize(
-    "victim",
-    ["tuner.pkl", "experiment_state-2026-01-01_00-00-00.json", "searcher-state-x.pkl", "t1/error.pkl"],
-)
+@pytest.mark.parametrize("victim", ["tuner.pkl", STATE, "searcher-state-x.pkl", "t1/error.pkl"])
 def test_signed_state_tampered_after_signing_is_refused(tmp_path, key_home, capsys, victim):
-    """Every file Tune may unpickle is covered: replacing any signed one is caught before Ray reads it."""
+    """Every file Tune may unpickle is covered: replacing any signed one is caught before Ray reads it.
+
+    The experiment snapshot stays valid JSON (so the damage check passes it): its payload is a cloudpickle
+    blob under Tune's ``CLOUDPICKLE_FALLBACK`` marker, which Tune's restore expands.
+    """
+    import json
+
     folder = sweep_folder(tmp_path / "runs")
-    for rel in (
-        "tuner.pkl",
-        "experiment_state-2026-01-01_00-00-00.json",
-        "searcher-state-x.pkl",
-        "t1/error.pkl",
-    ):
+    for rel in ("tuner.pkl", "searcher-state-x.pkl", "t1/error.pkl"):
         (folder / "tune" / rel).parent.mkdir(parents=True, exist_ok=True)
         (folder / "tune" / rel).write_bytes(pickle.dumps({"benign": rel}))
     signing.sign_tune_state(folder)
     signing.verify_tune_state(folder, "hint")  # control: the sweep's own state passes
 
     marker = tmp_path / "pwned"
-    (folder / "tune" / victim).write_bytes(crafted_pickle(marker))
+    payload = crafted_pickle(marker)
+    if victim == STATE:
+        blob = {"_type": "CLOUDPICKLE_FALLBACK", "value": payload.hex()}
+        payload = json.dumps({"trial_data": [], "runner_data": {"_x": blob}, "stats": {}}).encode()
+    (folder / "tune" / victim).write_bytes(payload)
     code, text = resume(folder, capsys)
     assert code == 2, text
     assert f"tune/{victim} changed after your sweep signed it" in text, text
