@@ -346,3 +346,51 @@ def test_second_driver_is_refused_naming_the_holder(interrupted, tmp_path):
         outcome="refused (exit 2), names PID and host", tune_trials="not restored",
         optuna_trials="unchanged", mlflow_runs="unchanged", mlflow_runs_with_metrics="–", seconds=0,
     )  # fmt: skip
+
+
+def test_a_failed_start_leaves_nothing_and_the_name_stays_free(tmp_path):
+    """Bad tracking URI, resources no node holds, an unwritable runs folder: exit 2 (or 1 for the disk), one
+    line, no folder; then the same name starts (and finishes) a sweep."""
+    t0 = time.time()
+    space = {**SPACE, "trials": 1}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    (tmp_path / "big.yaml").write_text(yaml.safe_dump({**space, "resources": {"cpu": 64, "gpu": 0}}))
+    (tmp_path / "file").write_text("not a folder")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    runs = tmp_path / "runs"
+    cases = {
+        "bad tracking URI": (["--tracking-uri", "bogus://nowhere"], "space.yaml", runs, 2, "--tracking-uri"),
+        "tracking server down": (
+            ["--tracking-uri", "http://127.0.0.1:9"],
+            "space.yaml",
+            runs,
+            2,
+            "--tracking-uri",
+        ),
+        "resources no node holds": ([], "big.yaml", runs, 2, "cpu"),
+        "runs folder is a file": ([], "space.yaml", tmp_path / "file" / "runs", 1, "file"),
+    }
+    for case, (extra, space_file, where, code, names) in cases.items():
+        proc = subprocess.run(
+            [sys.executable, "-m", "ranksearch", "sweep", str(tmp_path / space_file), "--name", "again",
+             "--runs-dir", str(where), "--no-live", "--gpus", "0", *extra],
+            capture_output=True, text=True, env=env, timeout=180,
+        )  # fmt: skip
+        out = (proc.stdout + proc.stderr).strip()
+        errors = [
+            line for line in out.splitlines() if line.startswith("error:")
+        ]  # (preflight may warn first)
+        assert proc.returncode == code and len(errors) == 1 and names in errors[0], (case, out)
+        assert "Traceback" not in out, (case, out)
+        assert not (runs / "again").exists(), (case, list((runs / "again").iterdir()))
+    # the name is free: a new sweep of that name runs (the real runner would preflight; this one is synthetic)
+    result = finish(
+        driver(tmp_path / "space.yaml", runs, "again", False, tmp_path / "ok.log"), tmp_path / "ok.log"
+    )
+    assert [status for _, status in result["rows"]] == ["completed"]
+    record(
+        "state_failed_start", case="failed start: bad tracking URI, tracking server down, `cpu: 64`, runs folder "
+        "under a file", outcome="exit 2/1, one line, no folder left; the same name then starts",
+        tune_trials="0, then 1 completed", optuna_trials="no study, then 1", mlflow_runs="none left, then 2",
+        mlflow_runs_with_metrics="–", seconds=round(time.time() - t0, 1),
+    )  # fmt: skip

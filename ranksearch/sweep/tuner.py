@@ -438,7 +438,6 @@ def _start_manifest(
     study_storage: str | None = None,
 ) -> Manifest:  # fmt: skip
     """New sweep: copy the space, create the MLflow parent run, write sweep.json (URLs without passwords)."""
-    from ranksearch.sweep.mlflow_sweep import create_parent_run
     from ranksearch.sweep.study_storage import remember
 
     # the space as searched (with any --set overrides), so --resume runs exactly the same space
@@ -454,7 +453,7 @@ def _start_manifest(
     }  # fmt: skip
     if study_storage:
         params["study_storage"] = remember(study_storage)
-    parent = create_parent_run(uri, experiment, name, params, artifacts)
+    parent = _parent_run_or_refuse(uri, experiment, name, params, artifacts)
     manifest = Manifest(
         name, str(space_file), remember(uri), experiment, parent, study_name="ranksearch", trials=params["trials"],
         study_storage=remember(study_storage) if study_storage else None,
@@ -466,6 +465,24 @@ def _start_manifest(
     client.log_artifact(parent, str(folder / SPACE_COPY))
     client.log_artifact(parent, str(folder / "sweep.json"))
     return manifest
+
+
+def _parent_run_or_refuse(
+    uri: str, experiment: str, name: str, params: dict[str, Any], artifacts: str | None
+) -> str:
+    """The new sweep's parent run; a tracking URI MLflow cannot use is a one-line ``--tracking-uri`` error (the
+    failed start then leaves nothing, see ``state.claim``), after one try instead of minutes of HTTP retries."""
+    from ranksearch.sweep.mlflow_buffer import _fail_fast
+    from ranksearch.sweep.mlflow_sweep import create_parent_run
+
+    try:
+        with _fail_fast():
+            return create_parent_run(uri, experiment, name, params, artifacts)
+    except Exception as e:  # MLflow raises its own classes, and requests/sqlalchemy ones, for a bad store
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise ConfigError(
+            [("--tracking-uri", f"{redact(uri)}: MLflow cannot log there ({reason})")]
+        ) from None
 
 
 def _recorded_trials(space: SearchSpace, manifest: Manifest, uri: str) -> int:
