@@ -154,7 +154,7 @@ def test_sandwich_draws_max_min_random_and_resume_exactly():
     assert s2.draws() == nxt
 
 
-@pytest.mark.parametrize("family", ["lora", "codyra"])
+@pytest.mark.parametrize("family", ["lora", pytest.param("codyra", marks=pytest.mark.slow)])
 def test_merged_export_of_an_allocation_equals_masked_forward(family, tmp_path, tiny_inputs):
     """Supernet trained (a few sandwich steps), one allocation exported as a stock open_clip checkpoint: the
     checkpoint loaded by open_clip alone gives the masked supernet's features within 1e-5."""
@@ -187,6 +187,7 @@ def test_merged_export_of_an_allocation_equals_masked_forward(family, tmp_path, 
     assert json.loads((tmp_path / "export" / "rank_pattern.json").read_text())
 
 
+@pytest.mark.slow  # two supernet runs (~3 s quiet, ~12 s on a loaded machine)
 def test_supernet_resumes_exactly(tmp_path):
     """Killed after its first evaluation and resumed from that checkpoint, the supernet ends bit-identical."""
     from safetensors.torch import load_file
@@ -324,6 +325,7 @@ def test_one_shot_space_errors_name_the_field(change, message):
     assert message in str(e.value)
 
 
+@pytest.mark.slow  # importing scipy.stats costs seconds
 def test_kendall_tau_matches_scipy_tau_b():
     scipy_stats = pytest.importorskip("scipy.stats")
     from ranksearch.oneshot.pipeline import kendall_tau
