@@ -6,6 +6,11 @@
     python -m bench --only startup --merge  # re-measure one benchmark, keep the other rows of the report
     python -m bench --device cuda       # GPU variant: CUDA events, fp16 AMP, CUDA allocator peaks
 
+On a crowded machine some benchmarks take switches (environment variables, recorded in the report's notes):
+RANKSEARCH_BENCH_VIT_REPEATS (ViT-B-32 rounds), RANKSEARCH_BENCH_PEER_FULL=0 (no full-prompt peers on ViT-B-32),
+RANKSEARCH_BENCH_FLOOR_FAMILIES (a subset of families), RANKSEARCH_BENCH_PACK_STACKED=0, RANKSEARCH_BENCH_SEARCH_SMALL=1,
+RANKSEARCH_BENCH_COMPILE=0, RANKSEARCH_BENCH_THREADS_VIT=0.
+
 A benchmark that raises is reported as a row saying so (and the exit status is 1), so one broken benchmark
 does not hide the others' numbers.
 """
