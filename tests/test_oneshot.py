@@ -356,3 +356,24 @@ def test_oneshot_table_shows_estimate_retrained_and_tau():
     assert (
         "59.77" in text and "60.03" in text and "2,432" in text and "Kendall tau" in text and "0.60" in text
     )
+
+
+def test_export_of_an_unknown_allocation_is_one_line_exit_2(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from ranksearch.errors import ConfigError
+    from ranksearch.oneshot.export import sweep_allocation
+
+    with pytest.raises(ConfigError, match=r"^--allocation: .* is not a finished one-shot sweep") as e:
+        sweep_allocation(tmp_path, 0)
+    assert e.value.exit_code == 2
+    (tmp_path / "search").mkdir()
+    rows = [
+        {"number": 0, "ranks": json.dumps({"vision.0.q": 2})},
+        {"number": 3, "ranks": json.dumps({"vision.0.q": 1})},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "search" / "evaluations.parquet")
+    assert sweep_allocation(tmp_path, 3) == {"vision.0.q": 1}
+    with pytest.raises(ConfigError, match=r"^--allocation: 7: no such evaluation .*numbers 0\.\.3"):
+        sweep_allocation(tmp_path, 7)

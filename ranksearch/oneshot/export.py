@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ranksearch.errors import RanksearchError
+from ranksearch.errors import ConfigError, RanksearchError
 from ranksearch.oneshot.nested import NestedCodyraLinear, NestedLoraLinear
 
 
@@ -111,18 +111,15 @@ def sweep_allocation(sweep_folder: Path, number: int) -> dict[str, int]:
 
     path = Path(sweep_folder) / "search" / "evaluations.parquet"
     if not path.is_file():
-        raise RanksearchError(
-            f"{sweep_folder} is not a finished one-shot sweep: search/evaluations.parquet is missing"
-        )
+        msg = f"{sweep_folder} is not a finished one-shot sweep: search/evaluations.parquet is missing"
+        raise ConfigError([("--allocation", msg)])
     rows = pq.read_table(path, columns=["number", "ranks"]).to_pylist()
     for row in rows:
         if row["number"] == number:
             return json.loads(row["ranks"])
     known = sorted(r["number"] for r in rows)
-    raise RanksearchError(
-        f"--allocation {number}: no such evaluation in {path} (numbers {known[0]}..{known[-1]}; the front is in "
-        "search/allocation.parquet)"
-    )
+    msg = f"{number}: no such evaluation in {path} (numbers {known[0]}..{known[-1]}; the front is in search/allocation.parquet)"
+    raise ConfigError([("--allocation", msg)])
 
 
 def export_sweep_allocation(sweep_folder: Path, number: int, out_dir: Path) -> dict:

@@ -151,8 +151,9 @@ def sweep(
 
         out.print(oneshot_table(result.oneshot))
         out.print(f"sweep folder: {result.folder}  ({result.wall_s:.0f} s)", highlight=False)
+        target = result.name if (runs_dir or storage) is None else _shortest(result.folder)
         out.print(
-            f"front: {_shortest(result.folder / 'search')}  export one: ranksearch export {result.name} "
+            f"front: {_shortest(result.folder / 'search')}  export one: ranksearch export {target} "
             "--allocation N --out DIR",
             highlight=False,
             soft_wrap=True,
