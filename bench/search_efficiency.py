@@ -176,8 +176,11 @@ def run_case(case: Case, seeds: int, budget: str, ctx: Context, out: Path | None
         table, space, seeds=seeds, workers=WORKERS, budget_s=budget_s, names=["random"], first_seed=seeds
     )
     summary = c.summary()
+    from bench.report import _git_rev
+
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     summary.update(workers=WORKERS, budget=budget, seconds=time.perf_counter() - t0, command=case.command,
-                   title=case.title)  # fmt: skip
+                   title=case.title, measured=f"{when}, git {_git_rev()}")  # fmt: skip
     a_curves, b_curves = c.regret("random"), aa.regret("random")
     tol = c.noise.top_seed_sd
     summary["aa"] = {
@@ -349,6 +352,7 @@ def run(ctx: Context) -> list[Row]:
     budget = "20x" if ctx.quick else BUDGET
     out = None if ctx.quick else RESULTS
     rows: list[Row] = []
+    measured: dict[str, list[str]] = {}  # when/where the re-rendered summaries were replayed -> cases
     for case in cases(ctx.quick):
         if case.key == "world" and not WORLD_TABLE.is_file():
             rows.append(Row("search_efficiency", f"{case.title}: compute to within 1 seed-SD, default / random",
@@ -360,6 +364,7 @@ def run(ctx: Context) -> list[Row]:
         replay = not wanted or any(case.key.startswith(p) for p in wanted)
         if os.environ.get(FROM_SAVED) and not ctx.quick and saved.is_file() and not replay:
             summary = json.loads(saved.read_text())  # the last full run's numbers, re-rendered
+            measured.setdefault(summary.get("measured", "an earlier run"), []).append(case.key)
         elif os.environ.get(FROM_SAVED) and not ctx.quick and not replay:  # neither replayed nor saved
             rows.append(Row("search_efficiency", f"{case.title}: not replayed", "report",
                             "not run", None, f"replay it with {CASES}={case.key}: {case.command}"))  # fmt: skip
@@ -369,4 +374,8 @@ def run(ctx: Context) -> list[Row]:
             summary = run_case(case, seeds, budget, ctx, out)
             ctx.log(f"   {case.key}: {time.perf_counter() - t0:.0f} s")
         rows += rows_for(case, summary)
+    for when, keys in measured.items():
+        ctx.notes.append(
+            f"search_efficiency: {', '.join(keys)} re-rendered from docs/search/ (replayed {when})"
+        )
     return rows
