@@ -44,6 +44,7 @@ BENCHMARKS = [
     "search_efficiency",
     "startup",
     "oneshot_search",
+    "driver_scale",
 ]
 
 PREAMBLE = """

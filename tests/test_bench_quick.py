@@ -50,6 +50,10 @@ EXPECTED_ROWS = [
     "start-up: ranksearch validate",
     "start-up: ranksearch best",
     "Kendall τ, one-shot estimate vs retrained val/hm",
+    "reports into the journal (Tune loop side)",
+    "reports delivered to mlflow server on PostgreSQL",
+    "longest Tune-loop call into tracking",
+    "per-completion driver cost",
 ]
 
 

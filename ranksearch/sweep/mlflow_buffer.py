@@ -2,18 +2,21 @@
 
 Why: sweeps run for days and the tracking server restarts. The driver callback never talks to MLflow directly;
 it appends each write (create a child run, a metrics batch, tags, artifacts, end a run) to
-``<sweep folder>/mlflow.journal.jsonl`` (one JSON object per line, flushed and fsync'd, so a killed driver
-loses nothing it had accepted) and then tries to deliver everything pending, in order. When the server does not
-answer, delivery stops at the first failed entry and is retried with exponential backoff (1 s, 2 s, ... 30 s)
-while the sweep goes on; trials never wait for MLflow. A delivered entry is acknowledged by an ``{"ack": seq}``
-line in the same file.
+``<sweep folder>/mlflow.journal.jsonl`` (one JSON object per line, written to the OS at once, so a killed driver
+loses nothing it had accepted; fsync'd in groups by the delivery thread every ``FSYNC_S``, so a machine crash
+loses at most that much). That is all the Tune loop does: a background thread (``start``) delivers what is
+pending, in order, in batches (consecutive metric writes become one ``log_batch`` per run, up to 1000 points).
+When the server does not answer, delivery stops at the first failed entry and is retried with exponential
+backoff (1 s, 2 s, ... 30 s) while the sweep goes on; neither trials nor the Tune loop wait for MLflow. A
+delivered entry is acknowledged by an ``{"ack": seq}`` line in the same file.
 
 Idempotence, so nothing is logged twice:
 
 * metrics are keyed by (trial, key, step): a point whose key is already in the journal is not appended again
   (a trial's tail re-run after ``--resume`` or a node loss reports the same steps again);
-* the one entry that may have been delivered without its ack (the driver died in between, or the server
-  stored a batch but the reply was lost) is checked against the run's metric history before it is sent;
+* the entries that may have been delivered without their ack (the driver died in between, or the server
+  stored a batch but the reply was lost: the first pending entry and the metric writes batched with it) are
+  checked against the run's metric history before they are sent;
 * child runs are looked up by the tag ``ranksearch.trial_id`` before one is created; tags, run status and
   artifacts overwrite.
 
@@ -27,6 +30,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,12 +42,18 @@ JOURNAL_FILE = "mlflow.journal.jsonl"
 PARENT = "parent"
 TRIAL_TAG = "ranksearch.trial_id"
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
+FSYNC_S = 0.05  # the delivery thread fsyncs the journal at least this often while writes arrive
+BATCH_POINTS = 1000  # MLflow's limit of metrics per log_batch
 # Errors the server sends when it has understood the request: retrying cannot help, so the entry is dropped.
 PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST"}
 
 
 class TrackingJournal:
-    """The sweep's pending MLflow writes (see module docstring). Not thread-safe: the Tune driver loop owns it.
+    """The sweep's pending MLflow writes (see module docstring).
+
+    ``append`` (the Tune loop) and delivery (``flush``, from the thread ``start`` runs, or called directly) may
+    run in different threads: the file and the pending entries are guarded by a lock that is never held during
+    a call to MLflow, and only one delivery runs at a time.
 
     Args:
         folder: the sweep folder (the journal file lives there).
@@ -69,6 +79,13 @@ class TrackingJournal:
         self._failing_since: float | None = None
         self._next_try = 0.0
         self._attempt = 0
+        self._lock = threading.Lock()  # the file, _entries, _seen, seq
+        self._delivering = threading.Lock()  # one delivery at a time
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._dirty = False  # written since the last fsync
+        self.periodic: list[tuple[float, Any]] = []  # (every s, fn) run by the delivery thread
         self._load()
         self._fh = open(self.path, "a", encoding="utf-8")  # noqa: SIM115  (kept open: one append per write)
 
@@ -107,37 +124,56 @@ class TrackingJournal:
             self._entries.pop(seq, None)
         self.acked = max(acks, default=0)
         if self._entries:
-            # the first pending entry may have been delivered just before the driver died, its ack unwritten
-            self._uncertain.add(min(self._entries))
+            # the first pending entry, and the metric writes delivered in one batch with it, may have reached
+            # MLflow just before the driver died, their acks unwritten
+            for seq in sorted(self._entries):
+                if seq != min(self._entries) and self._entries[seq]["op"] != "metrics":
+                    break
+                self._uncertain.add(seq)
             log.info(
                 "MLflow journal: %d buffered writes from an earlier driver to deliver", len(self._entries)
             )
 
     def _write(self, item: dict[str, Any]) -> None:
+        """One line, handed to the OS at once (a killed driver loses nothing); fsync'd by ``sync``. Hold _lock."""
         self._fh.write(json.dumps(item, separators=(",", ":")) + "\n")
         self._fh.flush()
-        os.fsync(self._fh.fileno())  # accepted means on disk: a crash right after does not lose it
+        self._dirty = True
+        if self._thread is None:  # no delivery thread to sync in groups: sync each write
+            os.fsync(self._fh.fileno())
+            self._dirty = False
+
+    def sync(self) -> None:
+        """fsync what was written since the last call (a machine crash then loses nothing before it)."""
+        with self._lock:
+            dirty, self._dirty = self._dirty, False
+            fd = self._fh.fileno() if dirty and not self._fh.closed else None
+        if fd is not None:
+            os.fsync(fd)  # outside the lock: appends go on meanwhile
 
     def append(self, op: str, target: str, **fields: Any) -> int | None:
         """Record one write; returns its sequence number (None when nothing was left to write)."""
-        if op == "metrics":
-            fresh = []
-            for m in fields["metrics"]:
-                key = (target, m[0], int(m[3]))
-                if key in self._seen:
-                    self.stats["skipped_duplicates"] += 1
-                    continue
-                self._seen.add(key)
-                fresh.append(list(m))
-            if not fresh:
-                return None
-            fields["metrics"] = fresh
-        self.seq += 1
-        item = {"seq": self.seq, "op": op, "target": target, **fields}
-        self._write(item)
-        self._entries[self.seq] = item
-        self.stats["appended"] += 1
-        return self.seq
+        with self._lock:
+            if op == "metrics":
+                fresh = []
+                for m in fields["metrics"]:
+                    key = (target, m[0], int(m[3]))
+                    if key in self._seen:
+                        self.stats["skipped_duplicates"] += 1
+                        continue
+                    self._seen.add(key)
+                    fresh.append(list(m))
+                if not fresh:
+                    return None
+                fields["metrics"] = fresh
+            self.seq += 1
+            item = {"seq": self.seq, "op": op, "target": target, **fields}
+            self._write(item)
+            self._entries[self.seq] = item
+            self.stats["appended"] += 1
+            seq = self.seq
+        self._wake.set()
+        return seq
 
     @property
     def pending(self) -> int:
@@ -145,8 +181,50 @@ class TrackingJournal:
         return len(self._entries)
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
+        self.stop()
+        with self._lock, contextlib.suppress(Exception):
             self._fh.close()
+
+    # ------------------------------------------------------------------------------------ the thread
+    def start(self) -> TrackingJournal:
+        """Deliver from a daemon thread from now on (the caller only appends); idempotent."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="ranksearch-mlflow-delivery", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Stop the delivery thread (after its current batch); what is pending stays pending."""
+        thread = self._thread
+        if thread is not None:
+            self._stop.set()
+            self._wake.set()
+            thread.join(timeout=timeout_s)
+            self._thread = None
+        with contextlib.suppress(Exception):
+            self.sync()
+
+    def _run(self) -> None:
+        last = dict.fromkeys(range(len(self.periodic)), time.monotonic())
+        while not self._stop.is_set():
+            self._wake.wait(timeout=FSYNC_S if self._dirty else 0.5)
+            self._wake.clear()
+            try:
+                self.sync()
+                self.flush()
+                for i, (every, fn) in enumerate(list(self.periodic)):
+                    if time.monotonic() - last.get(i, 0.0) >= every:
+                        last[i] = time.monotonic()
+                        fn()
+            except Exception as e:  # never let the thread die: the next round retries
+                log.warning("MLflow delivery thread: %s", str(e).splitlines()[0][:200] if str(e) else e)
+                time.sleep(0.5)
+            if self._entries and not self._stop.is_set():
+                # backing off after a failure: sleep until the next try, woken early only to stop
+                wait = max(0.0, self._next_try - time.monotonic())
+                if wait:
+                    self._stop.wait(min(wait, 1.0))
 
     # ------------------------------------------------------------------------------------------ delivery
     @property
@@ -158,46 +236,67 @@ class TrackingJournal:
         return self._client
 
     def flush(self, force: bool = False) -> bool:
-        """Deliver pending writes in order; stop at the first failure. True when nothing is left pending.
+        """Deliver pending writes in order, in batches; stop at the first failure. True when nothing is left.
 
-        Without ``force`` an attempt is made only once the backoff after the last failure has passed, so the
-        Tune loop can call this on every step at no cost while the server is away.
+        Without ``force`` an attempt is made only once the backoff after the last failure has passed, so it can
+        be called often at no cost while the server is away.
         """
-        if not self._entries:
-            return True
-        now = time.monotonic()
-        if not force and now < self._next_try:
-            return False
-        delivered = 0
-        with _fail_fast():
-            for seq in sorted(self._entries):
-                item = self._entries[seq]
-                try:
-                    self._deliver(item, verify=seq in self._uncertain)
-                except Exception as e:
-                    if _permanent(e):
-                        log.warning("MLflow rejected a buffered %s write (dropped): %s", item["op"], e)
-                        self.stats["dropped"] += 1
-                    else:
-                        self._uncertain.add(seq)  # the server may have stored it before the reply was lost
-                        self._failed(e)
-                        break
-                self._entries.pop(seq)
-                self._uncertain.discard(seq)
-                self._write({"ack": seq})
-                self.acked = max(self.acked, seq)
-                delivered += 1
-        self.stats["delivered"] += delivered
-        if not self._entries and self._failing_since is not None:
-            log.warning(
-                "MLflow is back after %.0f s: delivered the buffered writes",
-                time.monotonic() - self._failing_since,
-            )
-            self._failing_since, self._attempt, self._next_try = None, 0, 0.0
-        return not self._entries
+        with self._delivering:
+            if not self._entries:
+                return True
+            if not force and time.monotonic() < self._next_try:
+                return False
+            with self._lock:
+                pending = [self._entries[seq] for seq in sorted(self._entries)]
+            delivered = 0
+            with _fail_fast():
+                for group in _batches(pending):
+                    try:
+                        self._deliver_group(group)
+                    except Exception as e:
+                        if _permanent(e):
+                            log.warning(
+                                "MLflow rejected a buffered %s write (dropped): %s", group[0]["op"], e
+                            )
+                            self.stats["dropped"] += len(group)
+                        else:
+                            # the server may have stored some before the reply was lost
+                            self._uncertain.update(item["seq"] for item in group)
+                            self._failed(e)
+                            break
+                    with self._lock:
+                        for item in group:
+                            self._entries.pop(item["seq"], None)
+                            self._uncertain.discard(item["seq"])
+                            self._write({"ack": item["seq"]})
+                            self.acked = max(self.acked, item["seq"])
+                    delivered += len(group)
+            self.stats["delivered"] += delivered
+            if not self._entries and self._failing_since is not None:
+                log.warning(
+                    "MLflow is back after %.0f s: delivered the buffered writes",
+                    time.monotonic() - self._failing_since,
+                )
+                self._failing_since, self._attempt, self._next_try = None, 0, 0.0
+            elif delivered and self._failing_since is None:
+                self._attempt, self._next_try = 0, 0.0
+            return not self._entries
+
+    def _deliver_group(self, group: list[dict[str, Any]]) -> None:
+        """One entry, or consecutive metric writes of one run as one ``log_batch`` (verified if uncertain)."""
+        if len(group) == 1 and group[0]["op"] != "metrics":
+            self._deliver(group[0], verify=group[0]["seq"] in self._uncertain)
+            return
+        merged = {
+            "op": "metrics",
+            "target": group[0]["target"],
+            "metrics": [m for g in group for m in g["metrics"]],
+        }
+        self._deliver(merged, verify=any(g["seq"] in self._uncertain for g in group))
 
     def drain(self, timeout_s: float) -> bool:
         """Flush until nothing is pending or ``timeout_s`` passed; True when everything was delivered."""
+        self.stop()
         deadline = time.monotonic() + timeout_s
         while not self.flush(force=True):
             if time.monotonic() >= deadline:
@@ -271,8 +370,8 @@ class TrackingJournal:
 
             metrics = self._new_points(run_id, item["metrics"], verify)
             batch = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in metrics]
-            for i in range(0, len(batch), 1000):
-                client.log_batch(run_id, metrics=batch[i : i + 1000])
+            for i in range(0, len(batch), BATCH_POINTS):
+                client.log_batch(run_id, metrics=batch[i : i + BATCH_POINTS])
             for k, _v, _ts, step in metrics:
                 self._held[run_id][k].add(int(step))
         elif op == "tags":
@@ -390,6 +489,31 @@ def _well_formed(item: dict[str, Any]) -> bool:
     return item["op"] != "metrics" or (
         isinstance(metrics, list) and all(isinstance(m, list) and len(m) == 4 for m in metrics)
     )
+
+
+def _batches(pending: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """``pending`` (in order) cut into delivery groups: each non-metrics entry alone; a run of consecutive metric
+    writes grouped by target (order between runs does not matter for metrics; within one run it is kept), each
+    group up to ``BATCH_POINTS`` points."""
+    groups: list[list[dict[str, Any]]] = []
+    window: dict[str, list[list[dict[str, Any]]]] = {}
+
+    def close_window() -> None:
+        for chunks in window.values():
+            groups.extend(chunks)
+        window.clear()
+
+    for item in pending:
+        if item["op"] != "metrics":
+            close_window()
+            groups.append([item])
+            continue
+        chunks = window.setdefault(item["target"], [[]])
+        if chunks[-1] and sum(len(g["metrics"]) for g in chunks[-1]) + len(item["metrics"]) > BATCH_POINTS:
+            chunks.append([])
+        chunks[-1].append(item)
+    close_window()
+    return groups
 
 
 def _permanent(error: Exception) -> bool:

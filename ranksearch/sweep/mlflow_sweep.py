@@ -7,7 +7,11 @@ duplicate. Child runs are found by the tag ``ranksearch.trial_id`` before one is
 retried or resumed reuses its run; metric points are keyed by (trial, key, step), so a trial's tail re-run
 after ``--resume`` is not logged twice. Failed trials end FAILED with the tag ``ranksearch.failure``. When a
 trial ends its artifacts (carried in its final checkpoint) are logged; the parent run holds the space file, a
-parquet table of all trials (rewritten as trials finish) and the best trial.
+parquet table of all trials and the best trial.
+
+The Tune loop never waits for MLflow: callbacks only append to the journal, whose own thread delivers. Per
+finished trial the callback updates one row of the trial table and the best trial in O(1); the parquet file is
+rewritten by the delivery thread at most every ``TABLE_EVERY_S`` (and once at the end), not per completion.
 
 The callback keeps no live clients in its pickled state: Tune pickles callbacks into ``tuner.pkl`` and
 ``--resume`` unpickles them.
@@ -30,6 +34,7 @@ log = logging.getLogger(__name__)
 
 TRIAL_TAG, SWEEP_TAG = "ranksearch.trial_id", "ranksearch.sweep"
 TRIAL_STATUSES = ("pending", "running", "completed", "pruned", "failed", "error")  # see sweep.results
+TABLE_EVERY_S = 10.0
 
 
 def create_parent_run(
@@ -77,13 +82,14 @@ class MlflowSweepCallback(Callback):
         self._journal: Any = None
         self._cleaned = False
         self._context: dict[str, str] | None = None  # MLflow context tags of every child run
+        self._table: Any = None  # the trial table, row by row (TrialTable)
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles callbacks into tuner.pkl: no open file or client, and a restored driver starts fresh
         from ranksearch.tracking.credentials import redact
 
         state = self.__dict__.copy()
-        state.update(_journal=None, _cleaned=False, _context=None, uri=redact(self.uri))
+        state.update(_journal=None, _cleaned=False, _context=None, _table=None, uri=redact(self.uri))
         return state
 
     # ----------------------------------------------------------------------------------------------- runs
@@ -93,6 +99,8 @@ class MlflowSweepCallback(Callback):
             from ranksearch.sweep.mlflow_buffer import TrackingJournal
 
             self._journal = TrackingJournal(self.folder, self.uri, self.parent_run_id)
+            self._journal.periodic.append((TABLE_EVERY_S, self._write_parquet))
+            self._journal.start()  # delivery from its own thread: the Tune loop only appends
         return self._journal
 
     @property
@@ -104,9 +112,8 @@ class MlflowSweepCallback(Callback):
         return self.journal.run_id(trial.trial_id)
 
     def _send(self, op: str, target: str, **fields: Any) -> None:
-        """Journal one write, then try to deliver what is pending (no-op while backing off)."""
+        """Journal one write (the delivery thread sends it)."""
         self.journal.append(op, target, **fields)
-        self.journal.flush()
 
     def _child_spec(self, trial: Any) -> dict[str, Any]:
         from ranksearch.sweep.folder import safe_name
@@ -139,7 +146,6 @@ class MlflowSweepCallback(Callback):
         if not self._cleaned:
             self._cleaned = True
             self.remove_orphans({t.trial_id for t in trials})
-        self.journal.flush()  # the retry clock of a tracking outage
 
     def remove_orphans(self, known: set[str]) -> None:
         """Mark child runs of trials the restored Tune experiment does not know (started after its last
@@ -150,6 +156,7 @@ class MlflowSweepCallback(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._send("child", trial.trial_id, **self._child_spec(trial))
+        self.table.update(trial)  # a running row, so a report built mid-sweep lists it
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # a failure Tune retries (e.g. its node was lost): the run stays RUNNING, the retry is visible
@@ -175,7 +182,7 @@ class MlflowSweepCallback(Callback):
         # pruned: KILLED (stopped by the scheduler), so the runs table tells them from finished trials
         mlflow_status = {"completed": "FINISHED", "pruned": "KILLED"}.get(status, "FAILED")
         self._finish(trial, status, mlflow_status, reason)
-        self.write_table(trials, {trial.trial_id: "TERMINATED"})
+        self.update_table(trial, "TERMINATED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         from ranksearch.sweep.results import failure_reason
@@ -185,11 +192,12 @@ class MlflowSweepCallback(Callback):
         except Exception:  # the error file is Tune's; a missing one must not stop the sweep
             reason = "the trial raised an exception (see Tune's error.txt)"
         self._finish(trial, "error", "FAILED", reason)
-        self.write_table(trials, {trial.trial_id: "ERROR"})
+        self.update_table(trial, "ERROR")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         import os
 
+        self.journal.stop()  # no table write from the thread while the final one is made
         self.write_table(trials)
         # a short outage at the very end should not leave the record incomplete: wait for the server a while
         self.journal.drain(float(os.environ.get("RANKSEARCH_MLFLOW_DRAIN_S", "300")))
@@ -222,8 +230,47 @@ class MlflowSweepCallback(Callback):
             return str(path)
 
     # -------------------------------------------------------------------------------------- parent run
+    @property
+    def table(self) -> Any:
+        if self._table is None:
+            from ranksearch.sweep.results import TrialTable
+
+            self._table = TrialTable(self.space, earlier=getattr(self, "earlier", []))
+        return self._table
+
+    def update_table(self, trial: Any, ended: str) -> None:
+        """A trial ended: its row, the counts and the best trial, in O(1); parent tags (and, if the best
+        changed, the best/ metrics)."""
+        best_changed = self.table.update(trial, ended)
+        # every status, zeros included (see write_table)
+        tags: dict[str, Any] = {f"trials.{k}": str(self.table.counts.get(k, 0)) for k in TRIAL_STATUSES}
+        best = self.table.best
+        if best is not None and best_changed:
+            ts = int(time.time() * 1000)
+            # step = trials finished so far: one point per change of the best trial
+            metrics = [
+                [f"best/{o.metric}", float(best[o.metric]), ts, self.table.finished]
+                for o in self.space.spec.objectives
+                if _finite(best.get(o.metric))
+            ]
+            if metrics:
+                self.journal.append("metrics", PARENT, metrics=metrics)
+            tags.update({"best.trial_id": best["trial_id"], "best.run_id": {"run_of": best["trial_id"]}})
+        self._send("tags", PARENT, tags=tags)
+
+    def _write_parquet(self) -> None:
+        """Rewrite trials.parquet from the table and log it (the delivery thread, every TABLE_EVERY_S)."""
+        from ranksearch.sweep.results import write_parquet
+
+        if self._table is None or not self._table.changed:
+            return
+        rows = self._table.snapshot()
+        path = Path(self.folder) / "trials.parquet"
+        write_parquet(rows, path)
+        self._send("artifact", PARENT, path=str(path))
+
     def write_table(self, trials: list, ended: dict[str, str] | None = None) -> None:
-        """Rewrite the parent's trials.parquet and best-trial tags/metrics."""
+        """Rewrite the parent's trials.parquet and best-trial tags/metrics from every trial (the end)."""
         from ranksearch.sweep.results import best_trial, trial_rows, write_parquet
 
         rows = list(getattr(self, "earlier", [])) + trial_rows(trials, self.space, ended)

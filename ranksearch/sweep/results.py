@@ -54,6 +54,54 @@ def trial_rows(trials: list, space: Any, ended: dict[str, str] | None = None) ->
     return rows
 
 
+class TrialTable:
+    """The rows of started and finished trials, kept up to date one trial at a time (the driver's table while a
+    sweep runs).
+
+    ``update`` costs O(1) in the number of trials (one row built, the counts and the best compared), unlike
+    ``trial_rows`` over every trial; ``snapshot`` copies the rows for a parquet write in another thread.
+    """
+
+    def __init__(self, space: Any, earlier: list[dict[str, Any]] | None = None):
+        import threading
+
+        self.space = space
+        # rows of trials that earlier Tune experiments of this sweep ran (--extend) come first
+        self.rows: dict[str, dict[str, Any]] = {str(r["trial_id"]): r for r in earlier or []}
+        self.counts: dict[str, int] = {}
+        for r in self.rows.values():
+            self.counts[r["status"]] = self.counts.get(r["status"], 0) + 1
+        self.best: dict[str, Any] | None = best_trial(list(self.rows.values()), space)
+        self.changed = False
+        self._lock = threading.Lock()
+
+    @property
+    def finished(self) -> int:
+        """Trials that have ended (whatever their status)."""
+        return sum(n for status, n in self.counts.items() if status not in ("pending", "running"))
+
+    def update(self, trial: Any, ended: str | None = None) -> bool:
+        """Record ``trial`` (ending with Tune status ``ended``, or started); True when it is the new best."""
+        (row,) = trial_rows([trial], self.space, {trial.trial_id: ended} if ended else None)
+        with self._lock:
+            old = self.rows.get(trial.trial_id)
+            if old is not None:
+                self.counts[old["status"]] -= 1
+            self.rows[trial.trial_id] = row
+            self.counts[row["status"]] = self.counts.get(row["status"], 0) + 1
+            self.changed = True
+            candidate = best_trial([row] + ([self.best] if self.best else []), self.space)
+            if candidate is row or (self.best is not None and self.best["trial_id"] == row["trial_id"]):
+                self.best = candidate
+                return True
+            return False
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        with self._lock:
+            self.changed = False
+            return list(self.rows.values())
+
+
 def best_trial(rows: list[dict[str, Any]], space: Any) -> dict[str, Any] | None:
     """The completed trial with the best first objective (for several objectives: one Pareto-optimal trial)."""
     first = space.spec.objectives[0]

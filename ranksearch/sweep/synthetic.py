@@ -40,6 +40,7 @@ def synthetic_trial(
     seconds_per_eval: float = 0.2,
     fail_above_lr: float | None = None,
     inject: dict[str, dict[str, Any]] | None = None,
+    peak_at: int | None = None,
 ) -> Any:
     """Pretend to train ``config``; see the module docstring.
 
@@ -50,6 +51,8 @@ def synthetic_trial(
       (wall time since this attempt started), ``train.max_memory_mb`` (``ranksearch.trial.check_memory``), and a
       non-finite loss, which the synthetic loss becomes in float32 as the real one does when
       ``train.logit_scale`` overflows (e.g. 1e39) -> ``TrialResult("failed", error=...)``;
+    * ``peak_at``: the learning curve rises until that evaluation and falls after it (the best checkpoint is
+      then not the latest);
     * ``inject``: per trial, keyed by ``str(adapter.r)``, config overrides (``{"train.max_seconds": 0.3}``) and/or
       ``{"diverge_at": step}`` (loss NaN from that step), ``{"raise": "message"}`` (an exception) or
       ``{"nan_objective": true}`` (trains to the end, but its validation metric is NaN).
@@ -100,6 +103,8 @@ def synthetic_trial(
             if not math.isfinite(loss):
                 raise TrialError(f"diverged: non-finite loss ({loss}) at step {step}")
             value = final * (0.6 + 0.4 * i / evals)  # learning curve: rank order is kept across evaluations
+            if peak_at is not None and i > peak_at:
+                value = final * (0.6 + 0.4 * (2 * peak_at - i) / evals)
             value = float("nan") if nan_objective else value
             entry = {"step": float(step), metric: value, "trainable_params": trainable, "train/loss": 1.0 / i}
             history.append(entry)

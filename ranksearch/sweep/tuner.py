@@ -197,6 +197,7 @@ def _run_in_folder(
     import ray
     from ray import tune
 
+    from ranksearch.sweep.checkpoints import CheckpointPruner
     from ranksearch.sweep.compute_budget import budget_spent
     from ranksearch.sweep.live import LiveView
     from ranksearch.sweep.mlflow_sweep import MlflowSweepCallback
@@ -275,10 +276,14 @@ def _run_in_folder(
         broker_name, broker = start_broker(space, runner, runner_options)
         runner_options = {**(runner_options or {}), "pack_broker": broker_name}
     trainable = _trainable(space, folder, runner, runner_options)
+    # latest + best checkpoint per trial, deleted only once Tune's snapshot has moved on (sweep.checkpoints)
+    first = space.spec.objectives[0]
+    pruner = CheckpointPruner(str(folder / TUNE_DIR), first.metric, first.mode)
     callbacks = [
         StateSigner(str(folder)),
         LiveView(space, name, total, live=live),
         MlflowSweepCallback(tracking_uri, manifest.parent_run_id, space, name, str(folder), earlier=earlier),
+        pruner,
     ]
     status = "failed"
     try:
@@ -294,6 +299,8 @@ def _run_in_folder(
             sign_tune_state(folder)  # tune/tuner.pkl, written by the Tuner itself (not staged)
         with stop_on_signals() as stop:  # Ctrl-C, SIGTERM: Tune stops cleanly, state saved for --resume
             grid = tuner.fit()
+        pruned = pruner.finish()  # Tune's final snapshot is written: latest + best per trial stay
+        log.debug("deleted %d superseded checkpoints at the end", pruned)
         sign_tune_state(folder)  # fit waited for Tune's last copy into tune/: sign what is there now
         trials_done = _grid_trials(grid)
         rows = trial_rows(trials_done, space)
@@ -548,10 +555,11 @@ def _new_tuner(
             callbacks=callbacks,
             stop=build_stopper(space),
             verbose=0,
-            # keep every checkpoint: Tune deletes old ones before its experiment snapshot catches up, so a driver
-            # killed in between leaves the snapshot pointing at a deleted checkpoint (or Tune, after --resume,
-            # failing to delete one that is already gone) and the trial errors instead of resuming. Both were
-            # seen under load in tests/test_sweep_resume.py. Cost: one adapter + optimizer state per evaluation.
+            # Tune keeps every checkpoint: its own pruning deletes old ones before its experiment snapshot catches
+            # up, so a driver killed in between leaves the snapshot pointing at a deleted checkpoint (or Tune,
+            # after --resume, failing to delete one that is already gone) and the trial errors instead of
+            # resuming. Both were seen under load in tests/test_sweep_resume.py. sweep.checkpoints.CheckpointPruner
+            # prunes instead (latest + best per trial), only what the newest snapshot no longer names.
             checkpoint_config=tune.CheckpointConfig(num_to_keep=None),
             failure_config=tune.FailureConfig(max_failures=1),
         ),  # fmt: skip
