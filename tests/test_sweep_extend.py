@@ -17,7 +17,9 @@ import yaml
 
 from ranksearch.errors import ConfigError
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = (
+    pytest.mark.ray
+)  # the in-process tests are slow (one shared sweep); the killed-driver one is reliability
 
 SPACE = {
     "base": {"model": {"pretrained": None}, "eval": {"evals": 3}},
@@ -75,6 +77,7 @@ def mlflow_runs(result) -> list:
     return client.search_runs([exp.experiment_id], max_results=1000)
 
 
+@pytest.mark.slow
 def test_extend_adds_trials_to_the_same_study_parent_run_and_folder(finished):
     from ranksearch.sweep.tuner import run_sweep
 
@@ -119,6 +122,7 @@ def test_extend_adds_trials_to_the_same_study_parent_run_and_folder(finished):
     assert not (result.folder / "lost_by_tune.json").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -149,6 +153,7 @@ def cli(args: list[str], capsys) -> tuple[int, str]:
     return code, captured.out + captured.err
 
 
+@pytest.mark.slow
 def test_extend_refuses_an_unfinished_sweep_in_one_line(finished, tmp_path, capsys):
     """CLI: an interrupted sweep is not extended (exit 2, one line naming --extend and --resume)."""
     tmp, space, first = finished
