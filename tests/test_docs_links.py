@@ -28,7 +28,8 @@ FILES = tracked()
 MARKDOWN = [f for f in FILES if f.suffix == ".md"]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 MD_NAME = re.compile(r"(?<![\w/.:-])((?:[\w.-]+/)*[\w-]+\.md)(#[\w-]+)?")
-SECTION = re.compile(r"\bdocs/(\w+\.md), ([^\n()\[\];:,.\"'`]+)")
+# "docs/methods.md, DRA-style step 2": a section title (capitalised) after the comma; lower case is prose
+SECTION = re.compile(r"\bdocs/(\w+\.md), ([A-Z][^\n()\[\];:,.\"'`]*)")
 # written when a command runs, not shipped: benchmark outputs (python -m bench), a test's scratch report
 GENERATED = ("docs/search", "docs/oneshot", "bench.md")
 
