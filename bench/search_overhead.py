@@ -30,17 +30,21 @@ MISSES: dict[str, str] = {
         "needs an otherwise idle machine to be re-measured."
     ),
     "2 concurrent tiny trials vs 2 sequential at their fastest, 2 cores": (
-        "measured while other engineers' jobs kept the 2-core machine's load average at 4-6: two concurrent "
-        "trials then do not get two free cores, while the sequential pair gets whatever is free (an earlier run "
-        "of the same benchmark at lower load measured 2.48×: sequential 34.4 s, concurrent 15.6 s). The "
-        "benchmark needs an otherwise idle machine; nothing in ranksearch's scheduling was found to serialise "
-        "the trials (each gets 1 CPU and 1 torch thread)."
+        "the baseline is now the faster sequential schedule (1 torch thread: 2 threads took 5.8× as long here), "
+        "and the run was taken at a load average of 15-28 from other engineers' jobs: two concurrent trials then "
+        "do not get two free cores, so concurrency cannot pay (an earlier run at a load average of ~1 measured "
+        "2.48×, against the slower 2-thread baseline). Needs an otherwise idle machine; nothing in ranksearch's "
+        "scheduling was found to serialise the trials (each gets 1 CPU and 1 torch thread)."
     ),
     "per-trial overhead: ranksearch sweep / bare Ray Tune (no-op trainable)": (
-        "the sweep trainable writes a checkpoint (state + artifacts folder) at every report so that ASHA-stopped "
-        "and killed trials can resume, and the driver logs each child run to MLflow (sqlite) and keeps an Optuna "
-        "journal; bare Tune does none of this. Fewer checkpoints (only at rungs ASHA can stop) and batching the "
-        "MLflow writes would close most of the gap."
+        "bare Tune now reuses actors as the sweep does, so the earlier 0.58 (bare Tune restarting an actor per "
+        "trial) no longer flatters the sweep. This run (RANKSEARCH_BENCH_SEARCH_SMALL: 6 trials, 1 round, load "
+        "average ~25) spreads the sweep's one-time set-up (MLflow sqlite migration ~4.6 s, the study journal, the "
+        "sweep's actors) over 6 trials; the 40-trial throughput row (1.65 s per no-op trial, 2 at a time) is the "
+        "steadier figure for the per-trial part. Per trial, the sweep trainable writes a checkpoint at every "
+        "report (resumable ASHA-stopped and killed trials) and the driver logs each child run to MLflow and keeps "
+        "an Optuna journal; bare Tune does none of this. Fewer checkpoints (only at rungs ASHA can stop) and "
+        "batched MLflow writes would close most of the gap; re-measure with 10 trials × 2 rounds on a quiet machine."
     ),
 }
 
