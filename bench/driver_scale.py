@@ -31,7 +31,14 @@ import yaml
 
 from bench.report import Context, Row, at_least, at_most
 
-MISSES: dict[str, str] = {}
+MISSES: dict[str, str] = {
+    "reports delivered to mlflow server on PostgreSQL": (
+        "297/s against 300/s, measured on the shared 2-core machine at a load average of 9-14 (other engineers' "
+        "test suites): the one-worker `mlflow server`, PostgreSQL and the driver's delivery thread share what is "
+        "left of two cores. Delivery is batched (one `log_batch` per run per round, up to 1000 points): 21x the "
+        "previous driver (14/s) in the same run. Not re-measured on an idle machine."
+    ),
+}
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -153,9 +160,7 @@ def _completion_cost(space: Any, folder: Path, n: int, repeats: int) -> tuple[fl
     from ranksearch.sweep.mlflow_sweep import MlflowSweepCallback
 
     uri = f"sqlite:///{folder / f'c{n}.db'}"
-    cb = _callback(uri, folder / f"c{n}", space)
-    cb.journal.stop()  # measure the Tune loop's share only: no delivery competing for the CPU
-    cb.journal.start = lambda: cb.journal  # type: ignore[method-assign]
+    cb = _callback(uri, folder / f"c{n}", space)  # as in a sweep: the delivery thread runs meanwhile
     trials = [_trial(i, "TERMINATED") for i in range(n)]
     for t in trials[: n - repeats]:
         cb.table.update(t, "TERMINATED")
@@ -167,6 +172,7 @@ def _completion_cost(space: Any, folder: Path, n: int, repeats: int) -> tuple[fl
         t0 = time.perf_counter()
         MlflowSweepCallback.write_table(cb, trials, {t.trial_id: "TERMINATED"})
         old.append(time.perf_counter() - t0)
+    cb.journal.close()
     return statistics.median(new), statistics.median(old)
 
 
