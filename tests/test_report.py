@@ -343,12 +343,9 @@ def test_report_errors_are_one_line(tmp_path, capsys):
     assert "no sweep folder" in capsys.readouterr().err
 
 
-def test_report_for_1000_trials_is_generated_fast(sweep1000, tmp_path):
-    t0 = time.perf_counter()
+def test_report_for_1000_trials_is_bounded(sweep1000, tmp_path):
+    # its speed is a benchmark row (bench/report.py -> docs/benchmarks.md), not a timed assertion here
     report = build_report(sweep1000, tmp_path / "r1000.html")
-    seconds = time.perf_counter() - t0
-    print(f"1,000-trial report: generated in {seconds:.2f} s {report.seconds}, {report.bytes / 1e6:.1f} MB")
-    assert seconds < 10
     assert report.bytes < 8_000_000  # plotly.js (~4.7 MB) + bounded figures and table
     assert report.sections["leaderboard"] == 500  # capped in the page; trials.parquet has them all
 

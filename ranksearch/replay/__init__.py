@@ -15,22 +15,23 @@ from __future__ import annotations
 
 from typing import Any
 
-_LAZY = {
-    "run_replay": "ranksearch.replay.run",
-    "load_replay_space": "ranksearch.replay.run",
-    "replay_sweep": "ranksearch.replay.engine",
-    "Table": "ranksearch.replay.table",
-    "read_table": "ranksearch.replay.table",
-    "write_table": "ranksearch.replay.table",
-    "from_rows": "ranksearch.replay.table",
-    "from_arrays": "ranksearch.replay.table",
-}
-__all__ = sorted(_LAZY)
+_RUN = ("run_replay", "load_replay_space")
+_TABLE = ("Table", "read_table", "write_table", "from_rows", "from_arrays")
+__all__ = sorted((*_RUN, "replay_sweep", *_TABLE))
 
 
 def __getattr__(name: str) -> Any:
-    if name not in _LAZY:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
+    # plain imports, one per module: the names are fixed here, never taken from data (tests/test_security.py)
+    if name in _RUN:
+        from ranksearch.replay import run
 
-    return getattr(importlib.import_module(_LAZY[name]), name)
+        return getattr(run, name)
+    if name == "replay_sweep":
+        from ranksearch.replay.engine import replay_sweep
+
+        return replay_sweep
+    if name in _TABLE:
+        from ranksearch.replay import table
+
+        return getattr(table, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

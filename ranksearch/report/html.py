@@ -41,10 +41,12 @@ def dashboards_dir() -> Path:
     repo = Path(__file__).resolve().parents[2] / "dashboards"
     if repo.is_dir():  # a checkout (editable install or PYTHONPATH): the working copy, never a stale install
         return repo
-    import importlib
+    from importlib.util import find_spec
 
-    # a folder of data, not code: a namespace package, whose __path__ is the installed folder
-    return Path(next(iter(importlib.import_module("ranksearch.dashboards").__path__)))
+    spec = find_spec(
+        "ranksearch.dashboards"
+    )  # data, not code: a namespace package; its location is the folder
+    return Path(next(iter(spec.submodule_search_locations or []), repo)) if spec else repo
 
 
 @dataclass
