@@ -43,6 +43,7 @@ BENCHMARKS = [
     "search_overhead",
     "search_efficiency",
     "startup",
+    "report_speed",
     "oneshot_search",
     "driver_scale",
 ]

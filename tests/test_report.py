@@ -344,7 +344,7 @@ def test_report_errors_are_one_line(tmp_path, capsys):
 
 
 def test_report_for_1000_trials_is_bounded(sweep1000, tmp_path):
-    # its speed is a benchmark row (bench/report.py -> docs/benchmarks.md), not a timed assertion here
+    # its speed is a benchmark row (python -m bench --only report_speed), not a timed assertion here
     report = build_report(sweep1000, tmp_path / "r1000.html")
     assert report.bytes < 8_000_000  # plotly.js (~4.7 MB) + bounded figures and table
     assert report.sections["leaderboard"] == 500  # capped in the page; trials.parquet has them all
@@ -556,7 +556,8 @@ def test_watched_page_reloads_itself_and_keeps_the_reading_position(tmp_path, br
     assert 'name="rs-refresh"' not in finished.path.read_text()  # a finished sweep's page stays put
 
 
-def test_1000_trial_report_renders_in_chromium_under_10s(sweep1000, tmp_path, browser):
+def test_1000_trial_report_renders_in_chromium(sweep1000, tmp_path, browser):
+    # the 10 s budget is a benchmark row (python -m bench --only report_speed), not a timed assertion here
     t0 = time.perf_counter()
     report = build_report(sweep1000, tmp_path / "r1000.html")
     generated = time.perf_counter() - t0
@@ -564,7 +565,6 @@ def test_1000_trial_report_renders_in_chromium_under_10s(sweep1000, tmp_path, br
     _check_page(browser)
     in_page = browser.execute_script("return window.rsRenderMs") / 1000
     print(f"1,000 trials: generated {generated:.2f} s, browser {rendered:.2f} s (in-page {in_page:.2f} s)")
-    assert generated < 10 and rendered < 10
 
 
 def test_screenshot_script_writes_one_image_per_section(sweep40, tmp_path):
