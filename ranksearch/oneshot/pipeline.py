@@ -145,8 +145,7 @@ class _Tracking:
                   "ranksearch.sweep": self.sweep},
         )  # fmt: skip
         items = [Param(k, v) for k, v in param_values(params or {}).items()]
-        for i in range(0, len(items), 100):
-            self.client.log_batch(run.info.run_id, params=items[i : i + 100])
+        self.client.log_batch(run.info.run_id, params=items)  # log_batch splits into MLflow's per-request limits
         return run.info.run_id
 
     def metrics(self, run_id: str, points: list[tuple[str, float, int]]) -> None:
@@ -156,8 +155,7 @@ class _Tracking:
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(s)) for k, v, s in points if v is not None and math.isfinite(v)]
-        for i in range(0, len(items), 1000):
-            self.client.log_batch(run_id, metrics=items[i : i + 1000])
+        self.client.log_batch(run_id, metrics=items)
 
     def finish(self, run_id: str, folder: Path | None = None, status: str = "FINISHED") -> None:
         if folder is not None:
