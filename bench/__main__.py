@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         kept = [Row(**r) for r in data["rows"] if r["bench"] not in ran]
         for name in {r.bench for r in kept}:
             misses.update(getattr(importlib.import_module(f"bench.{name}"), "MISSES", {}))
-        notes = [n for n in data["notes"] if not any(n.startswith(f"{b}: re-measured") for b in ran)]
+        # a re-run benchmark writes its own notes again (re-measured, settings, provenance): drop the old ones
+        notes = [n for n in data["notes"] if not any(n.startswith(f"{b}: ") for b in ran)]
         from bench.report import _git_rev
 
         notes += [
