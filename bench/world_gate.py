@@ -194,7 +194,7 @@ def run_one(
 def _jobs(
     space: Any, configs: list[dict], probe_list: list[dict], seeds: list[int], phase: str
 ) -> list[dict]:
-    """In the order they run: zero-shot on every task, then the towers probes on the tasks that tell the towers
+    """In the order they run: zero-shot on every task, then the placement probes on the tasks that tell placements
     apart (what the "differs between tasks" check needs first), the main design (each configuration with all its
     seeds), then every other probe."""
     zs = [
@@ -205,6 +205,9 @@ def _jobs(
         return {"kind": "probe", "task": task, "config": i, "seed": seeds[0], "params": probe_list[i]}
 
     first = [probe(i, t) for i in range(3) for t in ("mixed", "pixel", "words")]
+    # then the vision tower's lower vs upper half where the shift is low-level vs semantic, and the towers there
+    first += [probe(i, t) for i in (3, 4) for t in ("pixel", "concept", "mixed")]
+    first += [probe(i, "concept") for i in range(3)]
     rest = [probe(i, t) for i in range(len(probe_list)) for t in PROBE_TASKS if probe(i, t) not in first]
     main = [{"kind": "main", "task": "mixed", "config": i, "seed": s, "params": p}
             for i, p in enumerate(configs) for s in seeds]  # fmt: skip
@@ -300,6 +303,7 @@ def gate(runs: list[dict], table: Any, seeds: list[int]) -> dict[str, Any]:
         placements = {
             _placement(r["params"]): r["curve"][-1][METRIC] for r in rs if r["config"] < len(PROBE_PLACEMENTS)
         }
+        halves = {k: v for k, v in placements.items() if k in ("vision/half-bottom", "vision/half-up")}
         per_task[task] = {
             "best_family": best["params"].get("adapter.family", "lora"),
             "best_placement": _placement(best["params"])
@@ -310,6 +314,8 @@ def gate(runs: list[dict], table: Any, seeds: list[int]) -> dict[str, Any]:
             "zero_shot_val_hm": zs.get(task, {}).get("zs/val/hm", math.nan),
             "by_family": {k: round(v, 1) for k, v in by_family.items()},
             "by_lora_placement": {k: round(v, 1) for k, v in placements.items()},
+            # information, not the check: which half of the vision tower adapts this task better
+            "better_vision_half": max(halves, key=halves.get) if len(halves) == 2 else None,
         }
     choices = {(v["best_family"], v["best_lora_placement"]) for v in per_task.values()}
     figures = {
@@ -351,7 +357,8 @@ def print_gate(g: dict[str, Any]) -> None:
     for task, t in g["per_task"].items():
         p(
             f"  {task:14s} zero-shot {t['zero_shot_val_hm']:5.1f}  best {t['best_val_hm']:5.1f}  family "
-            f"{t['best_family']:8s} LoRA placement {t['best_lora_placement']}  families {t['by_family']}"
+            f"{t['best_family']:8s} LoRA placement {t['best_lora_placement']} (better vision half: "
+            f"{t['better_vision_half']})\n    placements {t['by_lora_placement']}  families {t['by_family']}"
         )
     for k, c in g["checks"].items():
         op = "<=" if k == "default_trial_s" else ">="
