@@ -145,7 +145,9 @@ class _Tracking:
                   "ranksearch.sweep": self.sweep},
         )  # fmt: skip
         items = [Param(k, v) for k, v in param_values(params or {}).items()]
-        self.client.log_batch(run.info.run_id, params=items)  # log_batch splits into MLflow's per-request limits
+        self.client.log_batch(
+            run.info.run_id, params=items
+        )  # log_batch splits into MLflow's per-request limits
         return run.info.run_id
 
     def metrics(self, run_id: str, points: list[tuple[str, float, int]]) -> None:

@@ -43,7 +43,9 @@ PARENT = "parent"
 TRIAL_TAG = "ranksearch.trial_id"
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 FSYNC_S = 0.05  # the delivery thread fsyncs the journal at least this often while writes arrive
-BATCH_POINTS = 1000  # MLflow's limit of metrics per log_batch
+BATCH_POINTS = (
+    1000  # journal entries are grouped into deliveries of at most this many points (MLflow's request limit)
+)
 # Errors the server sends when it has understood the request: retrying cannot help, so the entry is dropped.
 PERMANENT = {"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "BAD_REQUEST"}
 
@@ -370,16 +372,14 @@ class TrackingJournal:
 
             metrics = self._new_points(run_id, item["metrics"], verify)
             batch = [Metric(k, float(v), int(ts), int(step)) for k, v, ts, step in metrics]
-            for i in range(0, len(batch), BATCH_POINTS):
-                client.log_batch(run_id, metrics=batch[i : i + BATCH_POINTS])
+            client.log_batch(run_id, metrics=batch)  # log_batch splits into MLflow's per-request limits
             for k, _v, _ts, step in metrics:
                 self._held[run_id][k].add(int(step))
         elif op == "tags":
             from mlflow.entities import RunTag
 
             tags = [RunTag(k, self._value(v)) for k, v in item["tags"].items()]
-            for i in range(0, len(tags), 100):
-                client.log_batch(run_id, tags=tags[i : i + 100])
+            client.log_batch(run_id, tags=tags)
         elif op == "artifact":
             path = Path(item["path"])
             path = (
@@ -440,8 +440,7 @@ class TrackingJournal:
         self._runs[trial_id] = run.info.run_id
         self._created.add(run.info.run_id)  # MLflow holds only what this journal delivers to it
         params = [Param(k, str(v)[:6000]) for k, v in item["params"].items()]
-        for i in range(0, len(params), 100):
-            self.client.log_batch(run.info.run_id, params=params[i : i + 100])
+        self.client.log_batch(run.info.run_id, params=params)
 
     def _deliver_orphans(self, known: set[str]) -> None:
         """Mark child runs of trials the restored Tune experiment does not know (see MlflowSweepCallback).
