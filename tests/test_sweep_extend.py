@@ -256,6 +256,10 @@ def test_an_interrupted_extension_resumes_with_every_trial_once(tmp_path):
     exp = client.get_experiment_by_name("cut")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == first["parent"]]
+    # a run of a trial the restored Tune state does not know is kept (it has metrics) and tagged, never deleted
+    orphaned = [c for c in children if c.data.tags.get("ranksearch.orphaned") == "true"]
+    assert all(c.data.metrics and c.info.status in ("KILLED", "FINISHED") for c in orphaned)
+    children = [c for c in children if c not in orphaned]
     assert sorted(c.data.tags["ranksearch.trial_id"] for c in children) == sorted(ids)
     manifest = json.loads((folder / "sweep.json").read_text())
     assert manifest["status"] == "finished" and manifest["trials"] == 10 and manifest["earlier_trials"] == old

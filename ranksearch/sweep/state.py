@@ -38,7 +38,7 @@ SNAPSHOT_SLACK_S = 30.0
 
 def check_resumable(folder: Path) -> None:
     """Raise ``StateError`` unless every state file of the sweep ``folder`` is whole and they agree."""
-    check_manifest(folder / "sweep.json")
+    manifest = check_manifest(folder / "sweep.json")
     journal = folder / "optuna.journal"
     records = read_jsonl(journal, what="Optuna journal record")[0] if journal.exists() else []
     tune_dir = folder / "tune"
@@ -48,8 +48,9 @@ def check_resumable(folder: Path) -> None:
     if mlflow_journal.exists():
         read_jsonl(mlflow_journal, what="MLflow journal entry", allow_cut_tail=True)
     check_parquet(folder / "trials.parquet")
-    if snapshot is not None:
-        check_agreement(journal, records, snapshot)
+    if snapshot is not None:  # trials of the Tune experiments before an --extend are in sweep.json, not tune/
+        earlier = manifest.get("earlier_trials") if isinstance(manifest.get("earlier_trials"), list) else []
+        check_agreement(journal, records, snapshot, {str(t) for t in earlier})
 
 
 def check_manifest(path: Path) -> dict[str, Any]:
@@ -153,9 +154,12 @@ def check_parquet(path: Path) -> None:
         ) from None  # fmt: skip
 
 
-def check_agreement(journal: Path, records: list[dict[str, Any]], snapshot: dict[str, Any]) -> None:
-    """Every finished Optuna trial created well before Tune's snapshot is a trial that snapshot knows."""
-    tune_ids = set(snapshot.get("_trial_ids", []))
+def check_agreement(
+    journal: Path, records: list[dict[str, Any]], snapshot: dict[str, Any], earlier: set[str] = frozenset()
+) -> None:
+    """Every finished Optuna trial created well before Tune's snapshot is a trial that snapshot knows (or one of
+    ``earlier``: the trials of the Tune experiments before an ``--extend``)."""
+    tune_ids = set(snapshot.get("_trial_ids", [])) | set(earlier)
     trials: dict[int, dict[str, Any]] = {}  # Optuna trial id -> {"start", "finished", "ray"}
     for r in records:
         op, tid = r.get("op_code"), r.get("trial_id")
