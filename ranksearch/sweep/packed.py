@@ -389,13 +389,9 @@ class PackHost:
         )  # fmt: skip
 
     def _send_error(self, mid: int, e: BaseException) -> None:
-        import pickle
-
-        try:
-            pickle.loads(pickle.dumps(e))
-            exc: BaseException | None = e
-        except Exception:  # an exception Ray could not carry: its message still reaches the trial
-            exc = None
+        # Built-in exceptions always cross to the relay intact; any other class may not unpickle there (custom
+        # __init__ signatures), so its type and message travel as text and the trial fails with them.
+        exc: BaseException | None = e if type(e).__module__ == "builtins" else None
         detail = "".join(traceback.format_exception_only(type(e), e)).strip()
         self._put(mid, Event("error", error=detail, exception=exc))
 
