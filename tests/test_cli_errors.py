@@ -13,21 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_run import run_cli as run
 
 from ranksearch.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACE = str(ROOT / "search_spaces" / "lora.yaml")
-
-
-def run(args: list[str], capsys) -> tuple[int, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 USAGE = [

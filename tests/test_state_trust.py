@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_run import run_cli as cli
 from reliability_report import record
 
 from ranksearch.cli import main
@@ -195,18 +196,6 @@ def foreign_folder(root: Path, uri: str, ids: list[str]) -> Path:
             for i, t in enumerate(ids)]  # fmt: skip
     pq.write_table(pa.Table.from_pylist(rows), folder / "trials.parquet")
     return folder
-
-
-def cli(args: list[str], capsys, caplog) -> tuple[int, str]:
-    """Exit status and everything the command said (stdout, stderr, its warnings), for one command."""
-    caplog.clear()
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err + caplog.text
 
 
 def test_trial_ids_never_address_files_outside_the_folder(tmp_path, key_home, capsys, caplog):

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_run import run_cli as cli
 from reliability_report import record
 
-from ranksearch.cli import main
 from ranksearch.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,16 +41,6 @@ def space_file(tmp_path: Path, **fields) -> Path:
     path = tmp_path / "space.yaml"
     path.write_text(yaml.safe_dump(space))
     return path
-
-
-def cli(args: list[str], capsys) -> tuple[int, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 def test_set_on_a_searched_field_is_refused(tmp_path, capsys):

@@ -14,6 +14,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from cli_run import run_cli as cli
 
 from ranksearch.errors import ConfigError
 
@@ -139,18 +140,6 @@ def test_extend_refuses_bad_requests(finished, kwargs, message):
     kwargs = {"name": "ext", **kwargs}
     with pytest.raises(ConfigError, match=message):
         run_sweep(space, storage=tmp / "runs", runner="synthetic", live=False, **kwargs)
-
-
-def cli(args: list[str], capsys) -> tuple[int, str]:
-    from ranksearch.cli import main
-
-    try:
-        main(args)
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    captured = capsys.readouterr()
-    return code, captured.out + captured.err
 
 
 @pytest.mark.slow
