@@ -56,16 +56,22 @@ def exact_kinds(cls: type[BaseModel], data: Any) -> Any:
     return data
 
 
-class Section(BaseModel):
-    """A strict, immutable config section: unknown keys are errors, numbers are finite (no inf/nan), booleans
-    and numbers are never converted into each other."""
+class StrictModel(BaseModel):
+    """Strict and immutable: unknown keys are errors, numbers are finite (no inf/nan), booleans and numbers are
+    never converted into each other. The base of search-space blocks; trial-config sections are ``Section``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod
     def _exact_kinds(cls, data: Any) -> Any:
         return exact_kinds(cls, data)
+
+
+class Section(StrictModel):
+    """A trial-config section: a ``StrictModel`` whose defaults are validated too."""
+
+    model_config = ConfigDict(validate_default=True)
 
 
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED, description="a seed in [0, 2**32 - 1]")]

@@ -9,20 +9,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from ranksearch.config.base import exact_kinds
+from ranksearch.config.base import StrictModel
 
 ONE_SHOT_FAMILIES = ("lora", "codyra")
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _exact_kinds(cls, data: Any) -> Any:
-        return exact_kinds(cls, data)
+_Model = StrictModel
 
 
 class AllocationBudget(_Model):

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ranksearch.config.base import MAX_SEED, Seed, check_name, exact_kinds
+from ranksearch.config.base import MAX_SEED, Seed, StrictModel, check_name
 from ranksearch.oneshot.spec import OneShotSpec
 
 MAX_INT = 2**53  # integer bounds stay exact as floats (Optuna, JSON, parquet)
@@ -31,13 +31,7 @@ def _numberize(value: Any) -> Any:
     return value
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _exact_kinds(cls, data: Any) -> Any:
-        return exact_kinds(cls, data)
+_Model = StrictModel
 
 
 class FloatParam(_Model):
