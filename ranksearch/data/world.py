@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from ranksearch.data import shapeworld as sw
+import ranksearch.data.shapeworld as sw
 from ranksearch.data.task import Split, Task
 from ranksearch.errors import DataError
 
