@@ -185,12 +185,9 @@ class MlflowSweepCallback(Callback):
         self.update_table(trial, "TERMINATED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        from ranksearch.sweep.results import failure_reason
+        from ranksearch.sweep.results import failure_reason, tune_error_text
 
-        try:
-            reason = failure_reason(trial.get_error() or "")
-        except Exception:  # the error file is Tune's; a missing one must not stop the sweep
-            reason = "the trial raised an exception (see Tune's error.txt)"
+        reason = failure_reason(tune_error_text(trial))
         self._finish(trial, "error", "FAILED", reason)
         self.update_table(trial, "ERROR")
 

@@ -146,12 +146,28 @@ def write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
     tmp.replace(path)
 
 
+def tune_error_text(trial: Any) -> str:
+    """Tune's error text of an errored trial ("" when there is none).
+
+    Tune writes ``error.txt`` into the trial's local folder before it calls the callbacks, and copies it to the
+    experiment's storage later, in the background: ``trial.get_error()`` reads the storage copy, which a busy
+    machine may not have yet. So the local file first (plain text, never the pickled error), then storage.
+    """
+    local = getattr(trial, "error_file", None)
+    try:
+        if local and Path(local).is_file():
+            return Path(local).read_text(errors="replace")
+    except OSError:
+        pass
+    try:
+        return str(trial.get_error() or "")
+    except Exception:  # no error file anywhere (yet)
+        return ""
+
+
 def _tune_error(trial: Any) -> str:
     """The exception an errored trial raised, from Tune's error file (a short line, never a traceback)."""
-    try:
-        return failure_reason(trial.get_error() or "")
-    except Exception:  # no error file (yet): still say what happened
-        return "the trial raised an exception"
+    return failure_reason(tune_error_text(trial))
 
 
 def failure_reason(error_text: str, limit: int = 1000) -> str:
