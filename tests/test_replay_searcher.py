@@ -113,3 +113,26 @@ def test_constraint_values_follow_optunas_sign_convention():
     got = constraint_values(list(s.spec.constraints), {"trainable_params": 80.0, "val/acc": 40.0})
     assert got == {"trainable_params": -20.0, "val/acc": 10.0}
     assert constraint_values(list(s.spec.constraints), {})["val/acc"] > 0  # missing: infeasible
+
+
+def test_a_failed_trials_reason_comes_from_the_drivers_staged_error_file(tmp_path, monkeypatch):
+    """Tune writes error.txt into the driver's staging folder just before it tells the searcher; the copy in the
+    sweep folder's tune/ comes later (on a busy machine, after the searcher has recorded the trial): the staged
+    file is read first, so Optuna gets the real reason (CI saw a missing ``ranksearch_failure`` without this)."""
+    import ray.train.constants
+
+    session = tmp_path / "session" / "artifacts"
+    monkeypatch.setattr(ray.train.constants, "_get_ray_train_session_dir", lambda: str(session))
+    s = build_searcher(make(), tune_dir=str(tmp_path / "sweep" / "tune"))
+    assert s.suggest("t1") is not None and s.suggest("t2") is not None
+    staged = session / "2026-12-02_18-00-00" / "tune" / "driver_artifacts" / "t1" / "error.txt"
+    staged.parent.mkdir(parents=True)
+    staged.write_text("Failure # 1\nTraceback ...\nRuntimeError: CUDA out of memory on rank 4\n")
+    s.on_trial_complete("t1", error=True)
+    s.on_trial_complete("t2", error=True)  # no error file anywhere (yet): recorded as FAIL without a reason
+    t1, t2 = s._ot_study.trials
+    assert (
+        t1.state.name == "FAIL"
+        and t1.user_attrs["ranksearch_failure"] == "RuntimeError: CUDA out of memory on rank 4"
+    )
+    assert t2.state.name == "FAIL" and "ranksearch_failure" not in t2.user_attrs

@@ -140,7 +140,8 @@ def interrupted(tmp_path_factory) -> Path:
         while True:
             assert proc.poll() is None, (root / "first.log").read_text()[-3000:]
             assert time.time() < deadline, "the first driver did not finish 3 trials in time"
-            if (folder / "optuna.journal").exists():
+            # the driver rewrites trials.parquet every few seconds: the damage cases need it on disk
+            if (folder / "optuna.journal").exists() and (folder / "trials.parquet").exists():
                 with contextlib.suppress(Exception):
                     if sum(s in ("COMPLETE", "PRUNED") for s in study_states(folder).values()) >= 3:
                         break

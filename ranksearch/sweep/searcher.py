@@ -137,12 +137,16 @@ class PruneAwareOptunaSearch(OptunaSearch):
         if result and result.get("error"):
             return str(result["error"])[:1000]
         tune_dir = getattr(self, "tune_dir", None)  # absent in searchers pickled by older versions
-        if tune_dir:
-            error_file = Path(tune_dir) / trial_id / "error.txt"
+        if not tune_dir:
+            return None
+        for error_file in [
+            *_staged_error_files(Path(tune_dir).name, trial_id),
+            Path(tune_dir) / trial_id / "error.txt",
+        ]:
             try:
                 return failure_reason(error_file.read_text(errors="replace"))
             except OSError:
-                pass
+                continue
         return None
 
     def relocate(self, folder: str | Path) -> None:
@@ -323,3 +327,20 @@ def _fits(dists: dict[str, Any], params: dict[str, Any]) -> bool:
         return all(dists[k]._contains(dists[k].to_internal_repr(v)) for k, v in params.items())
     except (ValueError, TypeError):
         return False
+
+
+def _staged_error_files(experiment: str, trial_id: str) -> list[Path]:
+    """The driver's local copy of a trial's ``error.txt`` (Tune's staging folder of this Ray session).
+
+    Tune writes a failed trial's error there just before it tells the searcher, and copies it into the
+    experiment's storage (the sweep folder's ``tune/``) later, in the background: on a busy machine the storage copy
+    is not there yet when the searcher records the reason. Trial folders are named by trial id (unique), so the
+    glob over this session's experiments finds only this trial's file.
+    """
+    try:
+        from ray.train.constants import _get_ray_train_session_dir
+
+        session = Path(_get_ray_train_session_dir())
+    except Exception:  # no Ray session here (a replay, a unit test) or Ray moved the helper: storage only
+        return []
+    return sorted(session.glob(f"*/{experiment}/driver_artifacts/{trial_id}/error.txt"))
