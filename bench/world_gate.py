@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import warnings
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -366,6 +367,40 @@ def print_gate(g: dict[str, Any]) -> None:
     p(f"[world gate] {'PASSED' if g['pass'] else 'NOT MET'}")
 
 
+_SPACE: Any = None  # the space, loaded once per worker process (``_init_worker``)
+
+
+def _init_worker(space_path: str) -> None:
+    import torch
+
+    from ranksearch.space.load import load_space
+
+    global _SPACE
+    torch.set_num_threads(1)  # one core per run, as the gate's trial time is stated
+    _SPACE = load_space(space_path)
+
+
+def _record(job: dict, workdir: str) -> dict:
+    """Run one job (in a worker process); its record as runs.jsonl holds it."""
+    cpu0 = time.process_time()
+    try:
+        rec = run_one(_SPACE, job["params"], job["seed"], _overrides(job), Path(workdir))
+    except Exception as e:  # noqa: BLE001 - a recorder records a broken configuration and goes on
+        rec = {"status": "error", "curve": [], "final": {}, "extra": {}, "seconds": 0.0,
+               "error": f"{type(e).__name__}: {e}"}  # fmt: skip
+    return {**job, **rec, "cpu_s": round(time.process_time() - cpu0, 2)}
+
+
+def _pool(jobs: int, space_path: str) -> ProcessPoolExecutor:
+    """``jobs`` worker processes (spawned: no torch state forked from this one), one torch thread each."""
+    import multiprocessing
+
+    return ProcessPoolExecutor(
+        max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+        initializer=_init_worker, initargs=(space_path,),
+    )  # fmt: skip
+
+
 # --------------------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.world_gate", description=__doc__.splitlines()[0])
@@ -379,6 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--phase", choices=("all", "main", "probes", "gate"), default="all",
                         help="record the main design, the probes, both, or only recompute the gate")  # fmt: skip
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once, one process and one core each")
     args = parser.parse_args(argv)
 
     import torch
@@ -394,8 +430,8 @@ def main(argv: list[str] | None = None) -> int:
     except (RanksearchError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.configs < 1:
-        print("error: --configs must be >= 1", file=sys.stderr)
+    if args.configs < 1 or args.jobs < 1:
+        print("error: --configs and --jobs must be >= 1", file=sys.stderr)
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -425,25 +461,33 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
     started = time.perf_counter()
-    with tempfile.TemporaryDirectory(prefix="rs-world-") as tmp:
-        for n, job in enumerate(todo):
-            if args.max_minutes is not None and time.perf_counter() - started > 60 * args.max_minutes:
-                print(f"[world gate] --max-minutes reached; {len(todo) - n} runs left (rerun to continue)",
-                      file=sys.stderr)  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="rs-world-") as tmp, _pool(args.jobs, args.space) as pool:
+        # at most ``--jobs`` runs in flight; each is appended to runs.jsonl the moment it ends (any order)
+        pending: dict[Any, dict] = {}
+        queue = list(enumerate(todo))
+        finished = 0
+        while queue or pending:
+            while queue and len(pending) < args.jobs:
+                if args.max_minutes is not None and time.perf_counter() - started > 60 * args.max_minutes:
+                    print(f"[world gate] --max-minutes reached; {len(queue)} runs left (rerun to continue)",
+                          file=sys.stderr)  # fmt: skip
+                    queue = []
+                    break
+                n, job = queue.pop(0)
+                pending[pool.submit(_record, job, str(Path(tmp) / f"r{n}"))] = job
+            if not pending:
                 break
-            cpu0 = time.process_time()
-            try:
-                rec = run_one(space, job["params"], job["seed"], _overrides(job), Path(tmp) / f"r{n}")
-            except Exception as e:  # noqa: BLE001 - a recorder records a broken configuration and goes on
-                rec = {"status": "error", "curve": [], "final": {}, "extra": {}, "seconds": 0.0,
-                       "error": f"{type(e).__name__}: {e}"}  # fmt: skip
-            rec = {**job, **rec, "cpu_s": round(time.process_time() - cpu0, 2)}
-            done[_key(job)] = rec
-            with log_path.open("a") as fh:
-                fh.write(json.dumps(rec) + "\n")
-            hm = rec["curve"][-1][METRIC] if rec["curve"] else math.nan
-            print(f"[world gate] {n + 1}/{len(todo)} {_key(job)} {rec['status']} val/hm {hm:.3f} "
-                  f"{rec['seconds']:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
+            ready, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in ready:
+                job = pending.pop(future)
+                rec = future.result()
+                done[_key(job)] = rec
+                with log_path.open("a") as fh:
+                    fh.write(json.dumps(rec) + "\n")
+                finished += 1
+                hm = rec["curve"][-1][METRIC] if rec["curve"] else math.nan
+                print(f"[world gate] {finished}/{len(todo)} {_key(job)} {rec['status']} val/hm {hm:.3f} "
+                      f"{rec['seconds']:.1f} s", file=sys.stderr, flush=True)  # fmt: skip
 
     runs = list(done.values())
     main_runs = [

@@ -63,9 +63,26 @@ def test_each_shift_does_what_it_says():
     labels = np.repeat(np.arange(64), 2)
     clean = world.render_task(labels, "pixel", 1, "test", shifted=False).astype(float)
     pixel = world.render_task(labels, "pixel", 1, "test").astype(float)
-    # the sensor rotates the channels (plus noise): channel c shows the clean channel (c + 1) mod 3
-    rotated = clean[:, [1, 2, 0]]
-    assert np.abs(pixel - rotated).mean() < 12 < np.abs(pixel - clean).mean()
+    # the sensor defocuses (plus noise): the pixels are the clean render blurred, the colours stay
+    blurred = world.defocus(clean, world.DEFOCUS_SIGMA)
+    assert np.abs(pixel - blurred).mean() < 9 < np.abs(pixel - clean).mean()
+    assert (
+        np.abs(pixel.mean(axis=(2, 3)) - clean.mean(axis=(2, 3))).max() < 6
+    )  # mean colour of each image kept
+    # edges are gone: the mean horizontal gradient drops to a fraction of the clean image's
+    grad = lambda im: np.abs(np.diff(im, axis=3)).mean()  # noqa: E731
+    assert grad(blurred) < 0.35 * grad(clean)
+    # the blur preserves a constant image and is symmetric (a Gaussian of unit mass)
+    flat = np.full((1, 3, 32, 32), 77.0, np.float32)
+    assert np.allclose(world.defocus(flat, 2.5), 77.0, atol=1e-3)
+    dot = np.zeros((1, 1, 33, 33), np.float32)
+    dot[0, 0, 16, 16] = 1.0
+    spread = world.defocus(dot, 2.5)[0, 0]
+    assert (
+        np.isclose(spread.sum(), 1.0, atol=1e-4)
+        and np.allclose(spread, spread.T)
+        and np.allclose(spread, spread[::-1])
+    )
     # words: clean images, unseen colour words; no synonym occurs in any pretraining caption
     words = world.render_task(labels, "words", 1, "test").astype(float)
     assert np.array_equal(words, clean)

@@ -50,7 +50,7 @@ def test_recorder_resumes_and_writes_a_replay_table_and_the_gate(tmp_path, capsy
     out = tmp_path / "rec"
     args = ["--out", str(out), "--space", str(space), "--configs", "3", "--seeds", "1,2", "--phase", "main"]
     assert wg.main([*args, "--max-minutes", "0"]) == 1  # stopped before the first run: nothing to gate yet
-    assert wg.main(args) == 0
+    assert wg.main([*args, "--jobs", "2"]) == 0  # two worker processes; each run appended as it ends
     lines = [json.loads(x) for x in (out / "runs.jsonl").read_text().splitlines()]
     assert lines[0]["kind"] == "header" and lines[0]["git_sha"] and "torch" in lines[0]["versions"]
     assert len(lines) == 1 + 1 + 3 * 2  # header, zero-shot, 3 configurations x 2 seeds
@@ -84,5 +84,6 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert wg.main(["--out", str(tmp_path), "--space", str(tmp_path / "nope.yaml")]) == 2
     assert wg.main(["--out", str(tmp_path), "--seeds", "1,x"]) == 2
     assert wg.main(["--out", str(tmp_path), "--configs", "0"]) == 2
+    assert wg.main(["--out", str(tmp_path), "--jobs", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 3 and all(line.startswith("error:") for line in err)
+    assert len(err) == 4 and all(line.startswith("error:") for line in err)

@@ -5,9 +5,12 @@ colour × shape classes, its 48 base / 16 new split (held-out *combinations*) an
 applies one or more **shifts** that the pretrained checkpoint (``rs-small-clip``, pretrained on the clean shape
 world) has never seen:
 
-- ``sensor`` (low-level): the camera's colour channels are rotated (R, G, B) → (G, B, R) and the pixel noise is
-  heavier. A red star *looks* like a blue one to the frozen encoder. The fix is a fixed per-pixel colour map,
-  identical for every class: a job for the early vision layers, and it transfers to the new classes.
+- ``sensor`` (low-level): the camera is out of focus (a Gaussian blur of ``DEFOCUS_SIGMA`` = 2.5 px at 32 px)
+  and its pixel noise is heavier. Colour survives; the edges that tell a star from a cross or a heart are smeared,
+  so the frozen encoder maps blurred shapes close together. Only the image side can recover them (sharper early
+  features, identical for every class, so the fix transfers to the new classes); the text tower can only relabel
+  what the frozen image embedding still separates. (A colour-channel rotation, the first version of this shift,
+  is a bijection of the colour words: the text tower fixed it as well as the vision tower did — docs/world.md.)
 - ``pair`` (semantic): every image holds two objects, the target drawn large and a small distractor of another
   colour *and* another shape elsewhere; the class is the large one. The rendering of each object is the
   pretraining look, so low-level features are right; what changes is which object the pooled embedding should
@@ -58,7 +61,8 @@ DEFAULT_TASK = "mixed"
 VAL_SHOTS = 21  # 48 base classes x 21 = 1,008 validation images (one image = 0.1 points)
 # Colour words absent from every pretraining caption (sw.captions): untrained token embeddings.
 SYNONYMS = ("crimson", "emerald", "azure", "golden", "violet", "amber", "ivory", "rose")
-_CHANNELS = (1, 2, 0)  # sensor: output channel c shows input channel _CHANNELS[c]
+DEFOCUS_SIGMA = 2.5  # sensor blur, pixels at 32 px (scaled with the image size)
+SENSOR_NOISE = 10.0  # sensor noise SD, 0-255 scale
 _STREAMS = {"train": 11, "val": 12, "test": 13}  # never the shape world's 1..3
 
 
@@ -118,11 +122,22 @@ def render_task(
     if "pair" in shifts:
         images = _add_distractor(images, scenes, distractor_rng, image_size)
     if "sensor" in shifts:
-        noise = distractor_rng.normal(0, 10.0, images.shape).astype(np.float32)
-        images = (
-            np.clip(images[:, list(_CHANNELS)].astype(np.float32) + noise, 0, 255).round().astype(np.uint8)
-        )
+        blurred = defocus(images.astype(np.float32), DEFOCUS_SIGMA * image_size / 32)
+        noise = distractor_rng.normal(0, SENSOR_NOISE, images.shape).astype(np.float32)
+        images = np.clip(blurred + noise, 0, 255).round().astype(np.uint8)
     return images
+
+
+def defocus(images: np.ndarray, sigma: float) -> np.ndarray:
+    """A separable Gaussian blur of float images (N, C, H, W), edges replicated; same shape."""
+    radius = max(1, math.ceil(3 * sigma))
+    x = np.arange(-radius, radius + 1, dtype=np.float32)
+    kernel = np.exp(-(x**2) / (2 * sigma**2))
+    kernel /= kernel.sum()
+    h, w = images.shape[2:]
+    padded = np.pad(images, ((0, 0), (0, 0), (radius, radius), (radius, radius)), mode="edge")
+    rows = sum(k * padded[:, :, :, i : i + w] for i, k in enumerate(kernel))  # (N, C, H + 2r, W)
+    return sum(k * rows[:, :, i : i + h, :] for i, k in enumerate(kernel))  # (N, C, H, W)
 
 
 def make_split(
