@@ -11,7 +11,7 @@ import typer
 
 REPLAY_EPILOG = (
     "Examples:\n\n"
-    "  ranksearch replay bench/data/world.parquet --space search_spaces/world.yaml\n\n"
+    "  ranksearch replay bench/data/world/table.parquet --space bench/spaces/world.yaml\n\n"
     "  ranksearch replay hpolib.parquet --space bench/spaces/hpolib.yaml --seeds 50 --budget 100x --out replay/\n\n"
     "  ranksearch replay table.parquet --space space.yaml --methods random,default --json"
 )
