@@ -376,9 +376,10 @@ app.command(epilog=_report_cmds.STATUS_EPILOG)(_report_cmds.status)
 app.command(epilog=_report_cmds.BEST_EPILOG)(_report_cmds.best)
 
 
-from ranksearch.sweep.commands import schema, sweep  # noqa: E402  (light: heavy imports happen inside)
+from ranksearch.sweep.commands import schema, sweep, sync  # noqa: E402  (light: heavy imports happen inside)
 
 app.command()(sweep)  # its docstring carries the examples
+app.command()(sync)
 from ranksearch.submit import submit  # noqa: E402  (light: ray loads inside the command)
 
 app.command()(submit)

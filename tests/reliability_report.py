@@ -31,6 +31,9 @@ SCENARIOS = {
     "`ranksearch sweep --address`)",
     "driver_loss": "sweep driver SIGKILLed mid-sweep, then `--resume`",
     "tracking_outage": "real `mlflow server` stopped mid-sweep, restarted on the same store",
+    "tracking_down_at_start": "no `mlflow server` when the sweep starts (parent run journalled); it starts "
+    "seconds later",
+    "tracking_never_up": "no `mlflow server` during the whole sweep; started afterwards, then `ranksearch sync`",
     "postgres_restart": "PostgreSQL (MLflow server's store + Optuna study) crashed and restarted mid-sweep",
     "failing_trials": "NaN/inf loss, exception, time budget, memory budget (synthetic runner)",
     "real_divergence": "real tiny-CLIP trial with `train.logit_scale: 1e39` (loss non-finite at step 1)",

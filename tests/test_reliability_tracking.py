@@ -163,6 +163,65 @@ def test_a_refused_write_is_dropped_not_retried_forever(store, tmp_path):
     assert journal.flush(force=True) and journal.stats["dropped"] == 1
 
 
+def test_a_journalled_parent_run_is_created_once_and_its_children_point_to_it(store, tmp_path):
+    """The server is down when the sweep starts: the parent run itself is a journal entry, delivered first; a
+    lost ack or a later driver finds it by its key instead of creating a second one."""
+    from ranksearch.sweep.mlflow_buffer import PARENT_KEY_TAG
+
+    uri, _ = store
+    flaky = Flaky(uri)
+    journal = TrackingJournal(tmp_path, uri, None, client=flaky)
+    spec = {"experiment": "journalled-parent", "artifact_location": (tmp_path / "art").as_uri(),
+            "run_name": "sweep-x", "tags": {"ranksearch.kind": "sweep"}, "params": {"trials": "2"}, "key": "k1"}  # fmt: skip
+    journal.append("parent", PARENT, **spec)
+    for trial in ("t-a", "t-b"):
+        journal.append("child", trial, run_name=trial, params={"p": "1"},
+                       tags={"mlflow.parentRunId": {"run_of": PARENT}, "ranksearch.trial_id": trial})  # fmt: skip
+        journal.append("metrics", trial, metrics=_points(1))
+    journal.append("tags", PARENT, tags={"best.run_id": {"run_of": "t-a"}})
+    assert not journal.flush(force=True) and journal.pending == 6  # nothing in MLflow yet
+    flaky.down = False
+    assert journal.flush(force=True) and journal.pending == 0
+    parent = journal.parent_run_id
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("journalled-parent").experiment_id
+    children = client.search_runs([exp], "tags.`ranksearch.trial_id` != ''")
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent} and len(children) == 2
+    run = client.get_run(parent)
+    assert run.data.params == {"trials": "2"} and run.data.tags[PARENT_KEY_TAG] == "k1"
+    assert run.data.tags["best.run_id"] in {c.info.run_id for c in children}
+    journal.close()
+
+    # the parent's ack lost (driver killed right after delivering it): a new driver finds it by its key
+    lines = (tmp_path / JOURNAL_FILE).read_text().splitlines()
+    first_ack = next(i for i, x in enumerate(lines) if json.loads(x) == {"ack": 1})
+    (tmp_path / JOURNAL_FILE).write_text("\n".join(lines[:first_ack] + lines[first_ack + 1 :]) + "\n")
+    again = TrackingJournal(tmp_path, uri, None)
+    assert again.pending == 1 and again.flush(force=True)
+    assert again.parent_run_id == parent
+    assert len(client.search_runs([exp], f"tags.`{PARENT_KEY_TAG}` = 'k1'")) == 1
+    # and a driver that reads an all-delivered journal (sweep.json without the id) resolves it too
+    assert TrackingJournal(tmp_path, uri, None).parent_run_id == parent
+
+
+def test_only_an_http_server_that_does_not_answer_is_waited_for():
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, TEMPORARILY_UNAVAILABLE
+
+    from ranksearch.sweep.mlflow_buffer import unreachable
+
+    refused = MlflowException(
+        "API request to http://127.0.0.1:9/api failed with exception ... Max retries exceeded"
+    )
+    assert unreachable("http://127.0.0.1:9", refused)
+    assert unreachable("https://mlflow", MlflowException("gateway", error_code=TEMPORARILY_UNAVAILABLE))
+    assert not unreachable(
+        "http://mlflow", MlflowException("no such run", error_code=INVALID_PARAMETER_VALUE)
+    )
+    assert not unreachable("bogus://nowhere", ConnectionError("refused"))  # a bad URI stays an error
+    assert not unreachable("sqlite:///nowhere/mlflow.db", OSError("no such folder"))
+
+
 # ------------------------------------------------------------------------------------ real server outage
 def _free_port() -> int:
     with socket.socket() as s:
@@ -337,3 +396,155 @@ def test_sweep_survives_a_tracking_server_outage(ray_session, tmp_path):
         )
     finally:
         _kill(server["proc"])
+
+
+def _space(tmp: Path, n: int, evals: int) -> Path:
+    space = tmp / "space.yaml"
+    space.write_text(
+        yaml.safe_dump(
+            {
+                "base": {"model": {"pretrained": None}, "eval": {"evals": evals}},
+                "params": {"adapter.r": [1, 2, 4, 8][:n]},
+                "objective": {"metric": "val/hm"},
+                "sampler": {"type": "grid", "seed": 0},
+                "early_stopping": {"type": "none"},
+                "trials": n,
+                "concurrency": 2,
+                "resources": {"cpu": 0.5, "gpu": 0.5},
+            }
+        )
+    )
+    return space
+
+
+def _held_once(uri: str, result, n: int) -> dict:
+    """What MLflow holds of the sweep: one parent, ``n`` children under it, every metric point exactly once."""
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(result.experiment)
+    parents = client.search_runs([exp.experiment_id], "tags.`ranksearch.kind` = 'sweep'")
+    assert len(parents) == 1, [p.info.run_id for p in parents]
+    parent = parents[0]
+    assert parent.info.status == "FINISHED" and parent.data.params["trials"] == str(n)
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"space.yaml", "trials.parquet"}
+    children = client.search_runs([exp.experiment_id], "tags.`ranksearch.kind` = 'trial'")
+    assert len(children) == n
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    rows = {r["trial_id"]: r for r in result.rows}
+    produced = delivered = duplicates = 0
+    for c in children:
+        reports = rows[c.data.tags["ranksearch.trial_id"]]["reports"]
+        for key in ("val/hm", "train/loss", "trainable_params"):
+            steps = [m.step for m in client.get_metric_history(c.info.run_id, key)]
+            produced += reports
+            delivered += len(set(steps))
+            duplicates += len(steps) - len(set(steps))
+            assert sorted(steps) == list(range(1, reports + 1)), (key, steps)
+        assert c.info.status == "FINISHED"
+    assert parent.data.tags["best.run_id"] in {c.info.run_id for c in children}
+    return {"parent": parent.info.run_id, "duplicates": duplicates, "lost_points": produced - delivered}
+
+
+@pytest.mark.ray
+@pytest.mark.reliability
+def test_sweep_starts_while_the_tracking_server_is_down(ray_session, tmp_path):
+    """No server when the sweep starts (its parent run is journalled); the server comes up a few seconds later:
+    the sweep runs throughout, and MLflow ends up with the parent and every child, each point once."""
+    from ranksearch.sweep.tuner import run_sweep
+
+    t0 = time.time()
+    port, n, evals = _free_port(), 4, 8
+    uri = f"http://127.0.0.1:{port}"
+    folder = tmp_path / "runs" / "late"
+    server: dict = {}
+
+    def late_server() -> None:
+        deadline = time.time() + 120
+        while _journal_state(folder)[0] < 3 and time.time() < deadline:  # the sweep started, writes buffered
+            time.sleep(0.2)
+        server["buffered_at_start"] = _journal_state(folder)
+        journal = folder / JOURNAL_FILE
+        while b'"op":"metrics"' not in journal.read_bytes() and time.time() < deadline:  # trials report
+            time.sleep(0.2)
+        time.sleep(3)
+        server["starting"] = time.time()
+        server["proc"] = _start_server(tmp_path, port)
+        server["up"] = time.time()
+
+    thread = threading.Thread(target=late_server, daemon=True)
+    thread.start()
+    try:
+        result = run_sweep(
+            _space(tmp_path, n, evals), name="late", storage=tmp_path / "runs", runner="synthetic",
+            tracking_uri=uri, runner_options={"seconds_per_eval": 1.0}, live=False,
+        )  # fmt: skip
+        thread.join(timeout=180)
+        assert "up" in server, server
+        entries, acked = server["buffered_at_start"]
+        assert acked == 0 and entries >= 3  # parent, its artifacts: journalled, not delivered
+        assert [r["status"] for r in result.rows] == ["completed"] * n
+        trained = sum(  # trials trained before the server was there
+            json.loads(x)["time"] < server["starting"]
+            for f in result.folder.glob("trials/*/progress.jsonl")
+            for x in f.read_text().splitlines()
+        )
+        assert trained >= 2, trained
+        assert (
+            result.tracking_pending == 0
+            and _journal_state(result.folder)[0] == _journal_state(result.folder)[1]
+        )
+        held = _held_once(uri, result, n)
+        manifest = json.loads((result.folder / "sweep.json").read_text())
+        assert held["parent"] == result.parent_run_id == manifest["parent_run_id"]
+        assert held["duplicates"] == 0 and held["lost_points"] == 0
+        record(
+            "tracking_down_at_start", count=f"server up {server['up'] - t0:.0f} s after the start", trials=n,
+            completed=n, failed_recorded=0, duplicates=held["duplicates"], lost_points=held["lost_points"],
+            tracebacks=0, seconds=round(time.time() - t0),
+        )  # fmt: skip
+    finally:
+        if "proc" in server:
+            _kill(server["proc"])
+
+
+@pytest.mark.ray
+@pytest.mark.reliability
+def test_a_server_that_never_comes_up_then_ranksearch_sync(ray_session, tmp_path, monkeypatch, capsys):
+    """No server during the whole sweep: it finishes anyway, the journal keeps everything (sweep.json has no
+    parent run id yet), and ``ranksearch sync`` delivers it all, once, when the server is there."""
+    from cli_run import run_cli
+
+    from ranksearch.sweep.tuner import run_sweep
+
+    t0 = time.time()
+    monkeypatch.setenv("RANKSEARCH_MLFLOW_DRAIN_S", "2")  # the end's wait for the server (default 300 s)
+    port, n, evals = _free_port(), 3, 4
+    uri = f"http://127.0.0.1:{port}"
+    result = run_sweep(
+        _space(tmp_path, n, evals), name="never", storage=tmp_path / "runs", runner="synthetic",
+        tracking_uri=uri, runner_options={"seconds_per_eval": 0.3}, live=False,
+    )  # fmt: skip
+    assert [r["status"] for r in result.rows] == ["completed"] * n
+    assert result.parent_run_id is None and result.tracking_pending > 0
+    entries, acked = _journal_state(result.folder)
+    assert acked == 0 and entries == result.tracking_pending
+    assert json.loads((result.folder / "sweep.json").read_text())["parent_run_id"] is None
+
+    code, out = run_cli(["sync", str(result.folder), "--wait", "1"], capsys)  # still no server
+    assert code == 1 and f"{entries} MLflow writes still pending" in out, out
+    proc = _start_server(tmp_path, port)
+    try:
+        code, out = run_cli(["sync", str(result.folder), "--wait", "60"], capsys)
+        assert code == 0 and f"all {entries} buffered writes delivered" in out, out
+        held = _held_once(uri, result, n)
+        assert json.loads((result.folder / "sweep.json").read_text())["parent_run_id"] == held["parent"]
+        code, out = run_cli(["sync", str(result.folder)], capsys)  # again: nothing left, nothing logged twice
+        assert code == 0 and "all 0 buffered writes delivered" in out, out
+        again = _held_once(uri, result, n)
+        assert again == held and held["duplicates"] == 0 and held["lost_points"] == 0
+        record(
+            "tracking_never_up", count="no server during the sweep; `ranksearch sync` after", trials=n,
+            completed=n, failed_recorded=0, duplicates=held["duplicates"], lost_points=held["lost_points"],
+            tracebacks=0, seconds=round(time.time() - t0), buffered_writes=entries,
+        )  # fmt: skip
+    finally:
+        _kill(proc)

@@ -162,10 +162,16 @@ def sweep(
     out.print(leaderboard(result.rows, result.space, width=out.width))
     out.print(f"sweep folder: {result.folder}  ({result.wall_s:.0f} s)", highlight=False)
     out.print(
-        f"MLflow: experiment {result.experiment!r}, parent run {result.parent_run_id}\n"
+        f"MLflow: experiment {result.experiment!r}, parent run {result.parent_run_id or 'not created yet'}\n"
         f"Optuna: optuna-dashboard {_study_location(result.folder)}",
         highlight=False,
     )
+    if result.tracking_pending:  # the server did not answer: the journal keeps them, `sync` delivers them
+        out.print(
+            f"[yellow]{result.tracking_pending} MLflow writes wait in {_shortest(result.folder)}/mlflow.journal.jsonl"
+            f"[/yellow] (the tracking server did not answer); deliver them with  ranksearch sync "
+            f"{_shortest(result.folder)}", highlight=False, soft_wrap=True,
+        )  # fmt: skip
     failed = [r for r in result.rows if r["status"] in ("failed", "error")]
     if failed:  # the sweep went on without them; say which and why (one line each, no traceback)
         out.print(
@@ -198,6 +204,39 @@ def sweep(
         from ranksearch.errors import SweepError
 
         raise SweepError(problem)
+
+
+def sync(
+    sweep_folder: Annotated[
+        str, typer.Argument(help="sweep folder, or a sweep name under --runs-dir", metavar="SWEEP")
+    ],
+    runs_dir: Annotated[
+        Path | None, typer.Option(help="parent folder of sweep folders (default: ./ranksearch-runs/sweeps)")
+    ] = None,
+    wait: Annotated[
+        float,
+        typer.Option(min=0, max=86_400, help="seconds to keep retrying while the server does not answer"),
+    ] = 60.0,
+) -> None:
+    """Deliver a sweep's buffered MLflow writes (mlflow.journal.jsonl) to its tracking server.
+
+    A sweep whose tracking server was down (at its start too) keeps every run, metric point, tag and artifact in
+    its folder's journal; a finished sweep's leftovers are delivered by this command, in order, each exactly once
+    (points MLflow already holds are skipped). Only for a folder your own sweep wrote; not while a driver runs it.
+
+    Example:  ranksearch sync my-sweep --wait 600
+    """
+    from rich.console import Console
+
+    from ranksearch.sweep.tuner import sync_tracking
+
+    sent, pending, parent = sync_tracking(sweep_folder, runs_dir, wait)
+    out = Console()
+    if pending:
+        out.print(f"[yellow]{pending} MLflow writes still pending[/yellow] (delivered {sent}); the server did not "
+                  f"answer within {wait:.0f} s: run it again later", highlight=False)  # fmt: skip
+        raise typer.Exit(1)
+    out.print(f"MLflow: all {sent} buffered writes delivered; parent run {parent}", highlight=False)
 
 
 def nothing_completed(rows: list[dict]) -> str | None:

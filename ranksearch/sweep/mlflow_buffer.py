@@ -21,7 +21,11 @@ Idempotence, so nothing is logged twice:
   artifacts overwrite.
 
 Entries address runs by trial id (or ``"parent"``), never by MLflow run id, so a run can be created while the
-server is down: its id is resolved when the entry is delivered.
+server is down: its id is resolved when the entry is delivered. That holds for the sweep's parent run too: a
+sweep whose tracking server does not answer at its start journals a ``parent`` entry (experiment, run name,
+tags, params and a random ``ranksearch.parent_key`` tag) ahead of everything else; it is delivered first, found
+again by its key when its ack was lost (or a later driver reads the journal with sweep.json not yet holding the
+id), and every tag value ``{"run_of": "parent"}`` (a child's ``mlflow.parentRunId``) resolves to its id.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ log = logging.getLogger(__name__)
 JOURNAL_FILE = "mlflow.journal.jsonl"
 PARENT = "parent"
 TRIAL_TAG = "ranksearch.trial_id"
+PARENT_KEY_TAG = "ranksearch.parent_key"  # a journalled parent run's own random key (found again by it)
 BACKOFF_S = (1.0, 2.0, 4.0, 8.0, 15.0, 30.0)
 FSYNC_S = 0.05  # the delivery thread fsyncs the journal at least this often while writes arrive
 BATCH_POINTS = (
@@ -60,16 +65,18 @@ class TrackingJournal:
     Args:
         folder: the sweep folder (the journal file lives there).
         uri: MLflow tracking URI.
-        parent_run_id: the sweep's parent run; its experiment holds the child runs.
+        parent_run_id: the sweep's parent run; its experiment holds the child runs. None while the parent run is
+            itself a journal entry not yet delivered (``parent_entry``; its id is then resolved at delivery).
         client: an ``MlflowClient``-like object (tests pass fakes); default one for ``uri``.
     """
 
-    def __init__(self, folder: str | Path, uri: str, parent_run_id: str, client: Any = None):
+    def __init__(self, folder: str | Path, uri: str, parent_run_id: str | None, client: Any = None):
         self.path = Path(folder) / JOURNAL_FILE
-        self.uri, self.parent_run_id = uri, parent_run_id
+        self.uri = uri
         self._client = client
         self._experiment_id: str | None = None
-        self._runs: dict[str, str] = {PARENT: parent_run_id}  # trial id -> MLflow run id
+        self._runs: dict[str, str] = {PARENT: parent_run_id} if parent_run_id else {}  # trial id -> run id
+        self._parent_spec: dict[str, Any] | None = None  # a journalled parent run's entry (delivered or not)
         self._entries: dict[int, dict[str, Any]] = {}  # pending, by seq
         self._seen: set[tuple[str, str, int]] = set()  # (target, key, step) of every journaled metric
         self._uncertain: set[int] = set()  # entries that may have reached MLflow without an ack
@@ -120,6 +127,8 @@ class TrackingJournal:
             seq = int(item["seq"])
             self.seq = max(self.seq, seq)
             self._entries[seq] = item
+            if item["op"] == "parent":
+                self._parent_spec = item
             if item["op"] == "metrics":
                 self._seen |= {(item["target"], m[0], int(m[3])) for m in item["metrics"]}
         for seq in acks:
@@ -172,6 +181,8 @@ class TrackingJournal:
             item = {"seq": self.seq, "op": op, "target": target, **fields}
             self._write(item)
             self._entries[self.seq] = item
+            if op == "parent":
+                self._parent_spec = item
             self.stats["appended"] += 1
             seq = self.seq
         self._wake.set()
@@ -330,10 +341,34 @@ class TrackingJournal:
         self._attempt += 1
 
     @property
+    def parent_run_id(self) -> str | None:
+        """The parent run's MLflow id: given, or found once its journalled creation reached MLflow."""
+        return self.run_id(PARENT)
+
+    @property
     def experiment_id(self) -> str:
         if self._experiment_id is None:
-            self._experiment_id = self.client.get_run(self.parent_run_id).info.experiment_id
+            parent = self.parent_run_id
+            if parent is None:
+                raise ConnectionError("the sweep's parent run is not in MLflow yet")  # retried, never dropped
+            self._experiment_id = self.client.get_run(parent).info.experiment_id
         return self._experiment_id
+
+    def _find_parent(self) -> str | None:
+        """The journalled parent run, found by its key (created before a lost ack or by an earlier driver)."""
+        spec = self._parent_spec
+        if spec is None:
+            return None
+        exp = self.client.get_experiment_by_name(spec["experiment"])
+        if exp is None:
+            return None
+        found = self.client.search_runs(
+            [exp.experiment_id], filter_string=f"tags.`{PARENT_KEY_TAG}` = '{spec['key']}'"
+        )
+        if not found:
+            return None
+        self._experiment_id = exp.experiment_id
+        return found[0].info.run_id
 
     def find_run(self, trial_id: str) -> Any | None:
         """The child run of ``trial_id`` (searched by tag), or None."""
@@ -348,6 +383,12 @@ class TrackingJournal:
     def run_id(self, target: str) -> str | None:
         """MLflow run id of ``target`` (a trial id or ``"parent"``), resolved and cached; None if no run."""
         if target not in self._runs:
+            if target == PARENT:
+                parent = self._find_parent()
+                if parent is None:
+                    return None
+                self._runs[PARENT] = parent
+                return parent
             run = self.find_run(target)
             if run is None:
                 return None
@@ -361,6 +402,9 @@ class TrackingJournal:
             return
         if op == "orphans":
             self._deliver_orphans(set(item["known"]))
+            return
+        if op == "parent":
+            self._deliver_parent(item)
             return
         run_id = self.run_id(target)
         if run_id is None:
@@ -436,11 +480,35 @@ class TrackingJournal:
             self._runs[trial_id] = run.info.run_id
             self.client.update_run(run.info.run_id, status="RUNNING")
             return
-        run = self.client.create_run(self.experiment_id, run_name=item["run_name"], tags=item["tags"])
+        # mlflow.parentRunId is {"run_of": "parent"}: the parent's id, known by now
+        tags = {k: self._value(v) for k, v in item["tags"].items()}
+        run = self.client.create_run(self.experiment_id, run_name=item["run_name"], tags=tags)
         self._runs[trial_id] = run.info.run_id
         self._created.add(run.info.run_id)  # MLflow holds only what this journal delivers to it
         params = [Param(k, str(v)[:6000]) for k, v in item["params"].items()]
         self.client.log_batch(run.info.run_id, params=params)
+
+    def _deliver_parent(self, item: dict[str, Any]) -> None:
+        """Create the sweep's parent run from its journal entry, unless it exists already (found by its key)."""
+        from mlflow.entities import Param
+
+        from ranksearch.tracking.mlflow_log import experiment_id
+
+        self._parent_spec = item
+        self._runs.pop(PARENT, None)
+        found = self._find_parent()
+        if found is not None:  # created before a lost ack, or by an earlier driver of this folder
+            self._runs[PARENT] = found
+            return
+        exp = experiment_id(self.client, item["experiment"], item.get("artifact_location"))
+        tags = {**item["tags"], PARENT_KEY_TAG: item["key"]}
+        run = self.client.create_run(exp, run_name=item["run_name"], tags=tags)
+        self._experiment_id = exp
+        self._runs[PARENT] = run.info.run_id
+        self._created.add(run.info.run_id)
+        params = [Param(k, str(v)[:6000]) for k, v in item["params"].items()]
+        self.client.log_batch(run.info.run_id, params=params)
+        log.info("MLflow: created the sweep's parent run %s (it was buffered)", run.info.run_id)
 
     def _deliver_orphans(self, known: set[str]) -> None:
         """Mark child runs of trials the restored Tune experiment does not know (see MlflowSweepCallback).
@@ -513,6 +581,28 @@ def _batches(pending: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
         chunks[-1].append(item)
     close_window()
     return groups
+
+
+def unreachable(uri: str, error: BaseException) -> bool:
+    """True when ``error`` says an HTTP tracking server did not answer (connection refused or reset, a timeout,
+    a proxy's 502/503/504): worth waiting for. A bad URI, a refusal or a local store's failure is not."""
+    if not str(uri).lower().startswith(("http://", "https://")):
+        return False
+    status = getattr(error, "get_http_status_code", lambda: None)()
+    if status in (502, 503, 504):
+        return True
+    seen: set[int] = set()
+    e: BaseException | None = error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        names = {
+            c.__name__ for c in type(e).__mro__
+        }  # requests' and urllib3's classes, without importing them
+        if isinstance(e, ConnectionError | TimeoutError) or names & {"ConnectionError", "Timeout"}:
+            return True
+        e = e.__cause__ or e.__context__
+    text = str(error)
+    return "Max retries exceeded" in text or "Connection refused" in text or "timed out" in text
 
 
 def _permanent(error: Exception) -> bool:

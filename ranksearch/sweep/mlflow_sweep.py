@@ -19,6 +19,7 @@ The callback keeps no live clients in its pickled state: Tune pickles callbacks 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -37,32 +38,69 @@ TRIAL_STATUSES = ("pending", "running", "completed", "pruned", "failed", "error"
 TABLE_EVERY_S = 10.0
 
 
-def create_parent_run(
-    uri: str, experiment: str, sweep: str, params: dict[str, Any], artifact_location: str | None
-) -> str:
-    """The sweep's parent run (called once per sweep; its id is kept in sweep.json), in a model-training
-    experiment, with MLflow's context tags (source: the space file) and a description for the UI."""
-    from mlflow.entities import Param
-    from mlflow.tracking import MlflowClient
+def parent_run_spec(
+    experiment: str, sweep: str, params: dict[str, Any], artifact_location: str | None
+) -> dict[str, Any]:
+    """What the sweep's parent run is created with: in a model-training experiment, MLflow's context tags (source:
+    the space file) and a description for the UI. Also the fields of a journalled ``parent`` entry."""
+    from ranksearch.tracking.mlflow_log import param_values, reproducibility_tags
 
-    from ranksearch.tracking.mlflow_log import experiment_id, param_values, reproducibility_tags
-
-    client = MlflowClient(tracking_uri=uri)
-    exp = experiment_id(client, experiment, artifact_location)
     note = (
         f"ranksearch sweep **{sweep}** over `{params.get('space_file', '?')}`: {params.get('trials', '?')} trials; "
         f"objectives {params.get('objectives', '?')}. Child runs are the trials (`tags.ranksearch.status` = "
         f"completed / pruned / failed / error). Dashboard: `ranksearch report {sweep}`."
     )
-    run = client.create_run(
-        exp,
-        run_name=f"sweep-{sweep}",
-        tags={SWEEP_TAG: sweep, "ranksearch.kind": "sweep", "mlflow.note.content": note,
-              **reproducibility_tags(source=params.get("space_file"))},
-    )  # fmt: skip
-    items = [Param(k, v) for k, v in param_values(params).items()]
+    tags = {SWEEP_TAG: sweep, "ranksearch.kind": "sweep", "mlflow.note.content": note,
+            **reproducibility_tags(source=params.get("space_file"))}  # fmt: skip
+    return {
+        "experiment": experiment, "artifact_location": artifact_location, "run_name": f"sweep-{sweep}",
+        "tags": tags, "params": {k: str(v) for k, v in param_values(params).items()},
+    }  # fmt: skip
+
+
+def create_parent_run(
+    uri: str, experiment: str, sweep: str, params: dict[str, Any], artifact_location: str | None
+) -> str:
+    """The sweep's parent run (called once per sweep; its id is kept in sweep.json); see ``parent_run_spec``."""
+    from mlflow.entities import Param
+    from mlflow.tracking import MlflowClient
+
+    from ranksearch.tracking.mlflow_log import experiment_id
+
+    spec = parent_run_spec(experiment, sweep, params, artifact_location)
+    client = MlflowClient(tracking_uri=uri)
+    exp = experiment_id(client, experiment, artifact_location)
+    run = client.create_run(exp, run_name=spec["run_name"], tags=spec["tags"])
+    items = [Param(k, v) for k, v in spec["params"].items()]
     client.log_batch(run.info.run_id, params=items)  # MlflowClient.log_batch splits into the server's limits
     return run.info.run_id
+
+
+def journal_parent_writes(
+    folder: str | Path, uri: str, parent_run_id: str | None, writes: list[tuple[str, dict[str, Any]]]
+) -> tuple[str | None, int]:
+    """Journal writes to the parent run (``(op, fields)``; a ``parent`` op creates it) outside the Tune loop, and
+    try once to deliver all that is pending (a refused connection fails at once). Returns (the parent's run id,
+    None while MLflow has not got it; the writes still pending). Never raises for a tracking problem."""
+    from ranksearch.sweep.mlflow_buffer import TrackingJournal
+
+    journal = TrackingJournal(folder, uri, parent_run_id)
+    try:
+        for op, fields in writes:
+            journal.append(op, PARENT, **fields)
+        try:
+            journal.flush(force=True)
+        except Exception as e:  # the journal keeps them; the next driver or `ranksearch sync` delivers
+            log.debug("MLflow delivery failed: %s", e)
+        parent = journal._runs.get(PARENT)
+        if parent is None and not journal.pending:  # delivered by an earlier driver: found by its key
+            from ranksearch.sweep.mlflow_buffer import _fail_fast
+
+            with contextlib.suppress(Exception), _fail_fast():
+                parent = journal.parent_run_id
+        return parent, journal.pending
+    finally:
+        journal.close()
 
 
 class MlflowSweepCallback(Callback):
@@ -107,6 +145,18 @@ class MlflowSweepCallback(Callback):
     def client(self) -> Any:
         return self.journal.client
 
+    def close(self) -> None:
+        """Stop delivering and close the journal file (the driver's own writes to the parent follow)."""
+        if self._journal is not None:
+            self._journal.close()
+
+    @property
+    def resolved_parent_run_id(self) -> str | None:
+        """The parent run's id once MLflow holds it (a buffered parent: None until delivered), no MLflow call."""
+        if self._journal is None:
+            return self.parent_run_id
+        return self._journal._runs.get(PARENT)
+
     def run_id(self, trial: Any) -> str | None:
         """The MLflow run id of ``trial`` once its creation has been delivered (None while buffered)."""
         return self.journal.run_id(trial.trial_id)
@@ -125,7 +175,8 @@ class MlflowSweepCallback(Callback):
         if getattr(self, "_context", None) is None:  # the same for every trial: computed once (runs git)
             self._context = reproducibility_tags(source=self.space.source)
         tags = {
-            **self._context, "mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id,
+            # the parent's id, resolved at delivery (the parent run may itself be buffered: see mlflow_buffer)
+            **self._context, "mlflow.parentRunId": {"run_of": PARENT}, TRIAL_TAG: trial.trial_id,
             SWEEP_TAG: self.sweep, "family": family, "ranksearch.kind": "trial",
         }  # fmt: skip
         items = {f"search/{k}": v for k, v in params.items()}

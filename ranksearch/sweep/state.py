@@ -62,7 +62,11 @@ def check_manifest(path: Path) -> dict[str, Any]:
             f"restore {path.name} from a backup (or an MLflow parent run's artifact {path.name})",
         ) from None  # fmt: skip
     required = ("name", "space_file", "tracking_uri", "experiment", "parent_run_id")
-    bad = sorted(k for k in required if not isinstance(data, dict) or not isinstance(data.get(k), str))
+
+    def whole(k: str) -> bool:  # parent_run_id is null while the parent run waits in mlflow.journal.jsonl
+        return isinstance(data.get(k), str) or (k == "parent_run_id" and k in data and data[k] is None)
+
+    bad = sorted(k for k in required if not isinstance(data, dict) or not whole(k))
     if bad:
         raise refuse(
             path, f"missing or not text: {', '.join(bad)}", "the other state files hold the sweep",

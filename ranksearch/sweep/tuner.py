@@ -45,13 +45,14 @@ class SweepResult:
     folder: Path
     rows: list[dict[str, Any]]
     best: dict[str, Any] | None
-    parent_run_id: str
+    parent_run_id: str | None  # None while the parent run is buffered (its server has not answered yet)
     tracking_uri: str
     experiment: str
     wall_s: float
     space: SearchSpace
     oneshot: dict[str, Any] | None = None  # a one-shot search's summary (rows: estimate vs retrained)
     stopped_by: str | None = None  # "SIGINT" / "SIGTERM" when a signal ended the sweep early (resumable)
+    tracking_pending: int = 0  # MLflow writes still in mlflow.journal.jsonl (the server did not answer)
 
 
 def run_sweep(
@@ -218,6 +219,7 @@ def _run_in_folder(
         study_storage = _recorded_url(study_storage, manifest.study_storage, "--storage")
         if study_storage:  # the finished sweep's study, on its database
             study = open_storage(study_storage)
+        _parent_in_mlflow(manifest, folder, tracking_uri)
         earlier = _earlier_rows(folder)
         manifest.earlier_trials = [str(r["trial_id"]) for r in earlier]
         manifest.extensions += 1
@@ -231,11 +233,11 @@ def _run_in_folder(
         tracking_uri = _recorded_url(tracking_uri, manifest.tracking_uri, "--tracking-uri")
         study_storage = _recorded_url(study_storage, manifest.study_storage, "--storage")
         manifest.resumes += 1
-        if manifest.tracking_uri == default_tracking_uri(folder):  # a copied/moved folder logs into itself
-            from ranksearch.sweep.relocate import relocate_store
+        if manifest.tracking_uri == default_tracking_uri(folder) and manifest.parent_run_id:
+            from ranksearch.sweep.relocate import relocate_store  # a copied/moved folder logs into itself
 
             relocate_store(folder, manifest.parent_run_id)
-        _reopen_parent(manifest, tracking_uri)
+        _resume_parent(manifest, folder, tracking_uri)
         if manifest.earlier_trials:  # an interrupted extension
             earlier = _earlier_rows(folder, manifest.earlier_trials)
     else:
@@ -279,13 +281,11 @@ def _run_in_folder(
     # latest + best checkpoint per trial, deleted only once Tune's snapshot has moved on (sweep.checkpoints)
     first = space.spec.objectives[0]
     pruner = CheckpointPruner(str(folder / TUNE_DIR), first.metric, first.mode)
-    callbacks = [
-        StateSigner(str(folder)),
-        LiveView(space, name, total, live=live),
-        MlflowSweepCallback(tracking_uri, manifest.parent_run_id, space, name, str(folder), earlier=earlier),
-        pruner,
-    ]
-    status = "failed"
+    tracking = MlflowSweepCallback(
+        tracking_uri, manifest.parent_run_id, space, name, str(folder), earlier=earlier
+    )
+    callbacks = [StateSigner(str(folder)), LiveView(space, name, total, live=live), tracking, pruner]
+    status, pending = "failed", 0
     try:
         if resume:
             tuner = tune.Tuner.restore(
@@ -320,10 +320,12 @@ def _run_in_folder(
         from ranksearch.sweep.study_storage import stop_heartbeats
 
         stop_heartbeats()
+        tracking.close()  # its delivery thread stops; the parent's end is journalled after its writes
+        manifest.parent_run_id = manifest.parent_run_id or tracking.resolved_parent_run_id
         manifest.status, manifest.ended = status, time.time()
         manifest.save(folder)
         if status != "interrupted":
-            _end_parent(manifest, status, tracking_uri)
+            pending = _end_parent_journalled(manifest, folder, status, tracking_uri)
         if broker is not None:
             from ranksearch.sweep.packed import stop_broker
 
@@ -334,6 +336,7 @@ def _run_in_folder(
     return SweepResult(
         name, folder, rows, best_trial(rows, space), manifest.parent_run_id, redact(tracking_uri),
         manifest.experiment, time.time() - t0, space, stopped_by=stop.signal if status == "interrupted" else None,
+        tracking_pending=pending,
     )  # fmt: skip
 
 
@@ -460,12 +463,24 @@ def _start_manifest(
     }  # fmt: skip
     if study_storage:
         params["study_storage"] = remember(study_storage)
-    parent = _parent_run_or_refuse(uri, experiment, name, params, artifacts)
+    # a server that does not answer (yet) only delays tracking: the parent run is journalled (not for one-shot)
+    parent = _parent_run_or_refuse(uri, experiment, name, params, artifacts, folder, not space.spec.one_shot)
     manifest = Manifest(
         name, str(space_file), remember(uri), experiment, parent, study_name="ranksearch", trials=params["trials"],
         study_storage=remember(study_storage) if study_storage else None,
     )  # fmt: skip
     manifest.save(folder)
+    if parent is None:
+        import uuid
+
+        from ranksearch.sweep.mlflow_sweep import journal_parent_writes, parent_run_spec
+
+        spec = {**parent_run_spec(experiment, name, params, artifacts), "key": uuid.uuid4().hex}
+        writes = [("parent", spec), ("artifact", {"path": SPACE_COPY}), ("artifact", {"path": "sweep.json"})]
+        manifest.parent_run_id = journal_parent_writes(folder, uri, None, writes)[0]  # the server may be back
+        if manifest.parent_run_id:
+            manifest.save(folder)
+        return manifest
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -475,11 +490,15 @@ def _start_manifest(
 
 
 def _parent_run_or_refuse(
-    uri: str, experiment: str, name: str, params: dict[str, Any], artifacts: str | None
-) -> str:
+    uri: str, experiment: str, name: str, params: dict[str, Any], artifacts: str | None, folder: Path,
+    may_buffer: bool,
+) -> str | None:  # fmt: skip
     """The new sweep's parent run; a tracking URI MLflow cannot use is a one-line ``--tracking-uri`` error (the
-    failed start then leaves nothing, see ``state.claim``), after one try instead of minutes of HTTP retries."""
-    from ranksearch.sweep.mlflow_buffer import _fail_fast
+    failed start then leaves nothing, see ``state.claim``), after one try instead of minutes of HTTP retries.
+
+    A tracking server that does not answer (connection refused or timed out, 502/503/504) is no error when
+    ``may_buffer``: None, and the caller journals the parent run's creation (``mlflow_buffer``)."""
+    from ranksearch.sweep.mlflow_buffer import JOURNAL_FILE, _fail_fast, unreachable
     from ranksearch.sweep.mlflow_sweep import create_parent_run
 
     try:
@@ -487,6 +506,15 @@ def _parent_run_or_refuse(
             return create_parent_run(uri, experiment, name, params, artifacts)
     except Exception as e:  # MLflow raises its own classes, and requests/sqlalchemy ones, for a bad store
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        if may_buffer and unreachable(uri, e):
+            from ranksearch.tracking.credentials import redact_text
+
+            log.warning(
+                "MLflow at %s is not answering (%s): the sweep starts anyway; its parent run and every tracking "
+                "write wait in %s and are delivered when the server answers (or later by: ranksearch sync %s)",
+                redact(uri), redact_text(reason), folder / JOURNAL_FILE, folder,
+            )  # fmt: skip
+            return None
         raise ConfigError(
             [("--tracking-uri", f"{redact(uri)}: MLflow cannot log there ({reason})")]
         ) from None
@@ -622,17 +650,97 @@ def _grid_trials(grid: Any) -> list:
     return list(trials)
 
 
-def _reopen_parent(manifest: Manifest, uri: str, added: int = 0) -> None:
+def _reopen_parent(manifest: Manifest, uri: str, added: int) -> None:
+    """--extend: the finished sweep's parent run is RUNNING again, with the count of trials added."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
     client.update_run(manifest.parent_run_id, status="RUNNING")
-    if added:  # --extend: the parent's "trials" param is immutable: the tag says how many were added since
-        client.set_tag(manifest.parent_run_id, "ranksearch.extensions", str(manifest.extensions))
-        before = int(client.get_run(manifest.parent_run_id).data.tags.get("ranksearch.extended_trials", 0))
-        client.set_tag(manifest.parent_run_id, "ranksearch.extended_trials", str(before + added))
-    else:
-        client.set_tag(manifest.parent_run_id, "ranksearch.resumes", str(manifest.resumes))
+    # --extend: the parent's "trials" param is immutable: the tag says how many were added since
+    client.set_tag(manifest.parent_run_id, "ranksearch.extensions", str(manifest.extensions))
+    before = int(client.get_run(manifest.parent_run_id).data.tags.get("ranksearch.extended_trials", 0))
+    client.set_tag(manifest.parent_run_id, "ranksearch.extended_trials", str(before + added))
+
+
+def _resume_parent(manifest: Manifest, folder: Path, uri: str) -> None:
+    """--resume: the parent run is RUNNING again, with its resume count; journalled (the server may be away)."""
+    from ranksearch.sweep.mlflow_sweep import journal_parent_writes
+
+    writes = [("running", {}), ("tags", {"tags": {"ranksearch.resumes": str(manifest.resumes)}})]
+    parent, _ = journal_parent_writes(folder, uri, manifest.parent_run_id, writes)
+    manifest.parent_run_id = manifest.parent_run_id or parent
+
+
+def _parent_in_mlflow(manifest: Manifest, folder: Path, uri: str) -> None:
+    """--extend reads the parent run: a parent still buffered is delivered first, or the extension is refused."""
+    if manifest.parent_run_id:
+        return
+    from ranksearch.sweep.mlflow_sweep import journal_parent_writes
+
+    manifest.parent_run_id, pending = journal_parent_writes(folder, uri, None, [])
+    if manifest.parent_run_id is None:
+        raise ConfigError(
+            [("--extend", f"the sweep's MLflow parent run is not in {redact(uri)} yet ({pending} writes wait in "
+                          f"{folder}/mlflow.journal.jsonl): deliver them first with  ranksearch sync {folder}")]
+        )  # fmt: skip
+
+
+def _end_parent_journalled(manifest: Manifest, folder: Path, status: str, uri: str) -> int:
+    """The parent run's status at the end, journalled after every other write; returns the writes still pending
+    (the server did not answer: they wait in the journal for the next driver or ``ranksearch sync``)."""
+    from ranksearch.sweep.mlflow_buffer import JOURNAL_FILE
+    from ranksearch.sweep.mlflow_sweep import journal_parent_writes
+
+    writes = [
+        ("tags", {"tags": {"ranksearch.status": status}}),
+        ("end", {"status": "FINISHED" if status == "finished" else "FAILED"}),
+    ]
+    parent, pending = journal_parent_writes(folder, uri, manifest.parent_run_id, writes)
+    if parent and not manifest.parent_run_id:
+        manifest.parent_run_id = parent
+        manifest.save(folder)
+    if pending:
+        log.warning(
+            "MLflow at %s did not take %d tracking writes: they are kept in %s; deliver them with  ranksearch "
+            "sync %s  once the server answers (nothing is logged twice)",
+            redact(uri), pending, folder / JOURNAL_FILE, folder,
+        )  # fmt: skip
+    return pending
+
+
+def sync_tracking(sweep: str | Path, storage: Path | None, wait_s: float) -> tuple[int, int, str | None]:
+    """Deliver the buffered MLflow writes of a sweep that no driver runs (``ranksearch sync``): (delivered, still
+    pending, parent run id). Only a folder whose sweep.json this user's key signed: its journal names files to
+    upload and a server to send them to.
+
+    Raises:
+        TrustError: the folder is not this user's; SweepBusy: a driver runs it (and delivers itself).
+    """
+    from ranksearch.report.data import find_sweep
+    from ranksearch.sweep.lock import SweepLock
+    from ranksearch.sweep.mlflow_buffer import PARENT, TrackingJournal
+    from ranksearch.sweep.signing import TrustError, trusted_manifest
+    from ranksearch.sweep.study_storage import connectable
+
+    folder = find_sweep(sweep, storage)
+    if not trusted_manifest(folder):
+        raise TrustError(f"{folder} was not created by you (sweep.json is not signed by your ranksearch key): its "
+                         "journal is not sent anywhere")  # fmt: skip
+    with SweepLock(folder):
+        manifest = Manifest.load(folder)
+        uri = connectable(manifest.tracking_uri)
+        journal = TrackingJournal(folder, uri, manifest.parent_run_id)
+        try:
+            journal.drain(wait_s)
+            parent = journal._runs.get(PARENT) or manifest.parent_run_id
+            if parent is None and not journal.pending:
+                parent = journal.parent_run_id
+        finally:
+            journal.close()
+        if parent and not manifest.parent_run_id:
+            manifest.parent_run_id = parent
+            manifest.save(folder)
+        return journal.stats["delivered"], journal.pending, parent
 
 
 def _end_parent(manifest: Manifest, status: str, uri: str) -> None:
