@@ -154,6 +154,50 @@ def test_sandwich_draws_max_min_random_and_resume_exactly():
     assert s2.draws() == nxt
 
 
+@pytest.mark.parametrize("distill", [True, False])
+def test_sandwich_step_gradient_is_labels_for_max_and_teacher_for_the_rest(distill):
+    """One supernet step's gradient = the mean of the max allocation's label loss and, for the min allocation,
+    the soft cross-entropy to the max's detached predictions (in-place distillation) or its label loss."""
+    import torch.nn.functional as F
+
+    from ranksearch.data import build_task
+    from ranksearch.oneshot.nested import apply_allocation
+    from ranksearch.oneshot.supernet import SupernetSession
+    from ranksearch.trial import seed_everything
+
+    spec = SPEC.model_copy(update={"sandwich_random": 0, "distill": distill})
+    config = tiny_config("lora", r=spec.max_rank, dropout=0.0)
+    seed_everything(config.seed)
+    session = SupernetSession(config, 4, spec)
+    randomise(session.layers)  # B != 0: the sub-allocations predict differently from the max
+    tr = session.trainer_for(build_task(config.data, session.image_size), 4)
+    idx = torch.arange(config.train.batch_size)
+    tr.sampler.next = lambda: idx
+    params = tr.family.trainable_parameters()
+    tr.model.train()
+
+    def logits(ranks: list[int]) -> torch.Tensor:
+        apply_allocation(session.layers, ranks)
+        img = F.normalize(tr.model.encode_image(tr.batch_inputs(idx)), dim=-1)
+        return tr.logit_scale * img @ tr.text_features().t()
+
+    y = tr.targets[idx]
+    teacher = logits(tr.sandwich.max)
+    student = logits(tr.sandwich.min)
+    sub = (
+        -(torch.softmax(teacher.detach(), -1) * torch.log_softmax(student, -1)).sum(-1).mean()
+        if distill
+        else F.cross_entropy(student, y)
+    )
+    want = torch.autograd.grad((F.cross_entropy(teacher, y) + sub) / 2, params, allow_unused=True)
+    got = []
+    tr.apply_gradients = lambda loss, t0: got.extend(p.grad.clone() for p in params)
+    tr.train_step()
+    assert len(got) == len(params)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, torch.zeros_like(g) if w is None else w, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("family", ["lora", pytest.param("codyra", marks=pytest.mark.slow)])
 def test_merged_export_of_an_allocation_equals_masked_forward(family, tmp_path, tiny_inputs):
     """Supernet trained (a few sandwich steps), one allocation exported as a stock open_clip checkpoint: the
@@ -356,6 +400,35 @@ def test_oneshot_table_shows_estimate_retrained_and_tau():
     assert (
         "59.77" in text and "60.03" in text and "2,432" in text and "Kendall tau" in text and "0.60" in text
     )
+
+
+def test_report_section_table_and_tau_of_a_summary():
+    """The HTML report's one-shot section (ranksearch.report.html._add_oneshot renders these): one row per
+    retrain with estimate, retrained result and their difference; τ over the retrains that have a result."""
+    from ranksearch.oneshot.report import oneshot_figures, oneshot_html_table, oneshot_note
+
+    summary = {
+        "metric": "val/hm", "kendall_tau": 1.0, "front_size": 4,
+        "rows": [{"allocation": 7, "trainable_params": 2432, "estimate": 59.77, "retrained": 60.03,
+                  "retrained_test": 41.67, "status": "completed", "trial": "trials/retrain-7"},
+                 {"allocation": 3, "trainable_params": 1024, "estimate": 55.0, "retrained": 58.5,
+                  "retrained_test": 40.0, "status": "completed", "trial": "trials/retrain-3"},
+                 {"allocation": 9, "trainable_params": 512, "estimate": 50.0, "retrained": None,
+                  "retrained_test": None, "status": "pending", "trial": "trials/retrain-9"}],
+        "compute": {"evaluations": 200, "supernet_steps": 300, "supernet_passes": 1200.0, "retrain_steps": 1500,
+                    "eval_seconds_mean": 0.12},
+    }  # fmt: skip
+    table = oneshot_html_table(summary)
+    assert table.count("<tr data-allocation=") == 3
+    assert "retrain-7" in table and "59.77" in table and "60.03" in table and "+0.26" in table
+    assert "2,432" in table and "pending" in table
+    note = oneshot_note(summary)
+    assert "Kendall τ (one-shot estimate vs retrained val/hm, 2 retrained allocations): 1.00." in note
+    evals = [
+        {"number": i, "val/hm": 50.0 + i, "trainable_params": 100 * i, "front": i % 2 == 0} for i in range(6)
+    ]
+    names = [name for name, _ in oneshot_figures(summary, evals)]
+    assert names == ["fig-oneshot-retrained", "fig-oneshot-front"]
 
 
 def test_export_of_an_unknown_allocation_is_one_line_exit_2(tmp_path):

@@ -137,4 +137,21 @@ def test_report_and_best_read_a_one_shot_sweep(oneshot_sweep, tmp_path):
     out = tmp_path / "report.html"
     rep = CliRunner().invoke(app, ["report", str(result.folder), "--out", str(out), "--no-mlflow"])
     assert rep.exit_code == 0, rep.output
-    assert "oneshot/estimate" in out.read_text()
+    page = out.read_text()
+    assert "oneshot/estimate" in page
+    # the one-shot section: Kendall tau of estimate vs retrained, and the table with one row per retrain
+    import re
+
+    s = result.oneshot
+    section = page[page.index('<section id="oneshot"') :]
+    section = section[: section.index("</section>")]
+    n = sum(r["retrained"] is not None for r in s["rows"])
+    tau = "-" if s["kendall_tau"] != s["kendall_tau"] else f"{s['kendall_tau']:.2f}"
+    assert f"Kendall τ (one-shot estimate vs retrained val/hm, {n} retrained allocations): {tau}." in section
+    rows = re.findall(r"<tr data-allocation='(\d+)'>(.*?)</tr>", section)
+    assert [int(a) for a, _ in rows] == [r["allocation"] for r in s["rows"]]
+    for (_, cells), r in zip(rows, s["rows"], strict=True):
+        shown = re.findall(r"<td[^>]*>(.*?)</td>", cells)
+        assert shown[1] == r["trial"].split("/")[1] and shown[3] == f"{r['estimate']:.2f}"
+        assert shown[4] == f"{r['retrained']:.2f}" and shown[7] == "completed"
+    assert '"fig-oneshot-retrained"' in page and '"fig-oneshot-front"' in page

@@ -33,7 +33,7 @@ from ranksearch.oneshot.outputs import front_members, write_outputs
 log = logging.getLogger(__name__)
 
 SUPERNET, SEARCH, JOURNAL, SUMMARY = "supernet", "search", "oneshot.journal", "oneshot.json"
-CHECKPOINT, SITES = "checkpoint.pt", "sites.json"
+CHECKPOINT, SITES, RETRAIN_DONE = "checkpoint.pt", "sites.json", "retrain.json"
 
 
 @dataclass
@@ -78,13 +78,8 @@ def _supernet_task(config_data: dict, oneshot_json: str, out_dir: str) -> dict:
     ckpt = out / CHECKPOINT
     resume = torch.load(ckpt, weights_only=True) if ckpt.is_file() else None
 
-    def save(event: Any) -> None:
-        tmp = ckpt.with_suffix(".tmp")
-        torch.save(event.state(), tmp)
-        os.replace(tmp, ckpt)  # atomic: a killed worker leaves the previous checkpoint
-
     t0 = time.perf_counter()
-    result = run_supernet(config, oneshot, output_dir=out, on_eval=save, resume=resume)
+    result = run_supernet(config, oneshot, output_dir=out, on_eval=_save_state(ckpt), resume=resume)
     if result.status != "completed":
         raise RuntimeError(f"supernet failed: {result.error}")
     from ranksearch.oneshot.supernet import rebuild_supernet
@@ -95,15 +90,55 @@ def _supernet_task(config_data: dict, oneshot_json: str, out_dir: str) -> dict:
     return {"metrics": result.metrics, "seconds": time.perf_counter() - t0, **sites}
 
 
+def _save_state(path: Path) -> Any:
+    """An ``on_eval`` callback that writes the trial's resumable state to ``path`` atomically."""
+
+    def save(event: Any) -> None:
+        import torch
+
+        tmp = path.with_suffix(".tmp")
+        torch.save(event.state(), tmp)
+        os.replace(tmp, path)  # atomic: a killed worker leaves the previous checkpoint
+
+    return save
+
+
 def _retrain_task(config_data: dict, out_dir: str) -> dict:
-    """Ray task: one ordinary trial of an allocation (its ``adapter.rank_pattern``)."""
+    """Ray task: one ordinary trial of an allocation (its ``adapter.rank_pattern``).
+
+    Its resumable state is saved at every evaluation (``checkpoint.pt`` in its folder) and a retrain killed
+    mid-way continues from there; when it ends, its result is written as ``retrain.json`` (the mark that it is
+    finished: a resumed sweep reads it instead of training again) and the checkpoint is removed."""
+    import torch
+
     from ranksearch.config.load import validate_trial_config
     from ranksearch.trial import run_trial
 
+    out = Path(out_dir)
+    ckpt = out / CHECKPOINT
+    resume = torch.load(ckpt, weights_only=True) if ckpt.is_file() else None
     t0 = time.perf_counter()
-    result = run_trial(validate_trial_config(config_data), output_dir=Path(out_dir), progress=False)
-    return {"status": result.status, "metrics": result.metrics, "history": result.history,
-            "error": result.error, "seconds": time.perf_counter() - t0}  # fmt: skip
+    result = run_trial(validate_trial_config(config_data), output_dir=out, on_eval=_save_state(ckpt),
+                       resume=resume, progress=False)  # fmt: skip
+    doc = {"status": result.status, "metrics": result.metrics, "history": result.history,
+           "error": result.error, "seconds": time.perf_counter() - t0,
+           "resumed_from_step": int(resume["step"]) if resume is not None else None}  # fmt: skip
+    tmp = out / (RETRAIN_DONE + ".tmp")
+    tmp.write_text(json.dumps(doc, indent=2))
+    os.replace(tmp, out / RETRAIN_DONE)
+    ckpt.unlink(missing_ok=True)
+    return doc
+
+
+def _finished_retrain(out: Path) -> dict | None:
+    """The result of a retrain that ended in an earlier run of the sweep (None: train or continue it).
+
+    ``retrain.json`` marks it; a folder from before that mark with the complete artifacts counts too."""
+    if (out / RETRAIN_DONE).is_file():
+        return json.loads((out / RETRAIN_DONE).read_text())
+    if (out / "metrics.json").is_file() and (out / "adapter.safetensors").is_file():
+        return {"status": "completed", **_metrics_file(out)}
+    return None
 
 
 class _Scorer:
@@ -256,27 +291,43 @@ def run_oneshot(space: Any, folder: Path, manifest: Any, tracking_uri: str | Non
     base = config.model_dump(mode="json")
     jobs, retrained = {}, {}
     task = ray.remote(**res)(_retrain_task)
+
+    def progress() -> dict:  # what status / report read, after every retrain that ends
+        _write_trials(folder, chosen, retrained, metric, space.fixed_family)
+        summary = _summary(space, config, sup, evals, chosen, retrained, aspace, metric, search_seconds)
+        tmp = folder / (SUMMARY + ".tmp")
+        tmp.write_text(json.dumps(summary, indent=2))
+        os.replace(tmp, folder / SUMMARY)
+        return summary
+
     for e in chosen:
         tid = f"retrain-{e.number}"
         out = folder / "trials" / tid
         data = json.loads(json.dumps(base))
         data["adapter"]["rank_pattern"] = aspace.as_dict(e.ranks)
         cfg = validate_trial_config(data)
-        if (out / "metrics.json").is_file():
-            retrained[tid] = {"status": "completed", **_metrics_file(out)}
-            continue
         rid = track.child(tid, "retrain", {**_flat(cfg), "oneshot.allocation": e.number})
-        track.metrics(rid, [("oneshot/estimate", e.metrics[metric], 0)])
-        jobs[tid] = (rid, out, task.remote(cfg.model_dump(mode="json"), str(out)))
-    for tid, (rid, out, ref) in jobs.items():
-        r = ray.get(ref)
-        retrained[tid] = r
-        track.metrics(
-            rid, [(k, v, int(h["step"])) for h in r["history"] for k, v in h.items() if k != "step"]
-        )
-        track.metrics(rid, [(k, v, int(r["metrics"].get("total_steps", 0))) for k, v in r["metrics"].items()
-                            if isinstance(v, int | float)])  # fmt: skip
-        track.finish(rid, out, "FINISHED" if r["status"] == "completed" else "FAILED")
+        run = track.client.get_run(rid)
+        if "oneshot/estimate" not in run.data.metrics:
+            track.metrics(rid, [("oneshot/estimate", e.metrics[metric], 0)])
+        done = _finished_retrain(out)
+        if done is not None:  # ended in an earlier run of the sweep: never trained again
+            retrained[tid] = done
+            if run.info.status == "RUNNING":  # interrupted before its results reached MLflow: log them now
+                _log_retrain(track, rid, done, out)
+            continue
+        if (out / CHECKPOINT).is_file():
+            log.info("%s: continuing from its checkpoint", tid)
+        jobs[task.remote(cfg.model_dump(mode="json"), str(out))] = (tid, rid, out)
+    if jobs:
+        progress()
+    while jobs:  # as they end (not in submission order): each is logged and recorded at once
+        ready, _ = ray.wait(list(jobs), num_returns=1)
+        for ref in ready:
+            tid, rid, out = jobs.pop(ref)
+            retrained[tid] = r = ray.get(ref)
+            _log_retrain(track, rid, r, out)
+            progress()
 
     _write_trials(folder, chosen, retrained, metric, space.fixed_family)
     summary = _summary(space, config, sup, evals, chosen, retrained, aspace, metric, search_seconds)
@@ -285,6 +336,14 @@ def run_oneshot(space: Any, folder: Path, manifest: Any, tracking_uri: str | Non
                   + [("oneshot/kendall_tau", summary["kendall_tau"], 0)])  # fmt: skip
     track.client.log_artifact(manifest.parent_run_id, str(folder / SUMMARY))
     return OneShotResult(summary, evals)
+
+
+def _log_retrain(track: _Tracking, rid: str, r: dict, out: Path) -> None:
+    """A finished retrain's history, final metrics and folder into its MLflow child, which is then ended."""
+    track.metrics(rid, [(k, v, int(h["step"])) for h in r["history"] for k, v in h.items() if k != "step"])
+    track.metrics(rid, [(k, v, int(r["metrics"].get("total_steps", 0))) for k, v in r["metrics"].items()
+                        if isinstance(v, int | float)])  # fmt: skip
+    track.finish(rid, out, "FINISHED" if r["status"] == "completed" else "FAILED")
 
 
 def _write_trials(folder: Path, chosen: list, retrained: dict, metric: str, family: str) -> None:

@@ -56,6 +56,11 @@ class OneShotSpec(_Model):
         le=64,
         description="random allocations per supernet step besides the max and the min (sandwich)",
     )
+    distill: bool = Field(
+        True,
+        description="in-place distillation: the sub-allocations of a supernet step learn the max allocation's "
+        "predictions (its logits, detached, as soft targets) instead of the labels, as once-for-all / BigNAS",
+    )
     evaluations: int = Field(
         200, ge=1, le=100_000, description="allocations scored on validation (no training)"
     )

@@ -4,6 +4,10 @@ Every optimizer step runs the same batch (one augmentation) through several allo
 weights and accumulates their mean gradient before one AdamW step (once-for-all's sandwich rule): the max
 allocation (every site at the largest candidate rank), the min (every site at its smallest nonzero candidate, so
 the first components learn to stand alone) and ``search.sandwich_random`` allocations drawn uniformly per site.
+With ``search.distill`` (in-place distillation, once-for-all / BigNAS) only the max allocation learns from
+the labels; every other allocation of the step learns the max allocation's predictions on the same batch (its
+logits, detached, as a soft target: ``-Σ softmax(teacher) · log_softmax(student)``), which the full supernet
+makes smoother and closer to what a well-trained sub-allocation can reach than the one-hot labels are.
 The draws come from a generator of their own whose state is in the checkpoint, so a resumed supernet continues
 exactly. Between steps the max allocation is active: validation history and telemetry describe the full supernet.
 
@@ -73,6 +77,7 @@ class SupernetTrainer(Trainer):
     """``Trainer`` whose step is the sandwich rule (set ``sandwich`` after construction)."""
 
     sandwich: SandwichSampler
+    distill: bool = False  # in-place distillation (search.distill)
     passes: int = 0  # forward/backward passes so far: the supernet's compute in training-step units
 
     def _encode(self, idx: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
@@ -91,16 +96,43 @@ class SupernetTrainer(Trainer):
             None if self.prefix_cache is not None else self.batch_inputs(idx)
         )  # one augmentation for every member
         draws = self.sandwich.draws()
-        reported = None
-        for ranks in draws:
+        reported, teacher = None, None
+        for ranks in draws:  # draws[0] is the max allocation: the teacher of the others when distilling
             apply_allocation(self.family.layers, ranks)
-            loss, total = self.loss_terms(self._encode(idx, x), y)
-            reported = loss if reported is None else reported  # the max allocation's loss
+            loss, total, logits = self.sandwich_terms(self._encode(idx, x), y, teacher)
+            if reported is None:
+                reported = loss  # the max allocation's loss
+                teacher = logits.detach() if self.distill else None
             if total.requires_grad:  # an all-zero random draw is the frozen model: nothing to learn from
                 self.scaler.scale(total / len(draws)).backward()
             self.passes += 1
         apply_allocation(self.family.layers, self.sandwich.max)
         return self.apply_gradients(reported, t0)
+
+    def sandwich_terms(
+        self, feats: torch.Tensor, y: torch.Tensor, teacher: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(loss, loss + regulariser, logits) of one sandwich member: the label loss (``Trainer.loss_terms``'
+        operations), or with ``teacher`` (B, C) the soft cross-entropy to the teacher's predictions."""
+        import torch.nn.functional as F
+
+        from ranksearch.errors import TrialError
+        from ranksearch.training.loop import clip_loss
+
+        with self.autocast():
+            img = F.normalize(feats, dim=-1)  # (B, D)
+            txt = self.text_features()  # (C, D): recomputed per member when the text tower is adapted
+            logits = self.logit_scale * img.float() @ txt.float().t()  # (B, C)
+            if teacher is None:
+                loss = clip_loss(logits, y, self.loss_kind, self.prior_classes)
+            else:
+                soft = torch.softmax(teacher.float(), dim=-1)
+                loss = -(soft * torch.log_softmax(logits, dim=-1)).sum(-1).mean()
+            reg = self.family.regularizer()
+            total = loss if reg is None else loss + reg
+        if not torch.isfinite(total):
+            raise TrialError(f"diverged: non-finite loss ({total.item()}) at step {self.step + 1}")
+        return loss, total, logits
 
     def state_dict(self, adapter_state: dict[str, torch.Tensor]) -> dict:
         state = super().state_dict(adapter_state)
@@ -132,6 +164,7 @@ class SupernetSession(TrialSession):
         trainer = super().trainer_for(task, total_steps, prior_classes)
         o = self.oneshot
         trainer.sandwich = SandwichSampler(len(self.nested), o.ranks, o.sandwich_random, o.seed)
+        trainer.distill = o.distill
         return trainer
 
     def site_keys(self) -> list[str]:

@@ -211,6 +211,7 @@ def _sections(data: SweepData, figs: dict[str, Any], top: int, linked: set[str])
     star = " * = on the Pareto front." if multi else ""
     add("leaderboard", "Leaderboard", f"Best report of {m} per trial (not its last); completed trials first. "
         f"Click a column to sort, a trial to open its details.{star}", board[1], table=board[0])  # fmt: skip
+    _add_oneshot(data, add)
     hist = F.history(data)
     add("history", "Optimisation history", f"{m} of every finished trial and the best so far (completed trials), "
         "by trial number and by compute spent, pruned trials included.", _n(hist), [("fig-history", hist)],
@@ -257,6 +258,26 @@ def _sections(data: SweepData, figs: dict[str, Any], top: int, linked: set[str])
     add("families", "Per-family summary", f"Trials by state and {m} per adapter family.", len(fam_table),
         [("fig-families", fam_fig)], table=_simple_table(fam_table) if len(fam_table) else None)  # fmt: skip
     return out
+
+
+def _add_oneshot(data: SweepData, add: Any) -> None:
+    """A one-shot sweep (``oneshot.json`` in its folder): the estimate vs retrained table, Kendall τ and the front."""
+    from ranksearch.oneshot.pipeline import SEARCH, SUMMARY
+
+    path = data.folder / SUMMARY
+    if not path.is_file():
+        return
+    from ranksearch.oneshot.report import oneshot_figures, oneshot_html_table, oneshot_note
+
+    summary = json.loads(path.read_text())
+    evals = None
+    if (data.folder / SEARCH / "evaluations.parquet").is_file():
+        import pyarrow.parquet as pq
+
+        evals = pq.read_table(data.folder / SEARCH / "evaluations.parquet").to_pylist()
+    add("oneshot", "One-shot search: estimate vs retrained", oneshot_note(summary), len(summary["rows"]),
+        oneshot_figures(summary, evals), table=oneshot_html_table(summary),
+        empty="no allocation retrained yet")  # fmt: skip
 
 
 def _add_details(sections: list[dict], trials: list[dict]) -> None:

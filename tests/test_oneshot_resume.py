@@ -1,0 +1,165 @@
+"""A one-shot sweep SIGKILLed in its retrain phase and resumed: finished retrains are kept, not trained again, and
+the retrain cut mid-way continues from its checkpoint to the result an uninterrupted retrain gets.
+
+The drivers run as subprocesses with their own one-CPU local Ray (this process starts none), so the two retrains
+run one after the other and the kill can land after the first ended and inside the second; each driver runs in a
+new session so the Ray processes the killed one leaves behind are ended by their process group, which only this
+test created.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.ray, pytest.mark.slow]  # two real drivers, ~2 min on 2 busy cores
+
+SPACE = {
+    "name": "osr",
+    "base": {
+        "model": {"name": "rs-tiny-clip", "pretrained": "shapeworld", "device": "cpu"},
+        "data": {"task": "shapeworld", "shots": 4, "test_per_class": 2},
+        "adapter": {"family": "lora", "dropout": 0.0},
+        "placement": {"towers": "both", "matrices": ["q", "v"]},
+        "train": {"iterations": 40, "batch_size": 16, "augment": False, "lr": 1.5e-2},
+        "eval": {"evals": 2, "zero_shot": False},  # checkpoints at steps 20 and 40
+    },
+    "search": {"mode": "one-shot", "ranks": [0, 1, 2, 4], "sandwich_random": 1, "evaluations": 8, "top_k": 2,
+               "budget": {"total_params": 3000}},
+    "objective": {"metric": "val/hm", "mode": "max"},
+    "concurrency": 1,
+    "resources": {"cpu": 1, "gpu": 0},
+}  # fmt: skip
+
+DRIVER = """
+import json, sys
+from pathlib import Path
+from ranksearch.sweep.tuner import run_sweep
+space, storage, resume, tmp = sys.argv[1:5]
+r = run_sweep(space, name="osr", storage=Path(storage), resume=resume == "1", live=False,
+              ray_init={"num_cpus": 1, "_temp_dir": tmp})
+print("RESULT " + json.dumps(r.oneshot))
+"""
+
+
+def start_driver(tmp: Path, resume: bool) -> subprocess.Popen:
+    ray_tmp = tempfile.mkdtemp(prefix="ro", dir="/tmp")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+    args = [
+        sys.executable,
+        "-c",
+        DRIVER,
+        str(tmp / "space.yaml"),
+        str(tmp / "runs"),
+        str(int(resume)),
+        ray_tmp,
+    ]
+    log = open(tmp / f"driver-{int(resume)}.log", "w")  # noqa: SIM115  (closed with the process)
+    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+
+
+def kill_session(proc: subprocess.Popen) -> None:
+    """SIGKILL the driver, then whatever of its session (its Ray head, workers) outlived it."""
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    time.sleep(2)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_resume_in_the_retrain_phase_keeps_finished_retrains_and_continues_the_cut_one(tmp_path):
+    import torch
+    from mlflow.tracking import MlflowClient
+    from safetensors.torch import load_file
+
+    from ranksearch.config import load_trial_config
+    from ranksearch.pretrain import ensure_checkpoint
+    from ranksearch.sweep.folder import Manifest
+    from ranksearch.trial import run_trial
+
+    ensure_checkpoint("rs-tiny-clip", progress=False)  # before the drivers: neither pretrains it
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    trials = tmp_path / "runs" / "osr" / "trials"
+
+    first = start_driver(tmp_path, resume=False)
+    deadline = time.time() + 400
+    try:
+        while True:  # kill once one retrain has ended and the other is past its first checkpoint
+            done = sorted(trials.glob("*/retrain.json"))
+            cut = [p for p in trials.glob("*/checkpoint.pt") if not (p.parent / "retrain.json").exists()]
+            if done and cut:
+                break
+            assert first.poll() is None, (tmp_path / "driver-0.log").read_text()[-3000:]
+            assert len(done) < 2, "both retrains ended before the kill (the second ran too fast to catch)"
+            assert time.time() < deadline, "the first driver did not reach its second retrain in time"
+            time.sleep(0.05)
+    finally:
+        kill_session(first)
+    finished, cut_dir = done[0].parent, cut[0].parent
+    finished_stamp = (
+        (finished / "retrain.json").stat().st_mtime_ns,
+        (finished / "adapter.safetensors").read_bytes(),
+    )
+    cut_step = torch.load(cut_dir / "checkpoint.pt", weights_only=True)["step"]
+    assert cut_step == 20 and not (cut_dir / "retrain.json").exists()
+    supernet_stamp = (tmp_path / "runs" / "osr" / "supernet" / "adapter.safetensors").stat().st_mtime_ns
+
+    second = start_driver(tmp_path, resume=True)
+    try:
+        second.wait(timeout=400)
+    finally:
+        if second.poll() is None:
+            kill_session(second)
+    out = (tmp_path / "driver-1.log").read_text()
+    assert second.returncode == 0, out[-4000:]
+    summary = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+    folder = tmp_path / "runs" / "osr"
+
+    # nothing finished is trained again: the supernet and the ended retrain are the files the first driver wrote
+    assert (folder / "supernet" / "adapter.safetensors").stat().st_mtime_ns == supernet_stamp
+    assert (
+        (finished / "retrain.json").stat().st_mtime_ns,
+        (finished / "adapter.safetensors").read_bytes(),
+    ) == (finished_stamp)
+    # the cut retrain continued from its step-20 checkpoint, and ends where an uninterrupted retrain ends
+    cont = json.loads((cut_dir / "retrain.json").read_text())
+    assert cont["status"] == "completed" and cont["resumed_from_step"] == 20
+    assert not (cut_dir / "checkpoint.pt").exists()
+    assert [h["step"] for h in cont["history"]] == [20.0, 40.0]
+    ref = run_trial(load_trial_config(cut_dir / "config.yaml"), output_dir=tmp_path / "ref", progress=False)
+    assert ref.metrics["val/hm"] == pytest.approx(cont["metrics"]["val/hm"], abs=1e-9)
+    a, b = load_file(cut_dir / "adapter.safetensors"), load_file(tmp_path / "ref" / "adapter.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+    # the summary, trials.parquet and MLflow hold both retrains once, completed
+    rows = summary["rows"]
+    assert sorted(r["trial"] for r in rows) == sorted(f"trials/{d.name}" for d in (finished, cut_dir))
+    assert all(r["status"] == "completed" and r["retrained"] is not None for r in rows)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(folder / "trials.parquet").to_pylist()
+    assert sorted(t["trial_id"] for t in table) == sorted([finished.name, cut_dir.name])
+    assert all(t["status"] == "completed" for t in table)
+    manifest = Manifest.load(folder)
+    client = MlflowClient(tracking_uri=manifest.tracking_uri)
+    exp = client.get_experiment_by_name(manifest.experiment)
+    runs = client.search_runs([exp.experiment_id])
+    retrains = [r for r in runs if r.data.tags.get("ranksearch.kind") == "retrain"]
+    assert sorted(r.data.tags["ranksearch.trial_id"] for r in retrains) == sorted(
+        [finished.name, cut_dir.name]
+    )
+    assert len(runs) == 1 + 2 + 2  # parent, supernet, evaluations, two retrains: no duplicate children
+    for r in retrains:
+        assert r.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val/hm")] == [20, 40]
+        assert len(client.get_metric_history(r.info.run_id, "oneshot/estimate")) == 1
