@@ -31,10 +31,10 @@ SPACE = {
         "data": {"task": "shapeworld", "shots": 4, "test_per_class": 2},
         "adapter": {"family": "lora", "dropout": 0.0},
         "placement": {"towers": "both", "matrices": ["q", "v"]},
-        "train": {"iterations": 40, "batch_size": 16, "augment": False, "lr": 1.5e-2},
-        "eval": {"evals": 2, "zero_shot": False},  # checkpoints at steps 20 and 40
+        "train": {"iterations": 120, "batch_size": 16, "augment": False, "lr": 1.5e-2},
+        "eval": {"evals": 3, "zero_shot": False},  # checkpoints at steps 40, 80, 120
     },
-    "search": {"mode": "one-shot", "ranks": [0, 1, 2, 4], "sandwich_random": 1, "evaluations": 8, "top_k": 2,
+    "search": {"mode": "one-shot", "ranks": [0, 1, 2, 4], "sandwich_random": 1, "evaluations": 24, "top_k": 2,
                "budget": {"total_params": 3000}},
     "objective": {"metric": "val/hm", "mode": "max"},
     "concurrency": 1,
@@ -69,8 +69,10 @@ def start_driver(tmp: Path, resume: bool) -> subprocess.Popen:
 
 
 def kill_session(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver, then whatever of its session (its Ray head, workers) outlived it."""
-    proc.send_signal(signal.SIGKILL)
+    """SIGKILL the driver and its whole session at once (its Ray head and workers: a retrain's worker must not
+    finish after the kill), then once more for anything that outlived it."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=30)
     time.sleep(2)
     with contextlib.suppress(ProcessLookupError):
@@ -111,7 +113,7 @@ def test_resume_in_the_retrain_phase_keeps_finished_retrains_and_continues_the_c
         (finished / "adapter.safetensors").read_bytes(),
     )
     cut_step = torch.load(cut_dir / "checkpoint.pt", weights_only=True)["step"]
-    assert cut_step in (20, 40) and not (cut_dir / "retrain.json").exists()  # past its first checkpoint
+    assert cut_step in (40, 80, 120) and not (cut_dir / "retrain.json").exists()  # past its first checkpoint
     supernet_stamp = (tmp_path / "runs" / "osr" / "supernet" / "adapter.safetensors").stat().st_mtime_ns
 
     second = start_driver(tmp_path, resume=True)
@@ -135,7 +137,7 @@ def test_resume_in_the_retrain_phase_keeps_finished_retrains_and_continues_the_c
     cont = json.loads((cut_dir / "retrain.json").read_text())
     assert cont["status"] == "completed" and cont["resumed_from_step"] == cut_step
     assert not (cut_dir / "checkpoint.pt").exists()
-    assert [h["step"] for h in cont["history"]] == [20.0, 40.0]
+    assert [h["step"] for h in cont["history"]] == [40.0, 80.0, 120.0]
     ref = run_trial(load_trial_config(cut_dir / "config.yaml"), output_dir=tmp_path / "ref", progress=False)
     assert ref.metrics["val/hm"] == pytest.approx(cont["metrics"]["val/hm"], abs=1e-9)
     a, b = load_file(cut_dir / "adapter.safetensors"), load_file(tmp_path / "ref" / "adapter.safetensors")
@@ -161,5 +163,5 @@ def test_resume_in_the_retrain_phase_keeps_finished_retrains_and_continues_the_c
     assert len(runs) == 1 + 2 + 2  # parent, supernet, evaluations, two retrains: no duplicate children
     for r in retrains:
         assert r.info.status == "FINISHED"
-        assert [m.step for m in client.get_metric_history(r.info.run_id, "val/hm")] == [20, 40]
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val/hm")] == [40, 80, 120]
         assert len(client.get_metric_history(r.info.run_id, "oneshot/estimate")) == 1

@@ -133,9 +133,13 @@ def _retrain_task(config_data: dict, out_dir: str) -> dict:
 def _finished_retrain(out: Path) -> dict | None:
     """The result of a retrain that ended in an earlier run of the sweep (None: train or continue it).
 
-    ``retrain.json`` marks it; a folder from before that mark with the complete artifacts counts too."""
+    ``retrain.json`` marks it. A folder with a ``checkpoint.pt`` and no mark was cut mid-way (possibly while
+    writing its artifacts, metrics.json first): it continues from the checkpoint. A folder from before the mark
+    (no checkpoint) with metrics.json and the adapter counts as ended."""
     if (out / RETRAIN_DONE).is_file():
         return json.loads((out / RETRAIN_DONE).read_text())
+    if (out / CHECKPOINT).is_file():
+        return None
     if (out / "metrics.json").is_file() and (out / "adapter.safetensors").is_file():
         return {"status": "completed", **_metrics_file(out)}
     return None
@@ -340,9 +344,13 @@ def run_oneshot(space: Any, folder: Path, manifest: Any, tracking_uri: str | Non
 
 def _log_retrain(track: _Tracking, rid: str, r: dict, out: Path) -> None:
     """A finished retrain's history, final metrics and folder into its MLflow child, which is then ended."""
-    track.metrics(rid, [(k, v, int(h["step"])) for h in r["history"] for k, v in h.items() if k != "step"])
-    track.metrics(rid, [(k, v, int(r["metrics"].get("total_steps", 0))) for k, v in r["metrics"].items()
-                        if isinstance(v, int | float)])  # fmt: skip
+    history, final = r["history"], r["metrics"]
+    end = int(final.get("total_steps", 0))
+    track.metrics(rid, [(k, v, int(h["step"])) for h in history for k, v in h.items() if k != "step"])
+    # the last validation report at the final step is already logged there: no second point of the same value
+    last = history[-1] if history and int(history[-1]["step"]) == end else {}
+    track.metrics(rid, [(k, v, end) for k, v in final.items()
+                        if isinstance(v, int | float) and not (k in last and last[k] == v)])  # fmt: skip
     track.finish(rid, out, "FINISHED" if r["status"] == "completed" else "FAILED")
 
 
