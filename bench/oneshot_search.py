@@ -2,7 +2,7 @@
 
 Setting (``search_spaces/oneshot.yaml`` without Ray; the product path is tested in tests/test_oneshot_sweep.py):
 ``rs-small-clip`` pretrained on the shape world, the adaptation world's ``mixed`` task (docs/world.md: a camera
-colour shift and unseen colour words, base-to-new, a validation split of 1,008 images), CLIP-LoRA on q, k, v, o
+sensor shift and unseen colour words, base-to-new, a validation split of 1,008 images), CLIP-LoRA on q, k, v, o
 of every block of both towers (6 + 4 blocks: 40 sites), candidate ranks {0, 1, 2, 4, 8} per site, a budget of
 half the parameters of every site at rank 8, 80 training steps per trial (the world's schedule; one core, nice
 15, on a shared 2-core machine). Both searches use the same allocation space, budget repair and Optuna TPE (two
