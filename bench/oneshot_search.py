@@ -60,6 +60,7 @@ MISSES = {
         "is within the seed SD but not within 1 HM point. Next: rs-small-clip's world (landed after this run "
         "started) with a larger validation split (data.val_shots), in-place distillation (the max allocation's "
         "logits as the sub-allocations' target, as once-for-all), and a τ noise ceiling (retrain vs retrain)."
+        " A partial re-run on the adaptation world (rs-small-clip, task mixed as of commit 873c429, i.e. with the colour-rotation sensor that main replaced by defocus at 4fe4ee7; 40 sites, budget 40,960 params, 80 steps; 2026-12-02 19:27-20:05 UTC, interrupted at 28 of 40 full-search trainings and before the seed-2 noise ceiling when the shared machine's load (8-10, nice-0 neighbours) starved the nice-15 run): over the 28 trained allocations, Kendall τ(estimate, trained val/hm) = 0.59 for the labels-only supernet and 0.31 with in-place distillation (so search.distill now defaults to false); τ(trained val/hm, trained test/hm) = 0.72; best retrained top-5 95.76 vs the 28-trial full search's 96.06 (gap 0.30); compute 720 steps vs 28 x 80 = 2,240 (0.32; the design's 40 trials give 0.225). The rows above are still the old world's; raw numbers docs/oneshot/world-partial-2026-12-02.json (docs/oneshot/score_partial.py scored them on the run's saved supernets)."
     ),
 }
 

@@ -57,9 +57,10 @@ class OneShotSpec(_Model):
         description="random allocations per supernet step besides the max and the min (sandwich)",
     )
     distill: bool = Field(
-        True,
+        False,
         description="in-place distillation: the sub-allocations of a supernet step learn the max allocation's "
-        "predictions (its logits, detached, as soft targets) instead of the labels, as once-for-all / BigNAS",
+        "predictions (its logits, detached, as soft targets) instead of the labels, as once-for-all / BigNAS "
+        "(off by default: on the adaptation world it ranked allocations worse, docs/oneshot.md)",
     )
     evaluations: int = Field(
         200, ge=1, le=100_000, description="allocations scored on validation (no training)"
