@@ -176,6 +176,77 @@ def _completion_cost(space: Any, folder: Path, n: int, repeats: int) -> tuple[fl
     return statistics.median(new), statistics.median(old)
 
 
+def _searcher_cost(folder: Path, trials: int, window: int, concurrency: int = 8) -> list[float]:
+    """Seconds per trial of the sweep's searcher (``PruneAwareOptunaSearch`` over an Optuna journal, TPE as a
+    sweep builds it): ``suggest`` keeping ``concurrency`` trials running, then ``on_trial_complete``."""
+    import math
+    import random
+
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from ranksearch.space import load_space
+    from ranksearch.sweep.search import build_searcher
+
+    space = _space(folder, trials, sampler="tpe")
+    spec = yaml.safe_load(Path(space.source).read_text())
+    spec["sampler"]["options"] = {"max_modelled_trials": window}
+    path = folder / f"tpe-{trials}-{window}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    storage = JournalStorage(JournalFileBackend(str(folder / f"tpe-{trials}-{window}.journal")))
+    searcher = build_searcher(load_space(path), storage=storage, tune_dir=str(folder))
+    rng, running, per_trial, made = random.Random(0), [], [], 0
+    for _ in range(trials):
+        t0 = time.perf_counter()
+        while len(running) < concurrency:
+            tid = f"t{made:05d}"
+            made += 1
+            running.append((tid, searcher.suggest(tid)))
+        tid, cfg = running.pop(0)
+        value = 50 + 10 * math.sin(math.log(cfg["train.lr"])) + cfg["adapter.r"] / 4 + rng.random()
+        result = {"val/hm": value, "is_final": True, "status": "completed", "training_iteration": 2}
+        searcher.on_trial_complete(tid, result)
+        per_trial.append(time.perf_counter() - t0)
+    return per_trial
+
+
+def _searcher_rows(tmp: Path, quick: bool) -> list[Row]:
+    """Per-trial searcher cost at the start and at the end of a long sweep, Optuna's TPE (all trials) and
+    ranksearch's windowed TPE (space.tpe_window), in the same run."""
+    from ranksearch.space.tpe_window import DEFAULT_WINDOW
+
+    small, large, span = (20, 120, 10) if quick else (100, 2000, 100)
+    window = 50 if quick else DEFAULT_WINDOW
+    ms = {}
+    for w in (0, window):
+        costs = _searcher_cost(tmp, large, w)
+        ms[w] = (1000 * statistics.mean(costs[small - span : small]), 1000 * statistics.mean(costs[-span:]))
+    ratio = ms[window][1] / ms[window][0]
+    m, ok = at_most(ratio, 2.0, "{:.2f}")
+    return [Row("driver_scale", f"searcher cost per trial (suggest + complete), {large} / {small} trials", "≤ 2×",
+                m, ok, f"windowed TPE (best 25 + most recent, {window} trials modelled): {ms[window][0]:.1f} ms "
+                f"at {small}, {ms[window][1]:.1f} ms at {large}; Optuna's TPE over all trials (before) "
+                f"{ms[0][0]:.1f} ms / {ms[0][1]:.1f} ms ({ms[0][1] / ms[0][0]:.2f}×); means of {span} trials, "
+                "8 running (constant liar), Optuna journal (one fsync per write)")]  # fmt: skip
+
+
+def _snapshot_rows(quick: bool) -> list[Row]:
+    """Tune's experiment snapshot: its size and save time with many trials, and the period bounded_snapshots
+    gives it, from the recorded sweep_many runs (bench/data/driver_scale/sweep_many-*.json)."""
+    rows = []
+    for path in sorted((ROOT / "bench" / "data" / "driver_scale").glob("sweep_many-*.json")):
+        f = json.loads(path.read_text())
+        if "snapshots" not in f:
+            continue
+        share = f["snapshot_s"] / f["wall_s"] if f["wall_s"] else float("nan")
+        m, ok = at_most(100 * share, 5.0, "{:.1f} %")
+        rows.append(Row("driver_scale", f"experiment-state snapshots, share of a {f['rows']}-trial sweep's time",
+                        "≤ 5 %", m, ok, f"{f['snapshots']} saves, {f['snapshot_s']} s in all, longest "
+                        f"{f['snapshot_longest_s']} s, last period {f['snapshot_period_s']} s (floor 2 s); "
+                        f"experiment_state {f['experiment_state_mb']} MB; {path.relative_to(ROOT)}"))  # fmt: skip
+    return rows
+
+
 def _pg_mlflow(tmp: Path) -> tuple[Any, Any]:
     sys.path.insert(0, str(ROOT / "tests"))
     from postgres_server import MlflowServer, PostgresServer
@@ -191,6 +262,15 @@ def run(ctx: Context) -> list[Row]:
     tmp = Path(tempfile.mkdtemp(prefix="rsd", dir="/tmp"))
     trials, steps = (4, 25) if ctx.quick else (8, 500)
     rows: list[Row] = []
+    parts = os.environ.get("RANKSEARCH_BENCH_DRIVER_PARTS", "")  # e.g. "searcher,snapshots": only those rows
+    if parts:
+        saved = ROOT / "docs" / "benchmarks.json"
+        kept = [Row(**r) for r in json.loads(saved.read_text())["rows"] if r["bench"] == "driver_scale"]
+        prefixes = {"searcher": "searcher cost", "snapshots": "experiment-state snapshots"}
+        kept = [r for r in kept if not any(r.name.startswith(prefixes[p]) for p in prefixes if p in parts)]
+        ctx.notes.append(f"driver_scale: only {parts} re-measured; its other rows kept as measured before")
+        rows = kept + (_searcher_rows(tmp, ctx.quick) if "searcher" in parts else [])
+        return rows + (_snapshot_rows(ctx.quick) if "snapshots" in parts else [])
     try:
         space = _space(tmp)
         uri = f"sqlite:///{tmp / 'mlflow.db'}"
@@ -249,6 +329,7 @@ def run(ctx: Context) -> list[Row]:
                         f"{1000 * new_s:.2f} ms at {small}, {1000 * new_l:.2f} ms at {large}; previous full "
                         f"table rewrite {1000 * old_s:.1f} ms / {1000 * old_l:.1f} ms "
                         f"({old_l / old_s:.0f}×)"))  # fmt: skip
+        rows += _searcher_rows(tmp, ctx.quick) + _snapshot_rows(ctx.quick)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return rows
@@ -299,6 +380,8 @@ def sweep_many(trials: int, out: Path, runs: Path, time_limit_s: float | None = 
     first = (tenth - 1) / (ends[tenth - 1] - ends[0]) if len(ends) > tenth else float("nan")
     last = (tenth - 1) / (ends[-1] - ends[-tenth]) if len(ends) > tenth else float("nan")
     disk = sum(f.stat().st_size for f in result.folder.rglob("*") if f.is_file())
+    from ranksearch.sweep.snapshots import STATS
+
     figures = {
         "trials": trials, "completed": sum(r["status"] == "completed" for r in result.rows),
         "rows": len(result.rows), "wall_s": round(wall), "first_tenth_per_s": round(first, 2),
@@ -306,6 +389,9 @@ def sweep_many(trials: int, out: Path, runs: Path, time_limit_s: float | None = 
         "experiment_state_mb": round(
             max((p.stat().st_size for p in (result.folder / "tune").glob("experiment_state*.json")), default=0)
             / 2**20, 2),
+        "snapshots": STATS.get("saves"), "snapshot_s": round(STATS.get("seconds", 0.0), 1),
+        "snapshot_longest_s": round(STATS.get("longest_s", 0.0), 2), "snapshot_period_s": round(STATS.get("period_s", 0.0), 1),
+        "period_env": os.environ.get("TUNE_GLOBAL_CHECKPOINT_S", "auto (bounded)"),
     }  # fmt: skip
     out.write_text(json.dumps(figures, indent=2))
     return figures

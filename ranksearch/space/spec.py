@@ -277,6 +277,11 @@ class TpeOptions(_Options):
     consider_magic_clip: bool | None = None
     prior_weight: float | None = Field(None, gt=0, le=1e6)
     warn_independent_sampling: bool | None = None
+    max_modelled_trials: int | None = Field(
+        None, ge=0, le=1_000_000,
+        description="ranksearch: TPE models the 25 best and the most recent finished trials, this many in all (a "
+        "bounded cost per trial); 0: every trial; default 500",
+    )  # fmt: skip
 
 
 class GpOptions(_Options):

@@ -264,9 +264,8 @@ def _run_in_folder(
         raise
     if space.spec.one_shot:  # one supernet, evaluations, retrains: ranksearch.oneshot.pipeline
         return _run_oneshot(space, folder, manifest, name, started_ray, t0, tracking_uri)
-    # Save the experiment state often: after a killed driver, only trials started since the last save are
-    # lost (and re-created); the default "auto" period can be minutes on long sweeps.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+    # The experiment state is saved often (every 2 s: after a killed driver, only trials started since the last
+    # save are lost and re-created) but at most 5 % of the loop's time: sweep.snapshots.bounded_snapshots
     # CheckpointConfig(num_to_keep=...) makes Tune snapshot the experiment at every trial checkpoint, which is
     # what a reliable --resume wants; its warning about that is noise here.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -297,7 +296,10 @@ def _run_in_folder(
             # a new Tune experiment in the same tune/ folder (the newest state is what --resume restores)
             tuner = _new_tuner(space, folder, manifest, trainable, callbacks, total, warm_start, study)
             sign_tune_state(folder)  # tune/tuner.pkl, written by the Tuner itself (not staged)
-        with stop_on_signals() as stop:  # Ctrl-C, SIGTERM: Tune stops cleanly, state saved for --resume
+        from ranksearch.sweep.snapshots import bounded_snapshots
+
+        # Ctrl-C, SIGTERM: Tune stops cleanly, state saved for --resume
+        with stop_on_signals() as stop, bounded_snapshots():
             grid = tuner.fit()
         pruned = pruner.finish()  # Tune's final snapshot is written: latest + best per trial stay
         log.debug("deleted %d superseded checkpoints at the end", pruned)
