@@ -243,7 +243,9 @@ def _snapshot_rows(quick: bool) -> list[Row]:
         rows.append(Row("driver_scale", f"experiment-state snapshots, share of a {f['rows']}-trial sweep's time",
                         "≤ 5 %", m, ok, f"{f['snapshots']} saves, {f['snapshot_s']} s in all, longest "
                         f"{f['snapshot_longest_s']} s, last period {f['snapshot_period_s']} s (floor 2 s); "
-                        f"experiment_state {f['experiment_state_mb']} MB; {path.relative_to(ROOT)}"))  # fmt: skip
+                        f"experiment_state {f['experiment_state_mb']} MB; {f['completed']} of {f['trials']} trials "
+                        f"completed in {f['wall_s']} s; {path.relative_to(ROOT)}"
+                        + (f" ({f['note']})" if f.get("note") else "")))  # fmt: skip
     return rows
 
 
