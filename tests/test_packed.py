@@ -45,8 +45,11 @@ def assert_same_result(alone, packed, tmp_path):
     a = load_file(str(alone.output_dir / "adapter.safetensors"))
     b = load_file(str(packed.output_dir / "adapter.safetensors"))
     assert a.keys() == b.keys() and a  # same tensor names as the unpacked trial: resumable either way
+    # float32 after 30+ steps: the batched matmul sums in another order than the member's own matmul, which on
+    # some CPUs (seen on AMD EPYC: 1.4e-6 in one of 128 entries) leaves last-bit drift above 1e-6; the issue's
+    # bound is 1e-5, and test_packed_site_matches_each_members_own_layer_in_fp64 checks exactness in float64
     for k in a:
-        torch.testing.assert_close(b[k], a[k], atol=1e-6, rtol=0)
+        torch.testing.assert_close(b[k], a[k], atol=1e-5, rtol=0)
 
 
 MIXED = [

@@ -72,9 +72,9 @@ def test_each_method_runs_its_own_sampler_and_scheduler(table):
         seen[name] = (sampler, pruned > 0, type(trace.searcher))
     assert seen["random"][:2] == ("RandomSampler", False)
     assert seen["random+asha"][:2] == ("RandomSampler", True)
-    assert seen["tpe"][:2] == ("TPESampler", False)
-    assert seen["tpe+asha"][:2] == ("TPESampler", True)
-    assert seen["default"][:2] == ("TPESampler", True)
+    assert seen["tpe"][:2] == ("WindowedTPESampler", False)  # the sweep's TPE (ranksearch.space.tpe_window)
+    assert seen["tpe+asha"][:2] == ("WindowedTPESampler", True)
+    assert seen["default"][:2] == ("WindowedTPESampler", True)
     assert seen["ray-stock"][2] is OptunaSearch and seen["default"][2] is PruneAwareOptunaSearch
     assert isinstance(methods(space())["ray-stock"].scheduler(space(), 4), ASHAScheduler)
     assert "nsga2" in methods(space(objective=MO)) and "nsga2" not in methods(space())
