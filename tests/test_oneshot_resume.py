@@ -3,22 +3,19 @@ the retrain cut mid-way continues from its checkpoint to the result an uninterru
 
 The drivers run as subprocesses with their own one-CPU local Ray (this process starts none), so the two retrains
 run one after the other and the kill can land after the first ended and inside the second; each driver runs in a
-new session so the Ray processes the killed one leaves behind are ended by their process group, which only this
-test created.
+new session so the Ray processes the killed one leaves behind are ended by their session, which only this test
+created (``driver_process``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import signal
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
+import driver_process
 import pytest
 import yaml
 
@@ -53,30 +50,20 @@ print("RESULT " + json.dumps(r.oneshot))
 
 
 def start_driver(tmp: Path, resume: bool) -> subprocess.Popen:
-    ray_tmp = tempfile.mkdtemp(prefix="ro", dir="/tmp")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    args = [
-        sys.executable,
-        "-c",
-        DRIVER,
-        str(tmp / "space.yaml"),
-        str(tmp / "runs"),
-        str(int(resume)),
-        ray_tmp,
-    ]
-    log = open(tmp / f"driver-{int(resume)}.log", "w")  # noqa: SIM115  (closed with the process)
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    args = [str(tmp / "space.yaml"), str(tmp / "runs"), str(int(resume))]
+    return driver_process.start_driver(DRIVER, args, tmp / f"driver-{int(resume)}.log")
 
 
-def kill_session(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver and its whole session at once (its Ray head and workers: a retrain's worker must not
-    finish after the kill), then once more for anything that outlived it."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    time.sleep(2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+def cut_step(folder: Path) -> int | None:
+    """The step of a retrain's checkpoint (None: none, or it ended). The file is replaced atomically."""
+    import torch
+
+    if (folder / "retrain.json").exists():
+        return None
+    try:
+        return int(torch.load(folder / "checkpoint.pt", weights_only=True)["step"])
+    except FileNotFoundError:
+        return None
 
 
 def test_resume_in_the_retrain_phase_keeps_finished_retrains_and_continues_the_cut_one(tmp_path):
@@ -96,24 +83,29 @@ def test_resume_in_the_retrain_phase_keeps_finished_retrains_and_continues_the_c
     first = start_driver(tmp_path, resume=False)
     deadline = time.time() + 400
     try:
-        while True:  # kill once one retrain has ended and the other is past its first checkpoint
+        # kill once one retrain has ended and the other is past its first checkpoint but not at its last (at
+        # step 120 it ends within milliseconds): the session is frozen, checked again, then killed at once
+        while True:
             done = sorted(trials.glob("*/retrain.json"))
-            cut = [p for p in trials.glob("*/checkpoint.pt") if not (p.parent / "retrain.json").exists()]
+            cut = [p.parent for p in trials.glob("*/checkpoint.pt") if cut_step(p.parent) in (40, 80)]
             if done and cut:
-                break
+                driver_process.freeze_session(first)
+                if cut_step(cut[0]) in (40, 80):
+                    break
+                driver_process.signal_session(first, signal.SIGCONT)
             assert first.poll() is None, (tmp_path / "driver-0.log").read_text()[-3000:]
             assert len(done) < 2, "both retrains ended before the kill (the second ran too fast to catch)"
             assert time.time() < deadline, "the first driver did not reach its second retrain in time"
             time.sleep(0.05)
     finally:
-        kill_session(first)
-    finished, cut_dir = done[0].parent, cut[0].parent
+        driver_process.kill_session(first, driver_first=False)
+    finished, cut_dir = done[0].parent, cut[0]
     finished_stamp = (
         (finished / "retrain.json").stat().st_mtime_ns,
         (finished / "adapter.safetensors").read_bytes(),
     )
-    cut_step = torch.load(cut_dir / "checkpoint.pt", weights_only=True)["step"]
-    assert cut_step in (40, 80, 120) and not (cut_dir / "retrain.json").exists()  # past its first checkpoint
+    step = cut_step(cut_dir)
+    assert step in (40, 80)  # past its first checkpoint, not ended
     supernet_stamp = (tmp_path / "runs" / "osr" / "supernet" / "adapter.safetensors").stat().st_mtime_ns
 
     second = start_driver(tmp_path, resume=True)
@@ -121,7 +113,7 @@ def test_resume_in_the_retrain_phase_keeps_finished_retrains_and_continues_the_c
         second.wait(timeout=400)
     finally:
         if second.poll() is None:
-            kill_session(second)
+            driver_process.kill_session(second, driver_first=False)
     out = (tmp_path / "driver-1.log").read_text()
     assert second.returncode == 0, out[-4000:]
     summary = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
@@ -135,7 +127,7 @@ def test_resume_in_the_retrain_phase_keeps_finished_retrains_and_continues_the_c
     ) == (finished_stamp)
     # the cut retrain continued from its checkpoint, and ends where an uninterrupted retrain ends
     cont = json.loads((cut_dir / "retrain.json").read_text())
-    assert cont["status"] == "completed" and cont["resumed_from_step"] == cut_step
+    assert cont["status"] == "completed" and cont["resumed_from_step"] == step
     assert not (cut_dir / "checkpoint.pt").exists()
     assert [h["step"] for h in cont["history"]] == [40.0, 80.0, 120.0]
     ref = run_trial(load_trial_config(cut_dir / "config.yaml"), output_dir=tmp_path / "ref", progress=False)

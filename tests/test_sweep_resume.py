@@ -1,22 +1,18 @@
 """``--resume`` after the driver is SIGKILLed mid-sweep: every trial done exactly once in Tune, Optuna, MLflow.
 
 The drivers run as subprocesses with their own local Ray (this process starts none), in a new session so the
-Ray processes the killed driver leaves behind can be ended by their process group, which only this test
-created.
+Ray processes the killed driver leaves behind can be ended by their session, which only this test created
+(``driver_process``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 
+import driver_process
 import optuna
 import pytest
 import yaml
@@ -39,19 +35,8 @@ print("RESULT " + json.dumps({"rows": [[x["trial_id"], x["status"]] for x in r.r
 
 
 def start_driver(tmp: Path, resume: bool) -> subprocess.Popen:
-    ray_tmp = tempfile.mkdtemp(prefix="rr", dir="/tmp")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    args = [
-        sys.executable,
-        "-c",
-        DRIVER,
-        str(tmp / "space.yaml"),
-        str(tmp / "runs"),
-        "1" if resume else "0",
-        ray_tmp,
-    ]
-    log = open(tmp / f"driver-{int(resume)}.log", "w")  # noqa: SIM115  (closed with the process)
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    args = [str(tmp / "space.yaml"), str(tmp / "runs"), "1" if resume else "0"]
+    return driver_process.start_driver(DRIVER, args, tmp / f"driver-{int(resume)}.log")
 
 
 def finished_in_optuna(folder: Path) -> int:
@@ -68,15 +53,6 @@ def finished_in_optuna(folder: Path) -> int:
     except KeyError:
         return 0
     return sum(t.state.is_finished() for t in study.trials)
-
-
-def kill_session(proc: subprocess.Popen) -> None:
-    """SIGKILL the driver, then whatever of its session (its Ray head, workers) outlived it."""
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    time.sleep(2)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow  # a real sweep, killed and resumed in subprocesses
@@ -104,7 +80,7 @@ def test_resume_after_sigkill(tmp_path):
         assert first.poll() is None, (tmp_path / "driver-0.log").read_text()[-3000:]
         assert time.time() < deadline, "the first driver did not finish 3 trials in time"
         time.sleep(0.5)
-    kill_session(first)
+    driver_process.kill_session(first)
     parent = json.loads((folder / "sweep.json").read_text())["parent_run_id"]
 
     second = start_driver(tmp_path, resume=True)
@@ -112,7 +88,7 @@ def test_resume_after_sigkill(tmp_path):
         second.wait(timeout=240)
     finally:
         if second.poll() is None:
-            kill_session(second)
+            driver_process.kill_session(second)
     out = (tmp_path / "driver-1.log").read_text()
     assert second.returncode == 0, out[-4000:]
     result = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])

@@ -10,7 +10,7 @@ driver; every test works on a ``cp -a`` copy of that folder:
 - a second driver on a running sweep -> refused, naming the holder's PID and host;
 - a failed start -> nothing left; a start killed half-way -> the same command starts it again.
 
-Drivers run as subprocesses with their own local Ray, in a new session (ended by process group).
+Drivers run as subprocesses with their own local Ray, in a new session (ended by session: ``driver_process``).
 """
 
 from __future__ import annotations
@@ -20,13 +20,12 @@ import glob
 import hashlib
 import json
 import os
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+import driver_process
 import pytest
 import yaml
 from reliability_report import record
@@ -59,20 +58,7 @@ print("RESULT " + json.dumps({"rows": [[x["trial_id"], x["status"]] for x in r.r
 
 
 def driver(space: Path, runs: Path, name: str, resume: bool, log: Path) -> subprocess.Popen:
-    ray_tmp = tempfile.mkdtemp(prefix="rs", dir="/tmp")
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    args = [sys.executable, "-c", DRIVER, str(space), str(runs), name, "1" if resume else "0", ray_tmp]
-    out = open(log, "w")  # noqa: SIM115  (closed with the process)
-    return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-
-
-def kill_session(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
-    time.sleep(1)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
+    return driver_process.start_driver(DRIVER, [str(space), str(runs), name, "1" if resume else "0"], log)
 
 
 def finish(proc: subprocess.Popen, log: Path, timeout: float = 300) -> dict:
@@ -80,7 +66,7 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 300) -> dict:
         proc.wait(timeout=timeout)
     finally:
         if proc.poll() is None:
-            kill_session(proc)
+            driver_process.kill_session(proc)
     out = log.read_text()
     assert proc.returncode == 0, out[-4000:]
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
@@ -148,7 +134,7 @@ def interrupted(tmp_path_factory) -> Path:
             time.sleep(0.5)
         time.sleep(1.0)  # a Tune snapshot (every 2 s) holds the finished trials
     finally:
-        kill_session(proc)
+        driver_process.kill_session(proc)
     return folder
 
 
