@@ -75,6 +75,37 @@ def test_the_snapshot_is_read_not_unpickled(tmp_path):
     assert named_checkpoints(tmp_path) == {}
 
 
+def _named_in_child(folder: str, queue) -> None:
+    queue.put(named_checkpoints(folder))
+
+
+def test_the_snapshot_scan_is_linear_in_long_runs_of_name_characters(tmp_path):
+    """A 2 MB run of name characters (hex pickles in big sweeps' snapshots) with marks after it: the scan ends and
+    reads each folder name back to the mark. The earlier name-first regex retried every start inside the run
+    (quadratic: hours here; ~0.1 s per trial, 8 minutes per pruning round, in a 5,000-trial sweep)."""
+    import multiprocessing
+
+    run = "0123456789abcdef" * (2**21 // 16)
+    state = {"trial_data": [[json.dumps({"trial_id": "cd34"}),
+                             json.dumps({"blob": run + "/x-1.y_z/checkpoint_000004 " + run + "cd34/checkpoint_000002"})]],
+             "runner_data": {}}  # fmt: skip
+    (tmp_path / "experiment_state-2026-01-01_00-00-00.json").write_text(json.dumps(state))
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_named_in_child, args=(str(tmp_path), queue))
+    child.start()
+    try:  # read before joining: the child exits only once its result (megabytes) has left the pipe
+        named = queue.get(timeout=120)  # a hang guard (spawn and imports take seconds), not a speed target
+    except Exception as e:
+        raise AssertionError("named_checkpoints did not end within 120 s on a 4 MB snapshot") from e
+    finally:
+        child.join(timeout=10)
+        if child.is_alive():
+            child.kill()
+    assert named["x-1.y_z"] == 4
+    assert named[run + "cd34"] == 2  # the whole run of name characters before the mark, as the regex read it
+
+
 def _checkpoints(folder: Path) -> dict[str, list[Path]]:
     return {t.name: sorted(t.glob("checkpoint_*")) for t in (folder / "tune").iterdir() if t.is_dir()}
 
