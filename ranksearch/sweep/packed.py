@@ -49,6 +49,9 @@ TRIAL_RESOURCES = {"cpu": 0, "memory": 1}
 # Tune stores its checkpoint); a relay whose actor died is noticed sooner (``PackHost._watch``).
 LOST_AFTER_S = 300.0
 POLL_S = 1.0  # how long one event request waits: also how soon a stopped trial leaves
+FULL_WAIT_S = (
+    30.0  # how long a join waits for a leaving member's slot before it starts a host beyond the need
+)
 WATCH_S = 2.0  # how often a host checks that its members' trial actors are alive
 
 
@@ -121,7 +124,8 @@ def relay(broker_name: str, runner: str):
                     return TrialResult(event.status, event.metrics, event.history, out, event.error)
         finally:
             if not finished:  # stopped by the scheduler (tune.report ended us) or interrupted: free the slot
-                host.leave.remote(mid)
+                with contextlib.suppress(Exception):  # before Tune starts the next trial (it joins at once)
+                    ray.get(host.leave.remote(mid), timeout=10)
 
     return run
 
@@ -161,10 +165,11 @@ class PackBroker:
     """Assigns members to hosts (Ray actor, no resources). See the module docstring."""
 
     def __init__(
-        self, runner: str, runner_options: dict, capacity: int, group: int | None, cpu: float, gpu: float
-    ):
+        self, runner: str, runner_options: dict, capacity: int, group: int | None, cpu: float, gpu: float,
+        concurrency: int | None = None,
+    ):  # fmt: skip
         self.runner, self.options, self.capacity, self.group = runner, runner_options, capacity, group
-        self.cpu, self.gpu = cpu, gpu
+        self.cpu, self.gpu, self.concurrency = cpu, gpu, concurrency
         self.hosts: list[_Host] = []
         self.started = 0
         self.lock = threading.Lock()
@@ -174,12 +179,22 @@ class PackBroker:
         import ray
 
         key = tuple(key)
-        with self.lock:
-            capacity = 1 if key[0] == "solo" else self.capacity
-            room = [(load, h) for h, load in self._loads() if h.key == key and load < capacity]
-            host = min(room, key=lambda t: t[0])[1] if room else self._start_host(key, capacity)
-            host.pending += 1
-            ref = host.handle.add.remote(config, resume, owner)
+        capacity = 1 if key[0] == "solo" else self.capacity
+        # Tune runs at most `concurrency` trials, so ceil(concurrency / capacity) hosts of a kind hold them all:
+        # a join that finds those full arrived before a stopped member's leave (Tune starts the next trial as
+        # the stopped one ends) and waits for its slot rather than starting a host (and taking resources) more
+        enough = -(-self.concurrency // capacity) if self.concurrency else None
+        deadline = time.monotonic() + FULL_WAIT_S
+        while True:
+            with self.lock:
+                loads = [(load, h) for h, load in self._loads() if h.key == key]
+                room = [(load, h) for load, h in loads if load < capacity]
+                if room or enough is None or len(loads) < enough or time.monotonic() > deadline:
+                    host = min(room, key=lambda t: t[0])[1] if room else self._start_host(key, capacity)
+                    host.pending += 1
+                    ref = host.handle.add.remote(config, resume, owner)
+                    break
+            time.sleep(0.2)
         try:
             # a new host may wait for CPUs/GPUs that empty hosts of other kinds still hold: end those meanwhile
             while not ray.wait([ref], timeout=2.0)[0]:
@@ -243,7 +258,9 @@ def start_broker(space: Any, runner: str, runner_options: dict | None) -> tuple[
     broker = (
         ray.remote(PackBroker)
         .options(name=name, num_cpus=0, max_concurrency=64)
-        .remote(runner, runner_options or {}, res.pack, res.pack_group, res.cpu, res.gpu)
+        .remote(
+            runner, runner_options or {}, res.pack, res.pack_group, res.cpu, res.gpu, space.spec.concurrency
+        )
     )
     ray.get(broker.hosts_started.remote())  # fail here, not in the first trial, if the actor cannot start
     return name, broker
