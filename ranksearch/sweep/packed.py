@@ -49,9 +49,8 @@ TRIAL_RESOURCES = {"cpu": 0, "memory": 1}
 # Tune stores its checkpoint); a relay whose actor died is noticed sooner (``PackHost._watch``).
 LOST_AFTER_S = 300.0
 POLL_S = 1.0  # how long one event request waits: also how soon a stopped trial leaves
-FULL_WAIT_S = (
-    30.0  # how long a join waits for a leaving member's slot before it starts a host beyond the need
-)
+# how long a join waits for a leaving member's slot before it starts a host beyond ceil(concurrency / pack)
+FULL_WAIT_S = 30.0
 WATCH_S = 2.0  # how often a host checks that its members' trial actors are alive
 
 
