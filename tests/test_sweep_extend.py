@@ -179,19 +179,14 @@ print("RESULT " + json.dumps({"rows": [[x["trial_id"], x["status"]] for x in r.r
 
 
 def driver(tmp: Path, mode: str):
-    import os
-    import subprocess
-    import sys
+    from driver_process import start_driver
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    ray_tmp = tempfile.mkdtemp(prefix="rx", dir="/tmp")
-    args = [sys.executable, "-c", DRIVER, str(tmp / "space.yaml"), str(tmp / "runs"), mode, ray_tmp]
-    log = open(tmp / f"driver-{mode}.log", "w")  # noqa: SIM115  (closed with the process)
-    return subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    args = [str(tmp / "space.yaml"), str(tmp / "runs"), mode]
+    return start_driver(DRIVER, args, tmp / f"driver-{mode}.log")
 
 
 def finish(proc, tmp: Path, mode: str) -> dict:
-    from test_sweep_resume import kill_session
+    from driver_process import kill_session
 
     try:
         proc.wait(timeout=300)
@@ -209,8 +204,9 @@ def test_an_interrupted_extension_resumes_with_every_trial_once(tmp_path):
     Optuna and MLflow, the first 4 untouched, none of them taken for orphans or lost."""
     import time
 
+    from driver_process import kill_session
     from mlflow.tracking import MlflowClient
-    from test_sweep_resume import finished_in_optuna, kill_session
+    from test_sweep_resume import finished_in_optuna
 
     (tmp_path / "space.yaml").write_text(
         yaml.safe_dump({**SPACE, "trials": 4, "resources": {"cpu": 1, "gpu": 0.5}})
