@@ -34,6 +34,8 @@ if TYPE_CHECKING:
     from ranksearch.config.schema import DataConfig
 
 log = logging.getLogger(__name__)
+# where CoOp says how to get each dataset and its split file (an external page, not a file of this repository)
+COOP_DATASETS_MD = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
 
 # task name -> (folder under $DATA, image folder inside it ("" = the folder itself), split file)
 SPLIT_ZHOU: dict[str, tuple[str, str, str]] = {
@@ -150,7 +152,7 @@ def load_split_zhou(name: str, root: Path) -> DatasetSplits:
     split_path = base / split_file
     if not split_path.exists():
         raise DataError(
-            f"split file not found: {split_path}. Put CoOp's official {split_file} there (see https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md), "
+            f"split file not found: {split_path}. Put CoOp's official {split_file} there (see {COOP_DATASETS_MD}), "
             f"or run `ranksearch prepare-data {name} --root {root}`"
         )
     train, val, test, classnames = read_split_zhou(split_path, lower=name == "oxford_pets")
@@ -227,7 +229,7 @@ def load_imagenet(root: Path) -> DatasetSplits:
     if not names_path.exists():
         raise DataError(
             f"classnames.txt not found: {names_path}. Put CoOp's ImageNet classnames.txt there "
-            "('<wnid> <class name>' per line; CoOp's https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md links it)"
+            f"('<wnid> <class name>' per line; CoOp's {COOP_DATASETS_MD} links it)"
         )
     names = read_classnames_txt(names_path)
     folders = _list_dirs(image_root / "train")

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ranksearch.data.coop import (
+    COOP_DATASETS_MD,
     FGVC_AIRCRAFT,
     IMAGENET,
     IMAGENET_VARIANTS,
@@ -39,7 +40,6 @@ log = logging.getLogger(__name__)
 
 MARKER = "NOT_OFFICIAL_SPLIT"
 SPLIT_SEED = 1  # the regenerated splits are fixed: every user who regenerates gets the same split
-COOP_DATASETS_MD = "https://github.com/KaiyangZhou/CoOp/blob/main/DATASETS.md"
 
 # name -> (torchvision class, folder the class creates under the download root, entries to move into $DATA/<dataset>)
 TORCHVISION: dict[str, tuple[str, str, tuple[str, ...]]] = {
