@@ -73,6 +73,7 @@ QUICK_MODEL = (
     "rs-tiny-clip"  # CI: no rs-small-clip pretraining (5 min of CPU) just to check that the bench runs
 )
 RANKS, BUDGET_FRACTION = [0, 1, 2, 4, 8], 0.5
+SCORE_IMAGES = 256  # search.score_images: allocations scored on a fixed stratified quarter of the 1,008
 VARIANTS = {"distill": True, "labels": False}  # search.distill on / off, same supernet seed and draws
 
 
@@ -86,9 +87,10 @@ def _settings(quick: bool) -> dict[str, Any]:
             "ceiling": 3,
             "model": QUICK_MODEL,
             "test_per_class": 2,
+            "score_images": None,
         }
     return {"steps": 80, "evaluations": 200, "top_k": 5, "full": 40, "ceiling": 24, "model": BASE["model"]["name"],
-            "test_per_class": BASE["data"]["test_per_class"]}  # fmt: skip
+            "test_per_class": BASE["data"]["test_per_class"], "score_images": SCORE_IMAGES}  # fmt: skip
 
 
 def _config_data(s: dict, pattern: dict[str, int] | None = None, seed: int = 1, r: int = RANKS[-1]) -> dict:
@@ -150,14 +152,14 @@ def _variant(
     from ranksearch.oneshot.supernet import run_supernet
 
     spec = OneShotSpec(ranks=RANKS, sandwich_random=2, evaluations=s["evaluations"], top_k=s["top_k"], seed=0,
-                       distill=distill)  # fmt: skip
+                       distill=distill, score_images=s["score_images"])  # fmt: skip
     ctx.log(f"oneshot [{name}]: supernet, {s['steps']} steps")
     t0 = time.perf_counter()
     sup = run_supernet(validate_trial_config(_config_data(s)), spec, output_dir=work / f"supernet-{name}")
     if sup.status != "completed":
         raise RuntimeError(f"supernet {name} failed: {sup.error}")
     supernet_seconds = time.perf_counter() - t0
-    scorer = SupernetScorer(work / f"supernet-{name}")
+    scorer = SupernetScorer(work / f"supernet-{name}", images=spec.score_images)
     ppr = scorer.session.params_per_rank()
     budget = int(BUDGET_FRACTION * RANKS[-1] * sum(ppr))
     space = AllocationSpace(scorer.sites, RANKS, ppr, total_params=budget)
@@ -332,10 +334,17 @@ def rows_from(r: dict[str, Any], quick: bool) -> list[Row]:
             f"{s['steps']} = {full_steps}; the {len(evals)} evaluations are forward-only (next row)"),
         Row("oneshot_search", "one evaluation / one training (wall time, medians)", "≤ 0.02",
             f"{eval_s / train_s:.4f}", eval_s / train_s <= 0.02,
-            f"evaluation {eval_s:.3f} s (1,008-image validation split, masked supernet), training {train_s:.1f} s "
+            f"evaluation {eval_s:.3f} s ({_scored(s)}, masked supernet), training {train_s:.1f} s "
             f"({s['steps']} steps + final evaluation); all {len(evals)} evaluations "
             f"{r['variants'][name]['search_seconds']:.0f} s incl. Optuna"),
     ]  # fmt: skip
+
+
+def _scored(s: dict) -> str:
+    n = s.get("score_images")  # absent in runs before search.score_images: the whole split
+    return (
+        "the 1,008-image validation split" if n is None else f"{n} of the 1,008 validation images, stratified"
+    )
 
 
 def run(ctx: Context) -> list[Row]:

@@ -46,8 +46,8 @@ MISSES = {
         "figure."
     ),
     "rlrr: step / floor": (
-        "RLRR now runs each adapted linear with its effective weight W ⊙ (1 + S_l S_r), one matmul (0.87× its "
-        "previous form, row above). What remains is inherent to the method: W ⊙ (S_l S_r) is not low-rank in the "
+        "RLRR now runs each adapted linear with its effective weight W ⊙ (1 + S_l S_r), one matmul (faster "
+        "than its previous form: row above). What remains is inherent to the method: W ⊙ (S_l S_r) is not low-rank in the "
         "activations, so its gradient needs the full (d_out × d_in) weight gradient gᵀx of every adapted linear "
         "— the very matmul a frozen layer skips — plus building W' forward and its elementwise gradient backward."
     ),

@@ -31,35 +31,50 @@ from bench.timing import interleaved
 
 _EQUAL = (
     "At equal work ranksearch and the plain CLIP-LoRA code run the same frozen matmuls, attention kernels and "
-    "input-gradient backward; only the adapter overhead above the frozen-backprop floor can differ, and without "
-    "dropout that overhead is a few percent (overhead_floor: CoDyRA r=16 at 1.09× the floor; the stacked q/k/v "
-    "product at 0.96-0.98× separate projections on CPU time). 0.85× plain would need a step ~10% below the frozen "
-    "model's own forward + backward. "
+    "input-gradient backward; only the adapter overhead above the frozen-backprop floor can differ, and that "
+    "overhead is a few percent (overhead_floor, idle machine: LoRA 1.09x and CoDyRA 1.03x the floor; the stacked "
+    "q/k/v product 1.00x separate projections). 0.85x plain would need a step ~12% below the frozen model's own "
+    "forward + backward. "
 )
+_IDLE = "Re-measured on an idle machine (2026-12-03 01:33-01:44 UTC, load ~1, 5 and 21 rounds, 1 thread). "
+
 MISSES = {
     "ViT-B-32: ranksearch / PEFT, equal work (EOT cut on both)": (
-        "0.72 wall, 0.71 CPU time, against ≤ 0.70, from 3 rounds on 1 thread at a load average of ~28 (the run's "
-        "switches are in the notes): within this run's noise of the target. PEFT's MultiheadAttention LoRA merges "
-        "its update into in_proj_weight before every forward, so its backward forms the full weight gradients of "
-        "in_proj and out_proj, which ranksearch's low-rank products never do; re-measure with 5 rounds on a quiet "
-        "machine before claiming either way."
+        _IDLE
+        + "ranksearch 1.993 s/step, PEFT 2.428 s, the frozen-backprop floor 1.944 s (overhead_floor's ViT-B-32 "
+        "step): ranksearch runs at 1.03x the floor, PEFT at 1.25x (its MultiheadAttention LoRA merges the update "
+        "into in_proj_weight before every forward, so its backward forms the full in_proj and out_proj weight "
+        "gradients). 0.70x PEFT is 1.70 s/step, 12% below the floor: not reachable at equal work; the earlier "
+        "0.72 came from 3 rounds at a load average of ~28."
     ),
     "ViT-B-32: ranksearch / plain CLIP-LoRA, equal work (EOT cut on both)": (
-        _EQUAL
-        + "CPU-time ratio 0.96 (wall 0.88 from 3 rounds at a load average of ~28). What could reach it: "
-        "lower precision (the AMP row), or on a GPU fewer kernel launches (CUDA graphs); neither is equal work."
+        _IDLE
+        + _EQUAL
+        + "Here both are at the floor: ranksearch 1.993 s/step, plain 1.997 s, floor 1.944 s. What could reach "
+        "it: lower precision (the AMP row, on a CPU with native bf16), or on a GPU fewer kernel launches (CUDA "
+        "graphs); neither is equal work."
     ),
     "tiny: ranksearch / PEFT, equal work (EOT cut on both)": (
-        "at 3.4 M parameters (width 64, 32 px) a step is per-op dispatch, not arithmetic; PEFT's weight-merge "
-        "costs little at this size, so the gap is op count: ranksearch's stacked q/k/v path runs about as many "
-        "small ops per block as PEFT's fused in_proj with merge/unmerge."
+        _IDLE
+        + "At 3.4 M parameters (width 64, 32 px) a step (22 ms) is per-op dispatch, not arithmetic; PEFT's "
+        "weight merge costs little at this size, so the gap is op count: ranksearch's stacked q/k/v path runs "
+        "about as many small ops per block as PEFT's fused in_proj with merge/unmerge."
     ),
     "tiny: ranksearch / plain CLIP-LoRA, equal work (EOT cut on both)": (
-        _EQUAL
+        _IDLE
+        + _EQUAL
         + "At this size the step is per-op dispatch: the stacked path's few extra ops (concatenating A, the "
         "block-diagonal B) cost about what they save."
     ),
 }
+
+
+def _cpu_bf16() -> str:
+    """Whether this CPU multiplies bf16 natively (AVX512-BF16 / AMX); without it bf16 autocast is emulated."""
+    native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return (
+        f"CPU {torch.backends.cpu.get_cpu_capability()}, native bf16 {'yes' if native else 'no (emulated)'}"
+    )
 
 
 def _settings(ctx: Context) -> list[Scale]:
@@ -211,7 +226,8 @@ def run(ctx: Context) -> list[Row]:
         )  # fmt: skip
         rows.append(
             Row("step_vs_peers", f"{label}: option AMP ({amp}) / fp32", "report",
-                f"{t.ratio('amp', 'default'):.2f}", None, base + "; " + ratio_note(t, "amp", "default"))
+                f"{t.ratio('amp', 'default'):.2f}", None, base + "; " + ratio_note(t, "amp", "default")
+                + ("" if ctx.device.type == "cuda" else f"; {_cpu_bf16()}"))
         )  # fmt: skip
         if "compile" in cands:
             rows.append(

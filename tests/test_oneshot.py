@@ -357,6 +357,8 @@ ONESHOT_SPACE = {
         ),
         ({"search": {"mode": "one-shot", "samplr": "tpe"}}, "search.samplr"),
         ({"base": {"adapter": {"family": "dra"}}}, "base.adapter.family: one-shot search nests"),
+        ({"search": {"mode": "one-shot", "score_images": 0}}, "search.score_images"),
+        ({"search": {"mode": "one-shot", "score_images": "half"}}, "search.score_images"),
     ],
 )
 def test_one_shot_space_errors_name_the_field(change, message):
@@ -450,3 +452,27 @@ def test_export_of_an_unknown_allocation_is_one_line_exit_2(tmp_path):
     assert sweep_allocation(tmp_path, 3) == {"vision.0.q": 1}
     with pytest.raises(ConfigError, match=r"^--allocation: 7: no such evaluation .*numbers 0\.\.3"):
         sweep_allocation(tmp_path, 7)
+
+
+# --- scoring on a stratified sample of validation (search.score_images) -------------------------------------
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(0, 9), min_size=1, max_size=300), st.integers(1, 400), st.integers(0, 3))
+def test_stratified_sample_keeps_class_shares(labels, n, seed):
+    from ranksearch.data.task import Split
+
+    split = Split(
+        torch.arange(len(labels), dtype=torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 1, 1),
+        torch.tensor(labels),
+    )
+    sample = split.stratified_sample(n, seed=seed)
+    assert len(sample) == min(n, len(labels))
+    index = sample.images[:, 0, 0, 0].long()  # each image holds its own index (mod 256)
+    assert torch.equal(sample.labels, split.labels[index]) or len(labels) > 256
+    counts, got = torch.bincount(split.labels, minlength=10), torch.bincount(sample.labels, minlength=10)
+    assert bool((got <= counts).all())
+    present = int((counts > 0).sum())
+    if n >= present:  # every class keeps at least one image
+        assert bool((got[counts > 0] >= 1).all())
+    if n < len(labels) and bool((counts[counts > 0] * n >= len(labels)).all()):  # no class needed the floor
+        assert bool(((got - counts * n / len(labels)).abs() < 1).all())
+    assert torch.equal(sample.labels, split.stratified_sample(n, seed=seed).labels)  # the same for a seed

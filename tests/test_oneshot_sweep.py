@@ -25,7 +25,7 @@ SPACE = {
         "eval": {"evals": 2, "zero_shot": False},
     },
     "search": {"mode": "one-shot", "ranks": [0, 1, 2, 4], "sandwich_random": 1, "evaluations": 8, "top_k": 2,
-               "budget": {"total_params": 3000}},
+               "budget": {"total_params": 3000}, "score_images": 12},
     "objective": {"metric": "val/hm", "mode": "max"},
     "concurrency": 2,
     "resources": {"cpu": 1, "gpu": 0},
@@ -96,6 +96,25 @@ def test_one_shot_sweep_is_one_parent_run_with_children(oneshot_sweep):
     assert len(client.get_metric_history(ev.info.run_id, "val/hm")) == 8
     assert all(r.info.status == "FINISHED" for r in children)
     assert "oneshot/supernet_passes" in parents[0].data.metrics
+
+
+def test_allocations_are_scored_on_a_fixed_stratified_sample(oneshot_sweep):
+    """``search.score_images``: every allocation is scored on the same class-stratified 12 validation images (a
+    scorer built again reproduces the sweep's estimates exactly), while the retrains use the whole split."""
+    from ranksearch.oneshot.scoring import SupernetScorer
+
+    _, _, result = oneshot_sweep
+    evals = pq.read_table(result.folder / "search" / "evaluations.parquet").to_pylist()
+    scorer = SupernetScorer(result.folder / "supernet", images=12)
+    full = SupernetScorer(result.folder / "supernet")
+    assert len(scorer.task.val) == 12 < len(full.task.val)
+    assert set(scorer.task.val.labels.tolist()) == set(full.task.val.labels.tolist())  # every class is in it
+    again = scorer.score([json.loads(e["ranks"]) for e in evals[:3]])
+    assert [a["val/hm"] for a in again] == pytest.approx([e["val/hm"] for e in evals[:3]], abs=1e-9)
+    client = MlflowClient(tracking_uri=result.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(result.experiment).experiment_id])
+    ev = next(r for r in runs if r.data.tags.get("ranksearch.kind") == "evaluations")
+    assert ev.data.params["score_images"] == "12"
 
 
 def test_one_shot_resume_retrains_nothing_twice(oneshot_sweep):

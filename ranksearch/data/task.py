@@ -58,6 +58,32 @@ class Split:
             originals = tuple(o for o, k in zip(self.originals, keep.tolist(), strict=True) if k)
         return Split(self.images[keep], self.labels[keep], originals)
 
+    def stratified_sample(self, n: int, seed: int = 0) -> Split:
+        """``n`` examples drawn without replacement, each class in proportion to its share (largest remainder;
+        every class keeps at least one while ``n`` allows), in their original order; all of them if ``n`` >= N."""
+        if n >= len(self):
+            return self
+        g = torch.Generator().manual_seed(seed)
+        classes, counts = torch.unique(self.labels, return_counts=True)
+        quota = counts.double() * n / len(self)
+        take = quota.floor().long()
+        if n >= len(classes):
+            take = take.clamp(min=1)
+        spare = n - int(take.sum())
+        if spare > 0:  # the largest remainders (ties: the smaller label) get one more each
+            order = sorted(range(len(classes)), key=lambda i: (-(quota[i] - quota[i].floor()).item(), i))
+            for i in [i for i in order if take[i] < counts[i]][:spare]:
+                take[i] += 1
+        for _ in range(-spare):  # the at-least-one rule overshot: the largest share gives one back
+            take[int(torch.argmax(take))] -= 1
+        keep = []
+        for c, k in zip(classes.tolist(), take.tolist(), strict=True):
+            where = (self.labels == c).nonzero().flatten()
+            keep.append(where[torch.randperm(len(where), generator=g)[:k]])
+        index = torch.cat(keep).sort().values
+        originals = None if self.originals is None else tuple(self.originals[i] for i in index.tolist())
+        return Split(self.images[index], self.labels[index], originals)
+
 
 @dataclass
 class Task:

@@ -148,10 +148,10 @@ def _finished_retrain(out: Path) -> dict | None:
 class _Scorer:
     """Ray actor body: a ``SupernetScorer`` (``ray.remote`` is applied in ``run_oneshot``)."""
 
-    def __init__(self, supernet_dir: str):
+    def __init__(self, supernet_dir: str, images: int | None):
         from ranksearch.oneshot.scoring import SupernetScorer
 
-        self.scorer = SupernetScorer(supernet_dir)
+        self.scorer = SupernetScorer(supernet_dir, images=images)
 
     def score(self, allocs: list[list[int]]) -> list[dict[str, float]]:
         return self.scorer.score(allocs)
@@ -258,10 +258,11 @@ def run_oneshot(space: Any, folder: Path, manifest: Any, tracking_uri: str | Non
 
     # 2. evaluations ------------------------------------------------------------------------------------
     eid = track.child("evaluations", "evaluations", {"sampler": o.sampler, "evaluations": o.evaluations,
-                                                      "ranks": ",".join(map(str, o.ranks)), "seed": o.seed})  # fmt: skip
+                                                      "ranks": ",".join(map(str, o.ranks)), "seed": o.seed,
+                                                      "score_images": o.score_images or "all"})  # fmt: skip
     n_actors = max(1, min(spec.concurrency, o.evaluations))
     actor_cls = ray.remote(**res)(_Scorer)
-    actors = [actor_cls.remote(str(sdir)) for _ in range(n_actors)]
+    actors = [actor_cls.remote(str(sdir), o.score_images) for _ in range(n_actors)]
 
     def score(batch: list[list[int]]) -> list[dict[str, float]]:
         chunks = [batch[i::n_actors] for i in range(n_actors)]

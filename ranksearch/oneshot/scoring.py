@@ -2,7 +2,8 @@
 
 ``SupernetScorer`` is what a Ray evaluation actor holds (``ranksearch.oneshot.pipeline``): the supernet and the
 task are built once, then each allocation costs one validation pass (text features are recomputed when the
-text tower is adapted, since its ranks change them).
+text tower is adapted, since its ranks change them). ``images`` scores on a fixed class-stratified sample of the
+validation split (``search.score_images``), the same images for every allocation, so estimates stay comparable.
 """
 
 from __future__ import annotations
@@ -14,7 +15,15 @@ from pathlib import Path
 class SupernetScorer:
     """Scores allocations (rank lists in the supernet's site order) of the supernet in ``supernet_dir``."""
 
-    def __init__(self, supernet_dir: str | Path, device: str = "cpu", threads: int | None = None):
+    def __init__(
+        self,
+        supernet_dir: str | Path,
+        device: str = "cpu",
+        threads: int | None = None,
+        images: int | None = None,
+    ):
+        import dataclasses
+
         import torch
 
         from ranksearch.data import build_task
@@ -24,6 +33,8 @@ class SupernetScorer:
             torch.set_num_threads(threads)
         self.session = rebuild_supernet(Path(supernet_dir), device=device)
         self.task = build_task(self.session.config.data, self.session.image_size)
+        if images is not None:
+            self.task = dataclasses.replace(self.task, val=self.task.val.stratified_sample(images))
         self.sites = self.session.site_keys()
 
     def score(self, allocs: list[list[int]]) -> list[dict[str, float]]:

@@ -65,6 +65,13 @@ class OneShotSpec(_Model):
     evaluations: int = Field(
         200, ge=1, le=100_000, description="allocations scored on validation (no training)"
     )
+    score_images: int | None = Field(
+        None,
+        ge=1,
+        le=10_000_000,
+        description="validation images each allocation is scored on: a fixed class-stratified sample, the same "
+        "for every allocation (null: the whole split); the retrained top-K are scored on the whole split",
+    )
     sampler: Literal["tpe", "nsga2", "random"] = Field(
         "tpe",
         description="Optuna sampler proposing allocations (two objectives: accuracy up, parameters down)",
