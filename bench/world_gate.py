@@ -61,6 +61,11 @@ PROBE_PLACEMENTS = [
     ("vision", "half-bottom"),
     ("vision", "half-up"),
 ]
+# The same placements at equal cost: CLIP-LoRA with one rank per tower choice so that every one trains the same
+# number of parameters (q, k, v of rs-small-clip's 6 vision + 4 text blocks, all of width 128: 180 rank-1
+# components = 46,080 parameters each), no global budget. Without it, a placement that contains another (both
+# towers ⊇ one) is never worse at this schedule, and "which tower" is not a question the probes can answer.
+EQUAL_PARAMS = [("both", "all", 6), ("vision", "all", 10), ("text", "all", 15)]
 FAMILIES = ("lora", "codyra", "rlrr", "dra", "adalora")
 # The gate (issue 12); none of these may be lowered.
 GATE = {
@@ -211,13 +216,18 @@ def _jobs(
     first += [probe(i, t) for i in (3, 4) for t in ("pixel", "concept", "mixed")]
     first += [probe(i, "concept") for i in range(3)]
     rest = [probe(i, t) for i in range(len(probe_list)) for t in PROBE_TASKS if probe(i, t) not in first]
+    # the equal-parameter placements (``EQUAL_PARAMS``: probe_list[i] is LoRA on the same towers) with every seed
+    equal = [{"kind": "equal", "task": t, "config": i, "seed": s, "params": probe_list[i]}
+             for t in PROBE_TASKS for s in seeds for i in range(len(EQUAL_PARAMS))]  # fmt: skip
+    if phase == "equal":
+        return equal
     main = [{"kind": "main", "task": "mixed", "config": i, "seed": s, "params": p}
             for i, p in enumerate(configs) for s in seeds]  # fmt: skip
     if phase == "main":
         return [zs[0], *main]
     if phase == "probes":
-        return [*zs, *first, *rest]
-    return [*zs, *first, *main, *rest]
+        return [*zs, *first, *rest, *equal]
+    return [*zs, *first, *main, *rest, *equal]
 
 
 def _key(job: dict) -> str:
@@ -228,6 +238,8 @@ def _overrides(job: dict) -> list[str]:
     extra = [] if job["task"] == "mixed" else PROBE_TASKS[job["task"]]
     if job["kind"] == "zs":  # the unadapted model: evaluated before training; one step so the trial is valid
         extra = [*extra, "eval.zero_shot=true", "train.iterations=1", "eval.evals=1"]
+    if job["kind"] == "equal":
+        extra = [*extra, f"adapter.r={EQUAL_PARAMS[job['config']][2]}", "adapter.budget=null"]
     return extra
 
 
@@ -267,6 +279,60 @@ def _placement(params: dict[str, Any]) -> str:
     return f"{params.get('placement.towers', 'both')}/{params.get('placement.layers', 'all')}"
 
 
+def task_choices(runs: list[dict], zs: dict[str, dict]) -> dict[str, Any]:
+    """Per probe task: the best family and placement (the "differs between tasks" check), from the probes."""
+    per_task: dict[str, dict[str, Any]] = {}
+    for task in PROBE_TASKS:
+        rs = [r for r in runs if r["kind"] == "probe" and r["task"] == task and r["curve"]]
+        if not rs:
+            continue
+        best = max(rs, key=lambda r: r["curve"][-1][METRIC])
+        by_family = {}
+        for r in rs:
+            fam = r["params"].get("adapter.family", "lora")
+            by_family[fam] = max(by_family.get(fam, -1.0), r["curve"][-1][METRIC])
+        placements = {
+            _placement(r["params"]): r["curve"][-1][METRIC] for r in rs if r["config"] < len(PROBE_PLACEMENTS)
+        }
+        halves = {k: v for k, v in placements.items() if k in ("vision/half-bottom", "vision/half-up")}
+        equal_runs: dict[str, list[dict]] = {}
+        for r in runs:
+            if r["kind"] == "equal" and r["task"] == task and r["curve"]:
+                equal_runs.setdefault(_placement(r["params"]), []).append(r)
+        equal = {k: float(np.mean([r["curve"][-1][METRIC] for r in v])) for k, v in equal_runs.items()}
+        per_task[task] = {
+            "best_family": best["params"].get("adapter.family", "lora"),
+            "best_placement": _placement(best["params"])
+            if best["config"] < len(PROBE_PLACEMENTS)
+            else "both/all",
+            "best_lora_placement": max(placements, key=placements.get) if placements else None,
+            "best_val_hm": best["curve"][-1][METRIC],
+            "zero_shot_val_hm": zs.get(task, {}).get("zs/val/hm", math.nan),
+            "by_family": {k: round(v, 1) for k, v in by_family.items()},
+            "by_lora_placement": {k: round(v, 1) for k, v in placements.items()},
+            # information, not the check: which half of the vision tower adapts this task better
+            "better_vision_half": max(halves, key=halves.get) if len(halves) == 2 else None,
+            # the placements at equal trainable parameters (EQUAL_PARAMS), seed means
+            "by_equal_params_placement": {k: round(v, 1) for k, v in equal.items()},
+            "best_equal_params_placement": max(equal, key=equal.get) if len(equal) == len(EQUAL_PARAMS) else None,
+            "equal_params_seeds": min((len(v) for v in equal_runs.values()), default=0),
+            "equal_params_trainable": sorted({int(r["final"].get("trainable_params", -1))
+                                              for v in equal_runs.values() for r in v}),
+        }  # fmt: skip
+    # "not the same on every task *of the world*": the generated tasks only; the real-image task is reported
+    # beside them (counting it would let Fashion-MNIST alone make the world pass)
+    world_tasks = {t: v for t, v in per_task.items() if t not in REAL_IMAGE_TASKS}
+    # "placement" compared at equal cost when the equal-parameter probes are recorded (on every world task);
+    # the unconstrained LoRA placement is kept as information (a superset placement wins it by containment)
+    at_equal = bool(world_tasks) and all(v["best_equal_params_placement"] for v in world_tasks.values())
+    where = "best_equal_params_placement" if at_equal else "best_lora_placement"
+    choices = {(v["best_family"], v[where]) for v in world_tasks.values()}
+    unconstrained = {(v["best_family"], v["best_lora_placement"]) for v in world_tasks.values()}
+    with_real = {(v["best_family"], v[where] or v["best_lora_placement"]) for v in per_task.values()}
+    return {"per_task": per_task, "world_tasks": len(world_tasks), "choices": choices,
+            "unconstrained": unconstrained, "with_real": with_real, "at_equal": at_equal}  # fmt: skip
+
+
 def gate(runs: list[dict], table: Any, seeds: list[int]) -> dict[str, Any]:
     """Every gate figure, each with its threshold and pass/fail."""
     from ranksearch.replay.analysis import noise_report
@@ -291,39 +357,14 @@ def gate(runs: list[dict], table: Any, seeds: list[int]) -> dict[str, Any]:
                     if r["kind"] == "probe" and r["task"] == "mixed" and r["config"] == 0 and r["curve"]]  # fmt: skip
     main_s = [r["seconds"] for r in runs if r["kind"] == "main"]
     main_cpu = [r.get("cpu_s", math.nan) for r in runs if r["kind"] == "main"]
-    # per task: the best probe (family and placement)
-    per_task: dict[str, dict[str, Any]] = {}
-    for task in PROBE_TASKS:
-        rs = [r for r in runs if r["kind"] == "probe" and r["task"] == task and r["curve"]]
-        if not rs:
-            continue
-        best = max(rs, key=lambda r: r["curve"][-1][METRIC])
-        by_family = {}
-        for r in rs:
-            fam = r["params"].get("adapter.family", "lora")
-            by_family[fam] = max(by_family.get(fam, -1.0), r["curve"][-1][METRIC])
-        placements = {
-            _placement(r["params"]): r["curve"][-1][METRIC] for r in rs if r["config"] < len(PROBE_PLACEMENTS)
-        }
-        halves = {k: v for k, v in placements.items() if k in ("vision/half-bottom", "vision/half-up")}
-        per_task[task] = {
-            "best_family": best["params"].get("adapter.family", "lora"),
-            "best_placement": _placement(best["params"])
-            if best["config"] < len(PROBE_PLACEMENTS)
-            else "both/all",
-            "best_lora_placement": max(placements, key=placements.get) if placements else None,
-            "best_val_hm": best["curve"][-1][METRIC],
-            "zero_shot_val_hm": zs.get(task, {}).get("zs/val/hm", math.nan),
-            "by_family": {k: round(v, 1) for k, v in by_family.items()},
-            "by_lora_placement": {k: round(v, 1) for k, v in placements.items()},
-            # information, not the check: which half of the vision tower adapts this task better
-            "better_vision_half": max(halves, key=halves.get) if len(halves) == 2 else None,
-        }
-    # "not the same on every task *of the world*": the generated tasks only; the real-image task is reported
-    # beside them (counting it would let Fashion-MNIST alone make the world pass)
-    world_tasks = {t: v for t, v in per_task.items() if t not in REAL_IMAGE_TASKS}
-    choices = {(v["best_family"], v["best_lora_placement"]) for v in world_tasks.values()}
-    with_real = {(v["best_family"], v["best_lora_placement"]) for v in per_task.values()}
+    c = task_choices(runs, zs)
+    per_task, choices, unconstrained, with_real, at_equal = (
+        c["per_task"],
+        c["choices"],
+        c["unconstrained"],
+        c["with_real"],
+        c["at_equal"],
+    )
     figures = {
         "variance_explained": rep.variance_explained,
         "seed_spearman": rep.seed_spearman,
@@ -336,7 +377,7 @@ def gate(runs: list[dict], table: Any, seeds: list[int]) -> dict[str, Any]:
     for k, v in figures.items():
         ok = v <= GATE[k] if k == "default_trial_s" else v >= GATE[k]
         checks[k] = {"value": round(float(v), 4), "threshold": GATE[k], "pass": bool(math.isfinite(v) and ok)}
-    checks["differs_between_tasks"] = {"value": len(choices), "threshold": 2, "pass": len(world_tasks) >= 2 and len(choices) >= 2}  # fmt: skip
+    checks["differs_between_tasks"] = {"value": len(choices), "threshold": 2, "pass": c["world_tasks"] >= 2 and len(choices) >= 2}  # fmt: skip
     return {
         "configs": int(table.n_configs), "complete_configs": int(complete.sum()), "runs": int(rep.n_runs),
         "seed_sd": rep.seed_sd, "between_sd": rep.between_sd, "zero_shot_val_hm": zs_val, "best_val_hm": best_val,
@@ -345,7 +386,10 @@ def gate(runs: list[dict], table: Any, seeds: list[int]) -> dict[str, Any]:
         "quarter_fidelity": quarter + 1, "early_final_spearman_all": rep.early_final_spearman,
         "median_trial_wall_s": float(np.median(main_s)) if main_s else math.nan,
         "median_trial_cpu_s": float(np.median(main_cpu)) if main_cpu else math.nan,
-        "per_task": per_task, "distinct_best_with_real_images": len(with_real), "checks": checks, "pass": all(c["pass"] for c in checks.values()),
+        "per_task": per_task, "distinct_best_with_real_images": len(with_real),
+        "placement_compared": "at equal parameters" if at_equal else "unconstrained (LoRA defaults)",
+        "distinct_best_unconstrained": len(unconstrained),
+        "checks": checks, "pass": all(c["pass"] for c in checks.values()),
     }  # fmt: skip
 
 
@@ -366,6 +410,12 @@ def print_gate(g: dict[str, Any]) -> None:
             f"{t['best_family']:8s} LoRA placement {t['best_lora_placement']} (better vision half: "
             f"{t['better_vision_half']})\n    placements {t['by_lora_placement']}  families {t['by_family']}"
         )
+        if t.get("by_equal_params_placement"):
+            p(f"    at equal parameters {t['equal_params_trainable']} (seed means of {t['equal_params_seeds']}): "
+              f"{t['by_equal_params_placement']} -> best {t['best_equal_params_placement']}")  # fmt: skip
+    if "placement_compared" in g:
+        p(f"  the check's placement: {g['placement_compared']}; distinct best family/placement with the "
+          f"unconstrained LoRA placement: {g['distinct_best_unconstrained']}")  # fmt: skip
     if "distinct_best_with_real_images" in g:
         p(f"  (information) distinct best family/placement with the real-image task too: "
           f"{g['distinct_best_with_real_images']}")  # fmt: skip
@@ -419,8 +469,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", type=int, default=64)
     parser.add_argument("--seeds", default="1,2,3")
     parser.add_argument("--design-seed", type=int, default=0)
-    parser.add_argument("--phase", choices=("all", "main", "probes", "gate"), default="all",
-                        help="record the main design, the probes, both, or only recompute the gate")  # fmt: skip
+    parser.add_argument("--phase", choices=("all", "main", "probes", "equal", "gate"), default="all",
+                        help="record the main design, the probes, both, only the equal-parameter placements, or "
+                        "only recompute the gate")  # fmt: skip
     parser.add_argument("--max-minutes", type=float, default=None, help="stop (resumably) after this long")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once, one process and one core each")
     args = parser.parse_args(argv)

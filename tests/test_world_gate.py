@@ -87,3 +87,57 @@ def test_bad_arguments_are_one_line_errors(tmp_path, capsys):
     assert wg.main(["--out", str(tmp_path), "--jobs", "0"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4 and all(line.startswith("error:") for line in err)
+
+
+def _probe_run(
+    kind: str, task: str, config: int, seed: int, towers: str, hm: float, family: str = "lora"
+) -> dict:
+    params = {"adapter.family": family, "placement.towers": towers, "placement.layers": "all"}
+    return {"kind": kind, "task": task, "config": config, "seed": seed, "params": params,
+            "curve": [{"val/hm": hm}], "final": {"trainable_params": 46080}}  # fmt: skip
+
+
+def test_placement_is_compared_at_equal_parameters_once_recorded():
+    """Both towers win every task unconstrained (one tower is a subset), so the check counts one choice; with the
+    equal-parameter probes of every world task it compares seed means at equal cost, and there the best tower
+    differs between tasks. The real-image task never counts for the world."""
+    world = [t for t in wg.PROBE_TASKS if t not in wg.REAL_IMAGE_TASKS]
+    runs = []
+    for task in wg.PROBE_TASKS:
+        for i, (towers, _) in enumerate(wg.PROBE_PLACEMENTS[:3]):
+            runs.append(
+                _probe_run("probe", task, i, 1, towers, {"both": 60, "vision": 50, "text": 40}[towers])
+            )
+    unconstrained = wg.task_choices(runs, {})
+    assert not unconstrained["at_equal"] and len(unconstrained["choices"]) == 1
+    # equal parameters: "text" best on the first world task (by its seed mean), "vision" on the others
+    for task in wg.PROBE_TASKS:
+        for i, (towers, _, _) in enumerate(wg.EQUAL_PARAMS):
+            for seed, noise in ((1, 0.0), (2, 1.0)):
+                best = "text" if task == world[0] else "vision"
+                hm = (
+                    55 + noise if towers == best else 50 + 2 * noise
+                )  # seed 2 alone would rank them otherwise
+                runs.append(_probe_run("equal", task, i, seed, towers, hm))
+    c = wg.task_choices(runs, {})
+    assert c["at_equal"] and c["choices"] == {("lora", "text/all"), ("lora", "vision/all")}
+    assert len(c["unconstrained"]) == 1 and c["world_tasks"] == len(world)
+    t = c["per_task"][world[0]]
+    assert t["by_equal_params_placement"] == {"both/all": 51.0, "vision/all": 51.0, "text/all": 55.5}
+    assert t["equal_params_seeds"] == 2 and t["equal_params_trainable"] == [46080]
+    # one world task without its equal-parameter runs: the check falls back to the unconstrained placement
+    partial = [r for r in runs if not (r["kind"] == "equal" and r["task"] == world[1])]
+    assert not wg.task_choices(partial, {})["at_equal"]
+
+
+def test_equal_parameter_probes_run_every_seed_with_their_rank_and_no_budget():
+    space = load_space("search_spaces/all.yaml")
+    jobs = wg._jobs(space, [], wg.probes(space), [1, 2, 3], "equal")
+    assert len(jobs) == len(wg.PROBE_TASKS) * 3 * len(wg.EQUAL_PARAMS)
+    for job in jobs[:3]:
+        towers, layers, r = wg.EQUAL_PARAMS[job["config"]]
+        config = space.trial_config(job["params"], overrides=wg._overrides(job), seed=job["seed"])
+        assert (config.placement.towers, config.adapter.r, config.adapter.budget) == (towers, r, None)
+    # equal cost: rank x adapted matrices is the same for every placement (both towers have width 128)
+    blocks = {"both": 10, "vision": 6, "text": 4}
+    assert len({r * blocks[towers] * 3 for towers, _, r in wg.EQUAL_PARAMS}) == 1
