@@ -73,7 +73,7 @@ QUICK_MODEL = (
     "rs-tiny-clip"  # CI: no rs-small-clip pretraining (5 min of CPU) just to check that the bench runs
 )
 RANKS, BUDGET_FRACTION = [0, 1, 2, 4, 8], 0.5
-SCORE_IMAGES = 256  # search.score_images: allocations scored on a fixed stratified quarter of the 1,008
+SCORE_IMAGES = 192  # search.score_images: allocations scored on a fixed stratified fifth of the 1,008
 VARIANTS = {"distill": True, "labels": False}  # search.distill on / off, same supernet seed and draws
 
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 import tempfile
+from collections import Counter
 
 import pyarrow.parquet as pq
 import pytest
@@ -108,8 +110,13 @@ def test_allocations_are_scored_on_a_fixed_stratified_sample(oneshot_sweep):
     scorer = SupernetScorer(result.folder / "supernet", images=12)
     full = SupernetScorer(result.folder / "supernet")
     assert len(scorer.task.val) == 12 < len(full.task.val)
-    assert set(scorer.task.val.labels.tolist()) == set(full.task.val.labels.tolist())  # every class is in it
-    again = scorer.score([json.loads(e["ranks"]) for e in evals[:3]])
+    # stratified: each class gets its share of the 12, rounded (floor or ceil; with more classes than images, one)
+    picked, everything = Counter(scorer.task.val.labels.tolist()), Counter(full.task.val.labels.tolist())
+    assert set(picked) <= set(everything) and len(picked) == min(12, len(everything))
+    for c, n in everything.items():
+        share = n * 12 / len(full.task.val)
+        assert math.floor(share) <= picked.get(c, 0) <= max(1, math.ceil(share))
+    again = scorer.score([list(json.loads(e["ranks"]).values()) for e in evals[:3]])  # site order kept
     assert [a["val/hm"] for a in again] == pytest.approx([e["val/hm"] for e in evals[:3]], abs=1e-9)
     client = MlflowClient(tracking_uri=result.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name(result.experiment).experiment_id])

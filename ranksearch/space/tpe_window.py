@@ -135,7 +135,8 @@ class _Window:
 
     def _get_trials(self, deepcopy: bool = False, states: Any = None, use_cache: bool = False) -> list[Any]:
         trials = self._study._get_trials(deepcopy=False, states=None, use_cache=use_cache)
-        if any(t.number != i for i, t in ((0, trials[0]), (len(trials) - 1, trials[-1])) if trials):
+        # the incremental state indexes trials by number; a study where that does not hold is read whole
+        if trials and (trials[0].number != 0 or trials[-1].number != len(trials) - 1):
             return self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
         self._tracked.update(trials)
         numbers = self._tracked.kept()
