@@ -322,6 +322,7 @@ def task_choices(runs: list[dict], zs: dict[str, dict]) -> dict[str, Any]:
     # "not the same on every task *of the world*": the generated tasks only; the real-image task is reported
     # beside them (counting it would let Fashion-MNIST alone make the world pass)
     world_tasks = {t: v for t, v in per_task.items() if t not in REAL_IMAGE_TASKS}
+    beyond = _beyond_noise(runs, world_tasks)
     # "placement" compared at equal cost when the equal-parameter probes are recorded (on every world task);
     # the unconstrained LoRA placement is kept as information (a superset placement wins it by containment)
     at_equal = bool(world_tasks) and all(v["best_equal_params_placement"] for v in world_tasks.values())
@@ -330,7 +331,37 @@ def task_choices(runs: list[dict], zs: dict[str, dict]) -> dict[str, Any]:
     unconstrained = {(v["best_family"], v["best_lora_placement"]) for v in world_tasks.values()}
     with_real = {(v["best_family"], v[where] or v["best_lora_placement"]) for v in per_task.values()}
     return {"per_task": per_task, "world_tasks": len(world_tasks), "choices": choices,
-            "unconstrained": unconstrained, "with_real": with_real, "at_equal": at_equal}  # fmt: skip
+            "unconstrained": unconstrained, "with_real": with_real, "at_equal": at_equal, **beyond}  # fmt: skip
+
+
+def _beyond_noise(runs: list[dict], world_tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The "differs" check read against the probes' own noise: per world task, the equal-parameter placements
+    whose seed mean is within ``margin`` of the best are tied with it (margin = 2 x pooled seed SD x sqrt(2/n):
+    a difference of two n-seed means, ~95 %); the best family is the unconstrained one. The check counts the world
+    tasks on which the most widely tied choice is beaten beyond the margin: 0 means one choice is as good as the
+    best on every task, so the world does not make that choice matter (a "best" differing by less is noise)."""
+    groups = [
+        [r["curve"][-1][METRIC] for r in runs if r["kind"] == "equal" and r["task"] == t and r["curve"]
+         and _placement(r["params"]) == f"{towers}/{layers}"]
+        for t in world_tasks for towers, layers, _ in EQUAL_PARAMS
+    ]  # fmt: skip
+    groups = [g for g in groups if len(g) >= 2]
+    if not groups or not all(v["best_equal_params_placement"] for v in world_tasks.values()):
+        return {"margin": None, "beaten_beyond_noise": None, "widest_choice": None}
+    dof = sum(len(g) - 1 for g in groups)
+    sd = math.sqrt(sum(float(np.var(g, ddof=1)) * (len(g) - 1) for g in groups) / dof)
+    n = min(len(g) for g in groups)
+    margin = 2 * sd * math.sqrt(2 / n)
+    tied: dict[str, set[tuple[str, str]]] = {}
+    for t, v in world_tasks.items():
+        eq = v["by_equal_params_placement"]
+        top = max(eq.values())
+        v["tied_with_best"] = sorted(k for k, x in eq.items() if top - x <= margin)
+        tied[t] = {(v["best_family"], k) for k in v["tied_with_best"]}
+    counts = {c: sum(c in ts for ts in tied.values()) for c in set().union(*tied.values())}
+    widest = max(sorted(counts), key=counts.get)
+    return {"margin": margin, "pooled_seed_sd": sd, "widest_choice": widest,
+            "beaten_beyond_noise": len(world_tasks) - counts[widest]}  # fmt: skip
 
 
 def gate(runs: list[dict], table: Any, seeds: list[int]) -> dict[str, Any]:
@@ -378,6 +409,9 @@ def gate(runs: list[dict], table: Any, seeds: list[int]) -> dict[str, Any]:
         ok = v <= GATE[k] if k == "default_trial_s" else v >= GATE[k]
         checks[k] = {"value": round(float(v), 4), "threshold": GATE[k], "pass": bool(math.isfinite(v) and ok)}
     checks["differs_between_tasks"] = {"value": len(choices), "threshold": 2, "pass": c["world_tasks"] >= 2 and len(choices) >= 2}  # fmt: skip
+    if c["beaten_beyond_noise"] is not None:  # the same check, read against the probes' seed noise
+        checks["differs_beyond_noise"] = {"value": c["beaten_beyond_noise"], "threshold": 1,
+                                          "pass": c["beaten_beyond_noise"] >= 1}  # fmt: skip
     return {
         "configs": int(table.n_configs), "complete_configs": int(complete.sum()), "runs": int(rep.n_runs),
         "seed_sd": rep.seed_sd, "between_sd": rep.between_sd, "zero_shot_val_hm": zs_val, "best_val_hm": best_val,
@@ -389,6 +423,7 @@ def gate(runs: list[dict], table: Any, seeds: list[int]) -> dict[str, Any]:
         "per_task": per_task, "distinct_best_with_real_images": len(with_real),
         "placement_compared": "at equal parameters" if at_equal else "unconstrained (LoRA defaults)",
         "distinct_best_unconstrained": len(unconstrained),
+        "tie_margin": c["margin"], "widest_choice": c["widest_choice"],
         "checks": checks, "pass": all(c["pass"] for c in checks.values()),
     }  # fmt: skip
 
@@ -412,10 +447,14 @@ def print_gate(g: dict[str, Any]) -> None:
         )
         if t.get("by_equal_params_placement"):
             p(f"    at equal parameters {t['equal_params_trainable']} (seed means of {t['equal_params_seeds']}): "
-              f"{t['by_equal_params_placement']} -> best {t['best_equal_params_placement']}")  # fmt: skip
+              f"{t['by_equal_params_placement']} -> best {t['best_equal_params_placement']}"
+              + (f", tied with it: {t['tied_with_best']}" if t.get("tied_with_best") else ""))  # fmt: skip
     if "placement_compared" in g:
         p(f"  the check's placement: {g['placement_compared']}; distinct best family/placement with the "
           f"unconstrained LoRA placement: {g['distinct_best_unconstrained']}")  # fmt: skip
+    if g.get("tie_margin") is not None:
+        p(f"  beyond noise: placements within {g['tie_margin']:.2f} HM points of a task's best are tied with it "
+          f"(2 x pooled seed SD x sqrt(2/n)); {g['widest_choice']} is tied-best on the most world tasks")  # fmt: skip
     if "distinct_best_with_real_images" in g:
         p(f"  (information) distinct best family/placement with the real-image task too: "
           f"{g['distinct_best_with_real_images']}")  # fmt: skip

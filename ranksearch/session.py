@@ -146,8 +146,9 @@ class TrialSession:
         with torch.no_grad(), self.autocast():
             return class_text_features(self.model, tokens, len(templates)).float()
 
-    def evaluate(self, task: Task, split_name: str) -> dict[str, float]:
+    def evaluate(self, task: Task, split_name: str, likelihood: bool = False) -> dict[str, float]:
         """``<split>/<metric>`` for val or test; "test" adds every extra test set as ``test/<name>/<metric>``.
+        ``likelihood`` adds ``<split>/loglik`` (``evaluate_split``) at the training loss's logit scale.
 
         An extra set in the task's label space keeps the task's base/new split; another dataset is scored by
         accuracy over its own classes.
@@ -158,9 +159,15 @@ class TrialSession:
         text = self.text_features(task.classnames, task.templates)
         kw = {"device": self.device, "batch_size": self.config.eval.batch_size, "autocast": self.autocast}
         split = getattr(task, split_name)
+        scale = None
+        if likelihood:
+            scale = self.config.train.logit_scale
+            scale = float(self.model.logit_scale.exp().item()) if scale is None else scale
         metrics = {
             f"{split_name}/{k}": v
-            for k, v in evaluate_split(self.model, task, split, text, split_name=split_name, **kw).items()
+            for k, v in evaluate_split(
+                self.model, task, split, text, split_name=split_name, logit_scale=scale, **kw
+            ).items()
         }
         if split_name == "test":
             for name, (classnames, extra) in task.extra_tests.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -359,6 +360,14 @@ ONESHOT_SPACE = {
         ({"base": {"adapter": {"family": "dra"}}}, "base.adapter.family: one-shot search nests"),
         ({"search": {"mode": "one-shot", "score_images": 0}}, "search.score_images"),
         ({"search": {"mode": "one-shot", "score_images": "half"}}, "search.score_images"),
+        ({"search": {"mode": "one-shot", "score": "loss"}}, "search.score"),
+        (
+            {
+                "search": {"mode": "one-shot", "score": "likelihood"},
+                "objective": {"metric": "val/hm", "mode": "min"},
+            },
+            "search.score: likelihood ranks higher as better",
+        ),
     ],
 )
 def test_one_shot_space_errors_name_the_field(change, message):
@@ -431,6 +440,23 @@ def test_report_section_table_and_tau_of_a_summary():
     ]
     names = [name for name, _ in oneshot_figures(summary, evals)]
     assert names == ["fig-oneshot-retrained", "fig-oneshot-front"]
+    assert [t.name for t in oneshot_figures(summary, evals)[0][1].data] == [
+        "retrained = estimate",
+        "retrained allocation",
+    ]
+    # ranked by val/loglik (search.score: likelihood): no difference column, no y = x line, both names shown
+    ll = {**summary, "estimate_metric": "val/loglik"}
+    ll["rows"] = [{**r, "estimate": -r["estimate"] / 50} for r in summary["rows"]]
+    table = oneshot_html_table(ll)
+    assert "estimate val/loglik" in table and "retrained val/hm" in table and "+0.26" not in table
+    assert (
+        "Kendall τ (one-shot estimate val/loglik vs retrained val/hm, 2 retrained allocations)"
+        in oneshot_note(ll)
+    )
+    lik = [{**e, "val/loglik": -1.0 + e["number"] / 10} for e in evals]
+    figs = dict(oneshot_figures(ll, lik))
+    assert [t.name for t in figs["fig-oneshot-retrained"].data] == ["retrained allocation"]
+    assert list(figs["fig-oneshot-front"].data[0].y) == [e["val/loglik"] for e in lik]
 
 
 def test_export_of_an_unknown_allocation_is_one_line_exit_2(tmp_path):
@@ -476,3 +502,30 @@ def test_stratified_sample_keeps_class_shares(labels, n, seed):
     if n < len(labels) and bool((counts[counts > 0] * n >= len(labels)).all()):  # no class needed the floor
         assert bool(((got - counts * n / len(labels)).abs() < 1).all())
     assert torch.equal(sample.labels, split.stratified_sample(n, seed=seed).labels)  # the same for a seed
+
+
+# --- ranking by log-likelihood (search.score: likelihood) --------------------------------------------------
+@settings(max_examples=100, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.integers(2, 6), st.integers(1, 40), st.floats(1.0, 100.0))
+def test_subset_log_likelihood_is_the_mean_log_probability_among_the_group(seed, n_classes, n, scale):
+    from ranksearch.training.evaluate import subset_log_likelihood
+
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.nn.functional.normalize(torch.randn(n, 8, generator=g, dtype=torch.float64), dim=-1)
+    text = torch.nn.functional.normalize(
+        torch.randn(n_classes + 2, 8, generator=g, dtype=torch.float64), dim=-1
+    )
+    labels = torch.randint(0, n_classes + 2, (n,), generator=g)
+    group = sorted(torch.randperm(n_classes + 2, generator=g)[:n_classes].tolist(), reverse=True)  # any order
+    want = []  # per image of the group: log softmax over the group's classes, at the true class
+    for f, y in zip(feats, labels.tolist(), strict=True):
+        if y in group:
+            z = [scale * float(f @ text[c]) for c in group]
+            top = max(z)
+            log_sum = top + math.log(sum(math.exp(v - top) for v in z))
+            want.append(z[group.index(y)] - log_sum)
+    got = subset_log_likelihood(feats, labels, text, group, scale)
+    if not want:
+        assert math.isnan(got)
+    else:
+        assert got == pytest.approx(sum(want) / len(want), rel=1e-9, abs=1e-9)

@@ -27,7 +27,7 @@ SPACE = {
         "eval": {"evals": 2, "zero_shot": False},
     },
     "search": {"mode": "one-shot", "ranks": [0, 1, 2, 4], "sandwich_random": 1, "evaluations": 8, "top_k": 2,
-               "budget": {"total_params": 3000}, "score_images": 12},
+               "budget": {"total_params": 3000}, "score_images": 12, "score": "likelihood"},
     "objective": {"metric": "val/hm", "mode": "max"},
     "concurrency": 2,
     "resources": {"cpu": 1, "gpu": 0},
@@ -118,6 +118,15 @@ def test_allocations_are_scored_on_a_fixed_stratified_sample(oneshot_sweep):
         assert math.floor(share) <= picked.get(c, 0) <= max(1, math.ceil(share))
     again = scorer.score([list(json.loads(e["ranks"]).values()) for e in evals[:3]])  # site order kept
     assert [a["val/hm"] for a in again] == pytest.approx([e["val/hm"] for e in evals[:3]], abs=1e-9)
+    assert [a["val/loglik"] for a in again] == pytest.approx([e["val/loglik"] for e in evals[:3]], abs=1e-9)
+    # search.score: likelihood: the front and the retrains are chosen by val/loglik, judged by val/hm
+    s = result.oneshot
+    assert s["estimate_metric"] == "val/loglik" and s["metric"] == "val/hm"
+    by_number = {e["number"]: e for e in evals}
+    assert [r["estimate"] for r in s["rows"]] == [by_number[r["allocation"]]["val/loglik"] for r in s["rows"]]
+    trained_front = sorted((e for e in evals if e["front"] and e["trainable_params"] > 0),
+                           key=lambda e: -e["val/loglik"])  # fmt: skip
+    assert [r["allocation"] for r in s["rows"]] == [e["number"] for e in trained_front[: len(s["rows"])]]
     client = MlflowClient(tracking_uri=result.tracking_uri)
     runs = client.search_runs([client.get_experiment_by_name(result.experiment).experiment_id])
     ev = next(r for r in runs if r.data.tags.get("ranksearch.kind") == "evaluations")
@@ -173,11 +182,16 @@ def test_report_and_best_read_a_one_shot_sweep(oneshot_sweep, tmp_path):
     section = section[: section.index("</section>")]
     n = sum(r["retrained"] is not None for r in s["rows"])
     tau = "-" if s["kendall_tau"] != s["kendall_tau"] else f"{s['kendall_tau']:.2f}"
-    assert f"Kendall τ (one-shot estimate vs retrained val/hm, {n} retrained allocations): {tau}." in section
+    # ranked by val/loglik (search.score: likelihood), judged by val/hm: the note names both
+    assert (
+        f"Kendall τ (one-shot estimate val/loglik vs retrained val/hm, {n} retrained allocations): {tau}."
+        in section
+    )
     rows = re.findall(r"<tr data-allocation='(\d+)'>(.*?)</tr>", section)
     assert [int(a) for a, _ in rows] == [r["allocation"] for r in s["rows"]]
     for (_, cells), r in zip(rows, s["rows"], strict=True):
         shown = re.findall(r"<td[^>]*>(.*?)</td>", cells)
         assert shown[1] == r["trial"].split("/")[1] and shown[3] == f"{r['estimate']:.2f}"
         assert shown[4] == f"{r['retrained']:.2f}" and shown[7] == "completed"
+        assert shown[6] == "-"  # no "retrained - estimate": a log-likelihood is not on the HM's scale
     assert '"fig-oneshot-retrained"' in page and '"fig-oneshot-front"' in page

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import textwrap
 
 import numpy as np
@@ -125,6 +126,21 @@ def test_placement_is_compared_at_equal_parameters_once_recorded():
     t = c["per_task"][world[0]]
     assert t["by_equal_params_placement"] == {"both/all": 51.0, "vision/all": 51.0, "text/all": 55.5}
     assert t["equal_params_seeds"] == 2 and t["equal_params_trainable"] == [46080]
+    # beyond noise: pooled seed SD of the equal-parameter groups sqrt((0.5 + 2 + 2) / 3) per task, margin 2 x SD
+    assert c["margin"] == pytest.approx(2 * math.sqrt(4.5 / 3) * math.sqrt(2 / 2))
+    assert t["tied_with_best"] == ["text/all"] and c["widest_choice"] == ("lora", "vision/all")
+    assert (
+        c["beaten_beyond_noise"] == 1
+    )  # vision/all is beaten beyond the margin on the first world task only
+    # the same "best" per task, but by less than the noise: every placement ties, no task tells them apart
+    close = [
+        {**r, "curve": [{"val/hm": 50 + (0.2 if r["params"]["placement.towers"] == ("text" if r["task"] == world[0]
+                                                                                       else "vision") else 0)
+                          + 3 * (r["seed"] == 2)}]} if r["kind"] == "equal" else r
+        for r in runs
+    ]  # fmt: skip
+    tied = wg.task_choices(close, {})
+    assert tied["choices"] == c["choices"] and tied["beaten_beyond_noise"] == 0
     # one world task without its equal-parameter runs: the check falls back to the unconstrained placement
     partial = [r for r in runs if not (r["kind"] == "equal" and r["task"] == world[1])]
     assert not wg.task_choices(partial, {})["at_equal"]

@@ -29,6 +29,7 @@ from typing import Any
 
 from ranksearch.oneshot.allocation import PARAMS, AllocationSpace, Evaluation, search_allocations
 from ranksearch.oneshot.outputs import front_members, write_outputs
+from ranksearch.oneshot.spec import LIKELIHOOD
 
 log = logging.getLogger(__name__)
 
@@ -227,7 +228,9 @@ def run_oneshot(space: Any, folder: Path, manifest: Any, tracking_uri: str | Non
     from ranksearch.oneshot.supernet import supernet_config
 
     spec, o = space.spec, space.spec.search
-    metric, mode = spec.objectives[0].metric, spec.objectives[0].mode
+    metric, mode = spec.objectives[0].metric, spec.objectives[0].mode  # what the retrains are judged by
+    estimate = LIKELIHOOD if o.score == "likelihood" else metric  # what ranks the allocations on the supernet
+    est_mode = "max" if o.score == "likelihood" else mode
     res = {"num_cpus": spec.resources.cpu, "num_gpus": spec.resources.gpu}
     track = _Tracking(tracking_uri or manifest.tracking_uri, manifest.parent_run_id, manifest.name)
     config = supernet_config(space)
@@ -259,7 +262,8 @@ def run_oneshot(space: Any, folder: Path, manifest: Any, tracking_uri: str | Non
     # 2. evaluations ------------------------------------------------------------------------------------
     eid = track.child("evaluations", "evaluations", {"sampler": o.sampler, "evaluations": o.evaluations,
                                                       "ranks": ",".join(map(str, o.ranks)), "seed": o.seed,
-                                                      "score_images": o.score_images or "all"})  # fmt: skip
+                                                      "score_images": o.score_images or "all",
+                                                      "score": o.score})  # fmt: skip
     n_actors = max(1, min(spec.concurrency, o.evaluations))
     actor_cls = ray.remote(**res)(_Scorer)
     actors = [actor_cls.remote(str(sdir), o.score_images) for _ in range(n_actors)]
@@ -274,32 +278,34 @@ def run_oneshot(space: Any, folder: Path, manifest: Any, tracking_uri: str | Non
         return out  # type: ignore[return-value]
 
     def logged(e: Evaluation) -> None:
-        track.metrics(eid, [(metric, e.metrics.get(metric), e.number), (PARAMS, e.metrics[PARAMS], e.number),
-                            ("eval_seconds", e.metrics.get("eval_seconds"), e.number)])  # fmt: skip
+        points = [
+            (k, e.metrics.get(k), e.number) for k in dict.fromkeys([estimate, metric, PARAMS, "eval_seconds"])
+        ]
+        track.metrics(eid, points)
 
     t0 = time.perf_counter()
     evals = search_allocations(
-        aspace, score, evaluations=o.evaluations, metric=metric, mode=mode, sampler=o.sampler, seed=o.seed,
+        aspace, score, evaluations=o.evaluations, metric=estimate, mode=est_mode, sampler=o.sampler, seed=o.seed,
         batch=n_actors, storage=JournalStorage(JournalFileBackend(str(folder / JOURNAL))),
         enqueue=[aspace.repair(aspace.maximum()), aspace.minimum()], on_result=logged,
     )  # fmt: skip
     search_seconds = time.perf_counter() - t0
     for a in actors:
         ray.kill(a)
-    write_outputs(folder / SEARCH, evals, aspace, metric, mode)
+    write_outputs(folder / SEARCH, evals, aspace, estimate, est_mode)
     track.finish(eid, folder / SEARCH)
 
     # 3. retrains ----------------------------------------------------------------------------------------
     # the all-zero allocation is the frozen model (its "retrain" is the zero-shot score): nothing to train
-    front = [e for e in front_members(evals, metric, mode) if e.metrics[PARAMS] > 0]
+    front = [e for e in front_members(evals, estimate, est_mode) if e.metrics[PARAMS] > 0]
     chosen = front[: o.top_k]
     base = config.model_dump(mode="json")
     jobs, retrained = {}, {}
     task = ray.remote(**res)(_retrain_task)
 
     def progress() -> dict:  # what status / report read, after every retrain that ends
-        _write_trials(folder, chosen, retrained, metric, space.fixed_family)
-        summary = _summary(space, config, sup, evals, chosen, retrained, aspace, metric, search_seconds)
+        _write_trials(folder, chosen, retrained, estimate, space.fixed_family)
+        summary = _summary(config, sup, evals, chosen, retrained, aspace, metric, estimate, search_seconds)
         tmp = folder / (SUMMARY + ".tmp")
         tmp.write_text(json.dumps(summary, indent=2))
         os.replace(tmp, folder / SUMMARY)
@@ -314,7 +320,7 @@ def run_oneshot(space: Any, folder: Path, manifest: Any, tracking_uri: str | Non
         rid = track.child(tid, "retrain", {**_flat(cfg), "oneshot.allocation": e.number})
         run = track.client.get_run(rid)
         if "oneshot/estimate" not in run.data.metrics:
-            track.metrics(rid, [("oneshot/estimate", e.metrics[metric], 0)])
+            track.metrics(rid, [("oneshot/estimate", e.metrics[estimate], 0)])
         done = _finished_retrain(out)
         if done is not None:  # ended in an earlier run of the sweep: never trained again
             retrained[tid] = done
@@ -334,8 +340,8 @@ def run_oneshot(space: Any, folder: Path, manifest: Any, tracking_uri: str | Non
             _log_retrain(track, rid, r, out)
             progress()
 
-    _write_trials(folder, chosen, retrained, metric, space.fixed_family)
-    summary = _summary(space, config, sup, evals, chosen, retrained, aspace, metric, search_seconds)
+    _write_trials(folder, chosen, retrained, estimate, space.fixed_family)
+    summary = _summary(config, sup, evals, chosen, retrained, aspace, metric, estimate, search_seconds)
     (folder / SUMMARY).write_text(json.dumps(summary, indent=2))
     track.metrics(manifest.parent_run_id, [(f"oneshot/{k}", v, 0) for k, v in summary["compute"].items()]
                   + [("oneshot/kendall_tau", summary["kendall_tau"], 0)])  # fmt: skip
@@ -355,9 +361,9 @@ def _log_retrain(track: _Tracking, rid: str, r: dict, out: Path) -> None:
     track.finish(rid, out, "FINISHED" if r["status"] == "completed" else "FAILED")
 
 
-def _write_trials(folder: Path, chosen: list, retrained: dict, metric: str, family: str) -> None:
+def _write_trials(folder: Path, chosen: list, retrained: dict, estimate: str, family: str) -> None:
     """``trials.parquet`` with the retrains as the sweep's trials (what ``status``, ``best`` and ``report`` read),
-    each with its one-shot estimate as ``oneshot/estimate``."""
+    each with its one-shot estimate (the ``estimate`` metric on the supernet) as ``oneshot/estimate``."""
     from ranksearch.sweep.results import write_parquet
 
     rows = []
@@ -366,7 +372,7 @@ def _write_trials(folder: Path, chosen: list, retrained: dict, metric: str, fami
         numbers = {k: v for k, v in r.get("metrics", {}).items() if isinstance(v, int | float)}
         rows.append({"trial_id": f"retrain-{e.number}", "status": r.get("status", "pending"), "family": family,
                      "reports": len(r.get("history", [])), "oneshot/allocation": e.number, **numbers,
-                     "oneshot/estimate": e.metrics[metric]})  # fmt: skip
+                     "oneshot/estimate": e.metrics[estimate]})  # fmt: skip
     write_parquet(rows, folder / "trials.parquet")
 
 
@@ -375,15 +381,16 @@ def _metrics_file(trial_dir: Path) -> dict:
     return {"metrics": doc.get("final", {}), "history": doc.get("history", [])}
 
 
-def _summary(space, config, sup, evals, chosen, retrained, aspace, metric, search_seconds) -> dict:
-    """The one-shot table (estimate vs retrained per allocation), Kendall τ, and the compute it took."""
+def _summary(config, sup, evals, chosen, retrained, aspace, metric, estimate, search_seconds) -> dict:
+    """The one-shot table (estimate vs retrained per allocation), Kendall τ, and the compute it took.
+    ``estimate`` ranked the allocations on the supernet, ``metric`` (the objective) judges the retrains."""
     test_metric = "test/" + metric.split("/", 1)[1] if metric.startswith("val/") else None
     rows = []
     for e in chosen:
         r = retrained.get(f"retrain-{e.number}", {})
         m = r.get("metrics", {})
         rows.append({
-            "allocation": e.number, "trainable_params": int(e.metrics[PARAMS]), "estimate": e.metrics[metric],
+            "allocation": e.number, "trainable_params": int(e.metrics[PARAMS]), "estimate": e.metrics[estimate],
             "retrained": m.get(metric), "retrained_test": m.get(test_metric) if test_metric else None,
             "status": r.get("status", "missing"), "trial": f"trials/retrain-{e.number}",
             "ranks": aspace.as_dict(e.ranks),
@@ -393,7 +400,7 @@ def _summary(space, config, sup, evals, chosen, retrained, aspace, metric, searc
     steps = config.train.total_steps(config.data.shots)
     secs = [e.metrics.get("eval_seconds", float("nan")) for e in evals]
     return {
-        "metric": metric, "rows": rows, "kendall_tau": tau, "front_size": sum(e.front for e in evals),
+        "metric": metric, "estimate_metric": estimate, "rows": rows, "kendall_tau": tau, "front_size": sum(e.front for e in evals),
         "compute": {
             "supernet_steps": steps, "supernet_passes": sup["metrics"].get("supernet/passes", 0),
             "supernet_seconds": sup.get("seconds", float("nan")),

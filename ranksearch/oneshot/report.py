@@ -10,11 +10,17 @@ def _fmt(v: Any) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.2f}"
 
 
+def _estimate(summary: dict[str, Any]) -> str:
+    """The metric the allocations were ranked by on the supernet (``search.score``): the objective or
+    ``val/loglik``; summaries from before the option hold the objective only."""
+    return summary.get("estimate_metric", summary["metric"])
+
+
 def oneshot_table(summary: dict[str, Any]) -> Any:
     """A rich Table of ``oneshot.json`` (``ranksearch.oneshot.pipeline``), Kendall τ and compute in its caption."""
     from rich.table import Table
 
-    metric = summary["metric"]
+    metric, estimate = summary["metric"], _estimate(summary)
     c = summary["compute"]
     tau = summary["kendall_tau"]
     table = Table(
@@ -26,7 +32,7 @@ def oneshot_table(summary: dict[str, Any]) -> Any:
     for col in (
         "allocation",
         "params",
-        f"estimate {metric}",
+        f"estimate {estimate}",
         f"retrained {metric}",
         "retrained test",
         "status",
@@ -46,9 +52,9 @@ def oneshot_html_table(summary: dict[str, Any]) -> str:
     beside its retrained validation and test result (``oneshot.json``'s rows, best estimate first)."""
     import html
 
-    metric = summary["metric"]
+    metric, estimate = summary["metric"], _estimate(summary)
     test = metric.replace("val/", "test/", 1)
-    head = ["allocation", "trial", "trainable params", f"estimate {metric}", f"retrained {metric}",
+    head = ["allocation", "trial", "trainable params", f"estimate {estimate}", f"retrained {metric}",
             f"retrained {test}", "retrained − estimate", "status"]  # fmt: skip
     text_cols = {1, 7}
     out = ["<div class='tablewrap'><table class='sortable' id='oneshot-table'><thead><tr>"]
@@ -58,7 +64,8 @@ def oneshot_html_table(summary: dict[str, Any]) -> str:
     out.append("</tr></thead><tbody>")
     for r in summary["rows"]:
         est, ret = r["estimate"], r["retrained"]
-        diff = ret - est if isinstance(ret, int | float) and isinstance(est, int | float) else None
+        same_scale = estimate == metric and isinstance(ret, int | float) and isinstance(est, int | float)
+        diff = ret - est if same_scale else None  # a log-likelihood estimate is not on the objective's scale
         trial = str(r["trial"]).rsplit("/", 1)[-1]
         cells = [(str(r["allocation"]), r["allocation"]), (trial, trial),
                  (f"{r['trainable_params']:,}", r["trainable_params"]), (_fmt(est), est), (_fmt(ret), ret),
@@ -79,8 +86,9 @@ def oneshot_note(summary: dict[str, Any]) -> str:
     what the search cost."""
     c = summary["compute"]
     n = sum(1 for r in summary["rows"] if r["retrained"] is not None)
+    by = "" if _estimate(summary) == summary["metric"] else f" {_estimate(summary)}"
     return (
-        f"Kendall τ (one-shot estimate vs retrained {summary['metric']}, {n} retrained allocations): "
+        f"Kendall τ (one-shot estimate{by} vs retrained {summary['metric']}, {n} retrained allocations): "
         f"{_fmt(summary['kendall_tau'])}. {c['evaluations']} allocations scored on the supernet "
         f"({c['supernet_steps']} steps, {int(c['supernet_passes'])} forward/backward passes; one evaluation "
         f"{c['eval_seconds_mean']:.2f} s), a front of {summary['front_size']}, the best {len(summary['rows'])} "
@@ -93,15 +101,16 @@ def oneshot_figures(summary: dict[str, Any], evaluations: list[dict] | None) -> 
     scored allocation's estimate against its parameters with the front (from ``search/evaluations.parquet``)."""
     import plotly.graph_objects as go
 
-    metric = summary["metric"]
+    metric, estimate = summary["metric"], _estimate(summary)
     figs: list[tuple[str, Any]] = []
     done = [r for r in summary["rows"] if r["retrained"] is not None]
     if done:
         fig = go.Figure()
-        lo = min(min(r["estimate"], r["retrained"]) for r in done)
-        hi = max(max(r["estimate"], r["retrained"]) for r in done)
-        fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="retrained = estimate",
-                                 line={"color": "#bbb", "dash": "dot"}))  # fmt: skip
+        if estimate == metric:  # the y = x line only where both axes are the same metric
+            lo = min(min(r["estimate"], r["retrained"]) for r in done)
+            hi = max(max(r["estimate"], r["retrained"]) for r in done)
+            fig.add_trace(go.Scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="retrained = estimate",
+                                     line={"color": "#bbb", "dash": "dot"}))  # fmt: skip
         fig.add_trace(
             go.Scatter(
                 x=[r["estimate"] for r in done], y=[r["retrained"] for r in done], mode="markers+text",
@@ -111,21 +120,21 @@ def oneshot_figures(summary: dict[str, Any], evaluations: list[dict] | None) -> 
             )
         )  # fmt: skip
         fig.update_layout(title=f"one-shot estimate vs retrained {metric} (τ {_fmt(summary['kendall_tau'])})",
-                          xaxis_title=f"estimate {metric} (masked supernet)", yaxis_title=f"retrained {metric}",
+                          xaxis_title=f"estimate {estimate} (masked supernet)", yaxis_title=f"retrained {metric}",
                           height=380, margin={"t": 40, "b": 40})  # fmt: skip
         figs.append(("fig-oneshot-retrained", fig))
     if evaluations:
         fig = go.Figure()
-        pts = [e for e in evaluations if e.get(metric) is not None]
+        pts = [e for e in evaluations if e.get(estimate) is not None]
         front = sorted((e for e in pts if e.get("front")), key=lambda e: e["trainable_params"])
-        fig.add_trace(go.Scatter(x=[e["trainable_params"] for e in pts], y=[e[metric] for e in pts],
+        fig.add_trace(go.Scatter(x=[e["trainable_params"] for e in pts], y=[e[estimate] for e in pts],
                                  mode="markers", name="scored", marker={"size": 5, "color": "#999"},
                                  text=[f"allocation {e['number']}" for e in pts]))  # fmt: skip
-        fig.add_trace(go.Scatter(x=[e["trainable_params"] for e in front], y=[e[metric] for e in front],
+        fig.add_trace(go.Scatter(x=[e["trainable_params"] for e in front], y=[e[estimate] for e in front],
                                  mode="lines+markers", name=f"front ({len(front)})", line={"shape": "hv"},
                                  text=[f"allocation {e['number']}" for e in front]))  # fmt: skip
-        fig.update_layout(title=f"every scored allocation: estimate {metric} vs trainable parameters",
-                          xaxis_title="trainable parameters", yaxis_title=f"estimate {metric}", height=380,
+        fig.update_layout(title=f"every scored allocation: estimate {estimate} vs trainable parameters",
+                          xaxis_title="trainable parameters", yaxis_title=f"estimate {estimate}", height=380,
                           margin={"t": 40, "b": 40})  # fmt: skip
         figs.append(("fig-oneshot-front", fig))
     return figs

@@ -4,6 +4,7 @@
 task are built once, then each allocation costs one validation pass (text features are recomputed when the
 text tower is adapted, since its ranks change them). ``images`` scores on a fixed class-stratified sample of the
 validation split (``search.score_images``), the same images for every allocation, so estimates stay comparable.
+Every score holds ``val/loglik`` besides the accuracy metrics: what ``search.score: likelihood`` ranks by.
 """
 
 from __future__ import annotations
@@ -43,6 +44,6 @@ class SupernetScorer:
         for ranks in allocs:
             t0 = time.perf_counter()
             self.session.set_allocation(list(ranks))
-            metrics = self.session.evaluate(self.task, "val")
+            metrics = self.session.evaluate(self.task, "val", likelihood=True)  # + val/loglik (search.score)
             out.append({**metrics, "eval_seconds": time.perf_counter() - t0})
         return out

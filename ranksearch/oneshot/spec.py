@@ -14,6 +14,7 @@ from pydantic import Field, field_validator, model_validator
 from ranksearch.config.base import StrictModel
 
 ONE_SHOT_FAMILIES = ("lora", "codyra")
+LIKELIHOOD = "val/loglik"  # what search.score: likelihood ranks by (every supernet score holds it)
 
 
 _Model = StrictModel
@@ -71,6 +72,13 @@ class OneShotSpec(_Model):
         le=10_000_000,
         description="validation images each allocation is scored on: a fixed class-stratified sample, the same "
         "for every allocation (null: the whole split); the retrained top-K are scored on the whole split",
+    )
+    score: Literal["objective", "likelihood"] = Field(
+        "objective",
+        description="what ranks the allocations: objective (the space's first objective, e.g. val/hm, on the "
+        "scored images) or likelihood (val/loglik: the mean log-probability of the true class, per class group; "
+        "it moves with every image's margin, so on a small score_images sample it ranks allocations with less "
+        "noise: docs/oneshot.md)",
     )
     sampler: Literal["tpe", "nsga2", "random"] = Field(
         "tpe",
@@ -131,6 +139,10 @@ def space_problems(spec: Any) -> list[tuple[str, str]]:
         )
     if s.budget is not None and s.budget.total_rank is not None and s.ranks[0] > 0:
         pass  # the min allocation's cost depends on the sites: checked when the sites are known
+    first = spec.objectives[0] if spec.objectives else None
+    if s.score == "likelihood" and first is not None and first.mode != "max":
+        problems.append(("search.score", f"likelihood ranks higher as better; the first objective "
+                         f"{first.metric!r} is minimised: use score: objective"))  # fmt: skip
     if s.top_k > s.evaluations:
         problems.append(("search.top_k", f"retrains {s.top_k} of only {s.evaluations} evaluations"))
     return problems

@@ -49,6 +49,21 @@ def subset_accuracy(
     return 100.0 * (pred == labels.to(feats.device)[keep]).float().mean().item()
 
 
+def subset_log_likelihood(
+    feats: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, classes: list[int], logit_scale: float
+) -> float:
+    """Mean log-probability of the true class of images whose label is in ``classes``, among ``classes`` only
+    (softmax of ``logit_scale`` x cosine, the training loss's logits). Unlike accuracy it moves with every image's
+    margin, so on a small sample it ranks models with less noise (docs/oneshot.md, ``search.score``)."""
+    cls = torch.as_tensor(classes, device=feats.device)
+    keep = torch.isin(labels.to(feats.device), cls)
+    if not keep.any():
+        return float("nan")
+    logits = logit_scale * feats[keep] @ text[cls].t()  # (n, |classes|)
+    target = (labels.to(feats.device)[keep, None] == cls[None, :]).float().argmax(dim=-1)  # (n,) index in cls
+    return -F.cross_entropy(logits, target).item()
+
+
 def evaluate_split(
     model: nn.Module,
     task: Task,
@@ -59,23 +74,32 @@ def evaluate_split(
     batch_size: int,
     autocast,
     split_name: str = "test",
+    logit_scale: float | None = None,
 ) -> dict[str, float]:
     """Metrics of one split: ``base``, ``new``, ``hm`` under base-to-new, else ``acc``.
 
     ``split_name`` picks the class groups (``Task.scored_classes``): "val" scores trained base classes vs the
     pseudo-new ones, anything else real base vs real new. Without pseudo-new classes (``val_new_fraction`` 0)
-    validation reports ``base`` only.
+    validation reports ``base`` only. With ``logit_scale``, ``loglik`` too: the mean over the same class groups
+    of each group's mean log-probability of the true class (base and new weigh equally, as in the HM).
     """
     feats = image_features(model, split.images, device, batch_size, autocast)
     groups = task.scored_classes(split_name)
     if groups is None:
-        return {"acc": subset_accuracy(feats, split.labels, text, list(range(len(task.classnames))))}
+        groups = (list(range(len(task.classnames))), None)
     base_classes, new_classes = groups
+    scored = [c for c in (base_classes, new_classes) if c]
+    extra = {}
+    if logit_scale is not None:
+        lls = [subset_log_likelihood(feats, split.labels, text, c, logit_scale) for c in scored]
+        extra["loglik"] = sum(lls) / len(lls)
     base = subset_accuracy(feats, split.labels, text, base_classes)
+    if new_classes is None:
+        return {"acc": base, **extra}
     if not new_classes:
-        return {"base": base}
+        return {"base": base, **extra}
     new = subset_accuracy(feats, split.labels, text, new_classes)
-    return {"base": base, "new": new, "hm": harmonic_mean(base, new)}
+    return {"base": base, "new": new, "hm": harmonic_mean(base, new), **extra}
 
 
 # the metric each protocol summarises its extra test sets with (paper naming: average over targets)
