@@ -282,6 +282,7 @@ def _placement(params: dict[str, Any]) -> str:
 def task_choices(runs: list[dict], zs: dict[str, dict]) -> dict[str, Any]:
     """Per probe task: the best family and placement (the "differs between tasks" check), from the probes."""
     per_task: dict[str, dict[str, Any]] = {}
+    finals: dict[str, dict[str, list[float]]] = {}  # task -> equal-parameter placement -> final per seed
     for task in PROBE_TASKS:
         rs = [r for r in runs if r["kind"] == "probe" and r["task"] == task and r["curve"]]
         if not rs:
@@ -299,7 +300,8 @@ def task_choices(runs: list[dict], zs: dict[str, dict]) -> dict[str, Any]:
         for r in runs:
             if r["kind"] == "equal" and r["task"] == task and r["curve"]:
                 equal_runs.setdefault(_placement(r["params"]), []).append(r)
-        equal = {k: float(np.mean([r["curve"][-1][METRIC] for r in v])) for k, v in equal_runs.items()}
+        finals[task] = {k: [r["curve"][-1][METRIC] for r in v] for k, v in equal_runs.items()}
+        equal = {k: float(np.mean(v)) for k, v in finals[task].items()}
         per_task[task] = {
             "best_family": best["params"].get("adapter.family", "lora"),
             "best_placement": _placement(best["params"])
@@ -322,7 +324,7 @@ def task_choices(runs: list[dict], zs: dict[str, dict]) -> dict[str, Any]:
     # "not the same on every task *of the world*": the generated tasks only; the real-image task is reported
     # beside them (counting it would let Fashion-MNIST alone make the world pass)
     world_tasks = {t: v for t, v in per_task.items() if t not in REAL_IMAGE_TASKS}
-    beyond = _beyond_noise(runs, world_tasks)
+    beyond = _beyond_noise({t: finals[t] for t in world_tasks}, world_tasks)
     # "placement" compared at equal cost when the equal-parameter probes are recorded (on every world task);
     # the unconstrained LoRA placement is kept as information (a superset placement wins it by containment)
     at_equal = bool(world_tasks) and all(v["best_equal_params_placement"] for v in world_tasks.values())
@@ -334,18 +336,17 @@ def task_choices(runs: list[dict], zs: dict[str, dict]) -> dict[str, Any]:
             "unconstrained": unconstrained, "with_real": with_real, "at_equal": at_equal, **beyond}  # fmt: skip
 
 
-def _beyond_noise(runs: list[dict], world_tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def _beyond_noise(
+    finals: dict[str, dict[str, list[float]]], world_tasks: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
     """The "differs" check read against the probes' own noise: per world task, the equal-parameter placements
     whose seed mean is within ``margin`` of the best are tied with it (margin = 2 x pooled seed SD x sqrt(2/n):
     a difference of two n-seed means, ~95 %); the best family is the unconstrained one. The check counts the world
     tasks on which the most widely tied choice is beaten beyond the margin: 0 means one choice is as good as the
-    best on every task, so the world does not make that choice matter (a "best" differing by less is noise)."""
-    groups = [
-        [r["curve"][-1][METRIC] for r in runs if r["kind"] == "equal" and r["task"] == t and r["curve"]
-         and _placement(r["params"]) == f"{towers}/{layers}"]
-        for t in world_tasks for towers, layers, _ in EQUAL_PARAMS
-    ]  # fmt: skip
-    groups = [g for g in groups if len(g) >= 2]
+    best on every task, so the world does not make that choice matter (a "best" differing by less is noise).
+    ``finals``: per world task, each equal-parameter placement's final values (one per seed); each task's tied
+    placements are written into its ``world_tasks`` entry as ``tied_with_best`` (what the gate prints)."""
+    groups = [g for by_placement in finals.values() for g in by_placement.values() if len(g) >= 2]
     if not groups or not all(v["best_equal_params_placement"] for v in world_tasks.values()):
         return {"margin": None, "beaten_beyond_noise": None, "widest_choice": None}
     dof = sum(len(g) - 1 for g in groups)

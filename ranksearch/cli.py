@@ -8,7 +8,6 @@ while running exit 1; tracebacks appear only with ``--debug``.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ranksearch.errors import ConfigError, RanksearchError
+from ranksearch.quiet import configure_logging
 
 app = typer.Typer(
     name="ranksearch",
@@ -37,17 +37,6 @@ app = typer.Typer(
 )
 console = Console(stderr=True)
 out = Console()
-
-
-def _configure_logging(verbose: bool) -> None:
-    """ranksearch's own messages at INFO (DEBUG with --debug); third-party chatter only when verbose."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
-    )
-    logging.getLogger("ranksearch").setLevel(logging.DEBUG if verbose else logging.INFO)
-    for noisy in ("urllib3", "alembic", "filelock", "matplotlib", "PIL", "git"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def load_config_file(path: Path, overrides: list[str], params_json: str | None):
@@ -150,7 +139,7 @@ def trial(
     its per-step metrics, its rank-allocation table (parquet) and its adapter weights to MLflow. With
     --seeds, one run per seed and the mean ± std over them.
     """
-    _configure_logging(debug)
+    configure_logging(debug)
     config = load_config_file(config_file, set_, params)
     if show_config:
         if debug:
@@ -228,7 +217,7 @@ def pretrain(
     Every command that uses ``model.pretrained: shapeworld`` builds it on first use; this command only makes
     that step explicit.
     """
-    _configure_logging(False)
+    configure_logging(False)
     from ranksearch.pretrain import checkpoint_path, default_recipe, ensure_checkpoint
 
     cached = checkpoint_path(default_recipe(model))
@@ -256,7 +245,7 @@ def prepare_data(
     Never called by training, evaluation or tests. Where official split files cannot be fetched it says so and
     tells you where to put them; ImageNet and its variants must be brought by you (licence).
     """
-    _configure_logging(False)
+    configure_logging(False)
     from ranksearch.data.prepare import prepare_dataset
 
     folder = prepare_dataset(name, root.expanduser())
@@ -315,7 +304,7 @@ def export(
     exports its best trial (or --trial); an MLflow run id downloads that run's artifacts first (a sweep's
     parent run id means its best trial).
     """
-    _configure_logging(False)
+    configure_logging(False)
     from ranksearch.api import export as run
 
     manifest = run(

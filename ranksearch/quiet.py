@@ -32,6 +32,19 @@ ONE_LINE = ("ray.tune.execution.tune_controller",)
 TUNE_OUTPUT = {"RAY_AIR_NEW_OUTPUT": "0"}
 
 
+def configure_logging(verbose: bool) -> None:
+    """What a CLI command shows of logging: ranksearch's own messages at INFO as plain lines (DEBUG, with level
+    and logger, when verbose); third-party messages from WARNING, their chatter only when verbose. Set before
+    anything else configures the root logger, so a library's later ``basicConfig`` does not pick the format."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s",
+    )
+    logging.getLogger("ranksearch").setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("urllib3", "alembic", "filelock", "matplotlib", "PIL", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
 @contextlib.contextmanager
 def quiet_libraries(debug: bool = False) -> Iterator[None]:
     """Silence the start-up chatter listed in ``CHATTER`` (nothing with ``debug``), restoring it afterwards."""

@@ -154,15 +154,13 @@ class TrialSession:
         accuracy over its own classes.
         """
         from ranksearch.training.evaluate import evaluate_split
+        from ranksearch.training.loop import loss_logit_scale
 
         self.model.eval()
         text = self.text_features(task.classnames, task.templates)
         kw = {"device": self.device, "batch_size": self.config.eval.batch_size, "autocast": self.autocast}
         split = getattr(task, split_name)
-        scale = None
-        if likelihood:
-            scale = self.config.train.logit_scale
-            scale = float(self.model.logit_scale.exp().item()) if scale is None else scale
+        scale = loss_logit_scale(self.config.train.logit_scale, self.model) if likelihood else None
         metrics = {
             f"{split_name}/{k}": v
             for k, v in evaluate_split(

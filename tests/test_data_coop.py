@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections import Counter
 from pathlib import Path
@@ -421,3 +422,54 @@ def test_class_names_one_spelling_per_label(tmp_path: Path, caplog: pytest.LogCa
         "pug",
         "siamese",
     ]
+
+
+def test_one_shot_scoring_sample_and_likelihood_on_the_coop_layout(tmp_path: Path) -> None:
+    """One-shot scoring (``search.score_images``, ``search.score: likelihood``) on CoOp-layout data: the
+    stratified sample keeps every image with its own label, one per class here, and val/loglik is the
+    mean of the two pseudo-split groups' log-likelihoods, each over 2 classes."""
+    import dataclasses
+
+    from ranksearch.config import validate_trial_config
+    from ranksearch.session import TrialSession
+    from ranksearch.training.evaluate import image_features, subset_log_likelihood
+
+    base = tmp_path / "oxford_pets"
+    doc: dict[str, list] = {"train": [], "val": [], "test": []}
+    for y, cname in enumerate(f"breed_{i}" for i in range(8)):
+        for i in range(9):
+            rel = f"{cname}_{i}.png"
+            _png(base / "images" / rel)
+            doc["train" if i < 5 else "val" if i < 7 else "test"].append([rel, y, cname])
+    (base / "split_zhou_OxfordPets.json").write_text(json.dumps(doc))
+    config = validate_trial_config(
+        {
+            "model": {"pretrained": None},
+            "data": {"task": "oxford_pets", "root": str(tmp_path), "protocol": "base2new", "shots": 2,
+                     "val_new_fraction": 0.5},
+            "train": {"iterations": 1},
+            "eval": {"evals": 1},
+            "tracking": {"enabled": False},
+        }
+    )  # fmt: skip
+    session = TrialSession(config, 1)
+    task = build_task(config.data, session.image_size)
+    assert len(task.train_classes) == 2 and len(task.val_new_classes) == 2  # of the 4 base classes
+    full = task.val  # 4 base classes x 2 validation images
+    sample = full.stratified_sample(4, seed=0)
+    assert sorted(sample.labels.tolist()) == sorted(set(full.labels.tolist()))  # one image of each class
+    # each kept image still carries its own label (the fabricated images are distinct noise)
+    index = [next(i for i in range(len(full)) if torch.equal(full.images[i], x)) for x in sample.images]
+    assert len(set(index)) == 4 and torch.equal(sample.labels, full.labels[index])
+    small = dataclasses.replace(task, val=sample)
+    metrics = session.evaluate(small, "val", likelihood=True)
+    text = session.text_features(task.classnames, task.templates)
+    feats = image_features(session.model, sample.images, session.device, 256, session.autocast)
+    scale = float(session.model.logit_scale.exp().item())  # train.logit_scale unset: the model's own
+    groups = [
+        subset_log_likelihood(feats, sample.labels, text, c, scale)
+        for c in (task.train_classes, task.val_new_classes)
+    ]
+    assert all(-math.log(2) * 50 < g < 0 for g in groups)  # finite, below certainty
+    assert metrics["val/loglik"] == pytest.approx(sum(groups) / 2, rel=1e-6)
+    assert set(metrics) == {"val/base", "val/new", "val/hm", "val/loglik"}

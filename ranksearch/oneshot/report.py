@@ -16,6 +16,13 @@ def _estimate(summary: dict[str, Any]) -> str:
     return summary.get("estimate_metric", summary["metric"])
 
 
+def _versus(summary: dict[str, Any]) -> str:
+    """ "estimate vs retrained val/hm", naming the estimate's metric where it is another one."""
+    estimate = _estimate(summary)
+    by = "" if estimate == summary["metric"] else f" {estimate}"
+    return f"estimate{by} vs retrained {summary['metric']}"
+
+
 def oneshot_table(summary: dict[str, Any]) -> Any:
     """A rich Table of ``oneshot.json`` (``ranksearch.oneshot.pipeline``), Kendall τ and compute in its caption."""
     from rich.table import Table
@@ -25,7 +32,7 @@ def oneshot_table(summary: dict[str, Any]) -> Any:
     tau = summary["kendall_tau"]
     table = Table(
         title=f"one-shot rank search: {c['evaluations']} allocations scored, front of {summary['front_size']}",
-        caption=f"Kendall tau (estimate vs retrained {metric}): {_fmt(tau)}   supernet: {c['supernet_steps']} steps, "
+        caption=f"Kendall tau ({_versus(summary)}): {_fmt(tau)}   supernet: {c['supernet_steps']} steps, "
         f"{int(c['supernet_passes'])} passes; retrains: {c['retrain_steps']} steps; one evaluation "
         f"{c['eval_seconds_mean']:.2f} s",
     )
@@ -86,9 +93,8 @@ def oneshot_note(summary: dict[str, Any]) -> str:
     what the search cost."""
     c = summary["compute"]
     n = sum(1 for r in summary["rows"] if r["retrained"] is not None)
-    by = "" if _estimate(summary) == summary["metric"] else f" {_estimate(summary)}"
     return (
-        f"Kendall τ (one-shot estimate{by} vs retrained {summary['metric']}, {n} retrained allocations): "
+        f"Kendall τ (one-shot {_versus(summary)}, {n} retrained allocations): "
         f"{_fmt(summary['kendall_tau'])}. {c['evaluations']} allocations scored on the supernet "
         f"({c['supernet_steps']} steps, {int(c['supernet_passes'])} forward/backward passes; one evaluation "
         f"{c['eval_seconds_mean']:.2f} s), a front of {summary['front_size']}, the best {len(summary['rows'])} "

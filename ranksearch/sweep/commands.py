@@ -130,6 +130,7 @@ def sweep(
 
     from rich.console import Console
 
+    from ranksearch.quiet import configure_logging
     from ranksearch.sweep.live import leaderboard
     from ranksearch.sweep.tuner import run_sweep
 
@@ -137,7 +138,7 @@ def sweep(
     if study_storage is None and storage is not None:
         runs_dir = runs_dir or Path(storage)  # the older spelling of --runs-dir
 
-    logging.getLogger("ranksearch").setLevel(logging.INFO)
+    configure_logging(debug)  # ranksearch's progress lines as plain messages, as every other command
     # Tune's INFO lines ("Wrote the latest version of all result files ...") would break into the live view
     logging.getLogger("ray.tune").setLevel(logging.INFO if debug else logging.WARNING)
     result = run_sweep(
@@ -152,9 +153,10 @@ def sweep(
         out.print(oneshot_table(result.oneshot))
         out.print(f"sweep folder: {result.folder}  ({result.wall_s:.0f} s)", highlight=False)
         target = result.name if (runs_dir or storage) is None else _shortest(result.folder)
+        out.print(f"front: {_shortest(result.folder / 'search')}", highlight=False, soft_wrap=True)
+        # a command of its own line, unwrapped, so it copies whole
         out.print(
-            f"front: {_shortest(result.folder / 'search')}  export one: ranksearch export {target} "
-            "--allocation N --out DIR",
+            f"export one: ranksearch export {target} --allocation N --out DIR",
             highlight=False,
             soft_wrap=True,
         )

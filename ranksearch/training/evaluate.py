@@ -32,21 +32,33 @@ def image_features(
     return torch.cat(out) if out else torch.empty(0)
 
 
-def subset_accuracy(
+def _subset_logits(
     feats: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, classes: list[int]
-) -> float:
-    """Top-1 accuracy (%) of images whose label is in ``classes``, classified among ``classes`` only.
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Cosine logits (n, |classes|) of the images whose label is in ``classes`` against those classes only, and
+    each image's true class as an index into ``classes`` (n,); ``None`` when no image is of those classes.
 
     Args:
         feats: (N, D) image features; labels: (N,) global labels; text: (C, D) features of all classes.
     """
     cls = torch.as_tensor(classes, device=feats.device)
-    keep = torch.isin(labels.to(feats.device), cls)
+    labels = labels.to(feats.device)
+    keep = torch.isin(labels, cls)
     if not keep.any():
+        return None
+    target = (labels[keep, None] == cls[None, :]).float().argmax(dim=-1)  # (n,)
+    return feats[keep] @ text[cls].t(), target
+
+
+def subset_accuracy(
+    feats: torch.Tensor, labels: torch.Tensor, text: torch.Tensor, classes: list[int]
+) -> float:
+    """Top-1 accuracy (%) of images whose label is in ``classes``, classified among ``classes`` only."""
+    scored = _subset_logits(feats, labels, text, classes)
+    if scored is None:
         return float("nan")
-    logits = feats[keep] @ text[cls].t()  # (n, |classes|)
-    pred = cls[logits.argmax(dim=-1)]
-    return 100.0 * (pred == labels.to(feats.device)[keep]).float().mean().item()
+    logits, target = scored
+    return 100.0 * (logits.argmax(dim=-1) == target).float().mean().item()
 
 
 def subset_log_likelihood(
@@ -55,13 +67,11 @@ def subset_log_likelihood(
     """Mean log-probability of the true class of images whose label is in ``classes``, among ``classes`` only
     (softmax of ``logit_scale`` x cosine, the training loss's logits). Unlike accuracy it moves with every image's
     margin, so on a small sample it ranks models with less noise (docs/oneshot.md, ``search.score``)."""
-    cls = torch.as_tensor(classes, device=feats.device)
-    keep = torch.isin(labels.to(feats.device), cls)
-    if not keep.any():
+    scored = _subset_logits(feats, labels, text, classes)
+    if scored is None:
         return float("nan")
-    logits = logit_scale * feats[keep] @ text[cls].t()  # (n, |classes|)
-    target = (labels.to(feats.device)[keep, None] == cls[None, :]).float().argmax(dim=-1)  # (n,) index in cls
-    return -F.cross_entropy(logits, target).item()
+    logits, target = scored
+    return -F.cross_entropy(logit_scale * logits, target).item()
 
 
 def evaluate_split(

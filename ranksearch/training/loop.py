@@ -282,6 +282,12 @@ def clip_loss(
     return loss
 
 
+def loss_logit_scale(logit_scale: float | None, model: nn.Module) -> float:
+    """The scale of the training loss's logits: ``train.logit_scale`` when set (CLIP-LoRA's fixed 100), else the
+    model's learned temperature, ``exp(logit_scale)``."""
+    return logit_scale if logit_scale is not None else float(model.logit_scale.exp().item())
+
+
 def adam_kwargs(params: list[nn.Parameter]) -> dict:
     """``foreach=True`` for AdamW: one multi-tensor op per update stage instead of ~10 ops per parameter.
 
@@ -380,8 +386,7 @@ class Trainer:
         self.sampler = BatchSampler(len(self.targets), cfg.batch_size, self.data_gen)
         self.step = 0
         self._frozen_text: torch.Tensor | None = None
-        scale = cfg.logit_scale if cfg.logit_scale is not None else float(model.logit_scale.exp().item())
-        self.logit_scale = scale
+        self.logit_scale = loss_logit_scale(cfg.logit_scale, model)
         # encode prompts only up to their EOT token where that is exact (the bench turns it off to compare)
         self.cut_prompts = True
         self.prefix_cache: FrozenPrefixCache | None = None
