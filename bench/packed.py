@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import json
@@ -23,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -161,6 +163,94 @@ def _throughput(ctx: Context, mixed: bool, repeats: int, warmup: int) -> Row:
         )
 
 
+PHASES = ("augment", "image forward", "text forward + loss", "backward", "optimizer + after-step")
+
+
+def _phases(ctx: Context, steps: int) -> Row:
+    """CPU time per member-step of each phase of a step, in a pack of K and in a lone trial (1 thread each).
+
+    The pack's phases are those of ``Pack._step_group`` run one after another with a timer around each (the same
+    calls in the same order: the members' batches, one stacked image pass, one stacked text pass and the losses,
+    one backward, then each member's optimizer step and bookkeeping); the lone trial's are ``Trainer.train_step``'s.
+    CPU time (``time.process_time``), so other jobs on the machine steal wall time, not these figures.
+    """
+    parts: dict[str, list[float]] = {f"{w} {p}": [0.0] for w in ("pack", "alone") for p in PHASES}
+
+    @contextlib.contextmanager
+    def timed(name: str):
+        t0 = time.process_time()
+        yield
+        parts[name][0] += time.process_time() - t0
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with tempfile.TemporaryDirectory(prefix="rs-pack-") as tmp:
+        configs = _configs("rs-tiny-clip", K, False, 32)
+        pack = _pack(configs, Path(tmp) / "k")
+        run = _alone(configs[0], Path(tmp))
+
+        def pack_step() -> None:
+            group = pack.active()
+            trainers = [m.run.trainer for m in group]
+            with timed("pack augment"):
+                idx = [t.sampler.next() for t in trainers]
+                ys = [t.targets[i] for t, i in zip(trainers, idx, strict=True)]
+                xs = [t.batch_inputs(i) for t, i in zip(trainers, idx, strict=True)]
+            with (
+                timed("pack image forward"),
+                pack.packed.stacked([(m.id, len(x)) for m, x in zip(group, xs, strict=True)]),
+            ):
+                feats = pack.model.encode_image(torch.cat(xs)).split([len(x) for x in xs])  # (B_m, D) each
+            with timed("pack text forward + loss"):
+                texts = pack._text_features(group)
+                terms = [t.loss_terms(f, y, c) for t, f, y, c in zip(trainers, feats, ys, texts, strict=True)]
+            with timed("pack backward"):
+                torch.stack([total for _, total in terms]).sum().backward()
+            with timed("pack optimizer + after-step"):
+                for m, (loss, _) in zip(group, terms, strict=True):
+                    m.run.after_step(m.run.trainer.apply_gradients(loss, time.perf_counter()))
+
+        def alone_step() -> None:
+            tr = run.trainer
+            with timed("alone augment"):
+                idx = tr.sampler.next()
+                x, y = tr.batch_inputs(idx), tr.targets[idx]
+            with timed("alone image forward"):
+                f = tr.model.encode_image(x)
+            with timed("alone text forward + loss"):
+                loss, total = tr.loss_terms(f, y)
+            with timed("alone backward"):
+                total.backward()
+            with timed("alone optimizer + after-step"):
+                tr.apply_gradients(loss, time.perf_counter())
+
+        for _ in range(2):  # warm-up
+            pack_step()
+            alone_step()
+        for cell in parts.values():
+            cell[0] = 0.0
+        ctx.log(f"packed phases: {steps} steps each")
+        try:
+            for _ in range(steps):
+                pack_step()
+                alone_step()
+        finally:
+            torch.set_num_threads(before)
+    ms = {k: 1e3 * v[0] / steps / (K if k.startswith("pack") else 1) for k, v in parts.items()}
+    pack_ms, alone_ms = (sum(ms[f"{w} {p}"] for p in PHASES) for w in ("pack", "alone"))
+    shared = ("image forward", "text forward + loss", "backward")
+    return Row(
+        "packed",
+        f"{K} tiny trials packed (same-shape LoRA): CPU ms per member-step by phase, pack / alone",
+        "report",
+        f"{pack_ms:.1f} / {alone_ms:.1f} ms",
+        None,
+        "; ".join(f"{p} {ms['pack ' + p]:.1f} / {ms['alone ' + p]:.1f}" for p in PHASES)
+        + f"; the shared model's phases (forward, text, backward) {sum(ms['pack ' + p] for p in shared):.1f} / "
+        f"{sum(ms['alone ' + p] for p in shared):.1f} ms; 1 thread, {steps} steps after 2 warm-up steps",
+    )
+
+
 # --- memory: one fresh process per measurement ---------------------------------------------------------------------
 def _child(mode: str, model: str, device_spec: str, batch: int, steps: int) -> dict:
     from bench.timing import peak_hwm_bytes, reset_peak_rss, rss_bytes
@@ -231,7 +321,15 @@ def _memory(ctx: Context) -> list[Row]:
 
 def run(ctx: Context) -> list[Row]:
     repeats, warmup = (2, 1) if ctx.quick else (9, 2)
+    if os.environ.get("RANKSEARCH_BENCH_PACKED_PARTS") == "phases":  # only the phase row; keep the others
+        saved = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.json"
+        kept = [Row(**r) for r in json.loads(saved.read_text())["rows"] if r["bench"] == "packed"]
+        phases = _phases(ctx, steps=3 if ctx.quick else 30)
+        ctx.notes.append("packed: only the phase row re-measured; its other rows kept as measured before")
+        kept = [r for r in kept if r.name != phases.name]
+        return [*kept[:1], phases, *kept[1:]]
     rows = [_throughput(ctx, mixed=False, repeats=repeats, warmup=warmup)]
+    rows.append(_phases(ctx, steps=3 if ctx.quick else 30))
     gc.collect()
     # quick mode (CI) runs each code path once: one throughput group, one packed memory child
     if not ctx.quick:

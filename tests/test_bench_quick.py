@@ -40,6 +40,7 @@ EXPECTED_ROWS = [
     "bytes per adapter parameter",
     "tiny: step with 2 torch threads / 1",
     "8 tiny trials packed (same-shape LoRA, lr differs) / best unpacked schedule",
+    "8 tiny trials packed (same-shape LoRA): CPU ms per member-step by phase, pack / alone",
     "tiny: peak memory, pack of 8 (pack_group 1) / one trial",
     "CUDA path: step times from CUDA events",
     "2 concurrent tiny trials vs 2 sequential at their fastest",
