@@ -175,13 +175,13 @@ def _phases(ctx: Context, steps: int) -> Row:
     one backward, then each member's optimizer step and bookkeeping); the lone trial's are ``Trainer.train_step``'s.
     CPU time (``time.process_time``), so other jobs on the machine steal wall time, not these figures.
     """
-    parts: dict[str, list[float]] = {f"{w} {p}": [0.0] for w in ("pack", "alone") for p in PHASES}
+    parts = {f"{w} {p}": 0.0 for w in ("pack", "alone") for p in PHASES}  # CPU seconds per phase
 
     @contextlib.contextmanager
     def timed(name: str):
         t0 = time.process_time()
         yield
-        parts[name][0] += time.process_time() - t0
+        parts[name] += time.process_time() - t0
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -228,8 +228,7 @@ def _phases(ctx: Context, steps: int) -> Row:
         for _ in range(2):  # warm-up
             pack_step()
             alone_step()
-        for cell in parts.values():
-            cell[0] = 0.0
+        parts.update(dict.fromkeys(parts, 0.0))
         ctx.log(f"packed phases: {steps} steps each")
         try:
             for _ in range(steps):
@@ -237,7 +236,7 @@ def _phases(ctx: Context, steps: int) -> Row:
                 alone_step()
         finally:
             torch.set_num_threads(before)
-    ms = {k: 1e3 * v[0] / steps / (K if k.startswith("pack") else 1) for k, v in parts.items()}
+    ms = {k: 1e3 * v / steps / (K if k.startswith("pack") else 1) for k, v in parts.items()}
     pack_ms, alone_ms = (sum(ms[f"{w} {p}"] for p in PHASES) for w in ("pack", "alone"))
     shared = ("image forward", "text forward + loss", "backward")
     return Row(
