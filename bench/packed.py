@@ -31,6 +31,7 @@ import torch
 
 from bench.report import Context, Row, at_least, at_most
 from bench.timing import interleaved
+from ranksearch.training.phases import PHASES
 
 MiB = 2**20
 K = 8
@@ -164,24 +165,25 @@ def _throughput(ctx: Context, mixed: bool, repeats: int, warmup: int) -> Row:
         )
 
 
-PHASES = ("augment", "image forward", "text forward + loss", "backward", "optimizer + after-step")
-
-
 def _phases(ctx: Context, steps: int) -> Row:
     """CPU time per member-step of each phase of a step, in a pack of K and in a lone trial (1 thread each).
 
-    The pack's phases are those of ``Pack._step_group`` run one after another with a timer around each (the same
-    calls in the same order: the members' batches, one stacked image pass, one stacked text pass and the losses,
-    one backward, then each member's optimizer step and bookkeeping); the lone trial's are ``Trainer.train_step``'s.
+    The product's own steps are timed: ``Pack.step`` and ``Trainer.train_step`` (then ``TrialRun.after_step``,
+    as a pack does for each member) call their ``phase`` hook around each phase (``ranksearch.training.phases``).
     CPU time (``time.process_time``), so other jobs on the machine steal wall time, not these figures.
     """
     parts = {f"{w} {p}": 0.0 for w in ("pack", "alone") for p in PHASES}  # CPU seconds per phase
 
-    @contextlib.contextmanager
-    def timed(name: str):
-        t0 = time.process_time()
-        yield
-        parts[name] += time.process_time() - t0
+    def timer(who: str):
+        @contextlib.contextmanager
+        def timed(phase: str):
+            t0 = time.process_time()
+            try:
+                yield
+            finally:
+                parts[f"{who} {phase}"] += time.process_time() - t0
+
+        return timed
 
     before = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -189,41 +191,13 @@ def _phases(ctx: Context, steps: int) -> Row:
         configs = _configs("rs-tiny-clip", K, False, 32)
         pack = _pack(configs, Path(tmp) / "k")
         run = _alone(configs[0], Path(tmp))
-
-        def pack_step() -> None:
-            group = pack.active()
-            trainers = [m.run.trainer for m in group]
-            with timed("pack augment"):
-                idx = [t.sampler.next() for t in trainers]
-                ys = [t.targets[i] for t, i in zip(trainers, idx, strict=True)]
-                xs = [t.batch_inputs(i) for t, i in zip(trainers, idx, strict=True)]
-            with (
-                timed("pack image forward"),
-                pack.packed.stacked([(m.id, len(x)) for m, x in zip(group, xs, strict=True)]),
-            ):
-                feats = pack.model.encode_image(torch.cat(xs)).split([len(x) for x in xs])  # (B_m, D) each
-            with timed("pack text forward + loss"):
-                texts = pack._text_features(group)
-                terms = [t.loss_terms(f, y, c) for t, f, y, c in zip(trainers, feats, ys, texts, strict=True)]
-            with timed("pack backward"):
-                torch.stack([total for _, total in terms]).sum().backward()
-            with timed("pack optimizer + after-step"):
-                for m, (loss, _) in zip(group, terms, strict=True):
-                    m.run.after_step(m.run.trainer.apply_gradients(loss, time.perf_counter()))
+        pack.phase, run.trainer.phase = timer("pack"), timer("alone")
+        pack_step = pack.step
 
         def alone_step() -> None:
-            tr = run.trainer
-            with timed("alone augment"):
-                idx = tr.sampler.next()
-                x, y = tr.batch_inputs(idx), tr.targets[idx]
-            with timed("alone image forward"):
-                f = tr.model.encode_image(x)
-            with timed("alone text forward + loss"):
-                loss, total = tr.loss_terms(f, y)
-            with timed("alone backward"):
-                total.backward()
-            with timed("alone optimizer + after-step"):
-                tr.apply_gradients(loss, time.perf_counter())
+            stats = run.trainer.train_step()
+            with run.trainer.phase("optimizer + after-step"):
+                run.after_step(stats)
 
         for _ in range(2):  # warm-up
             pack_step()

@@ -7,6 +7,7 @@ with the same configuration and seed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import pytest
@@ -16,7 +17,8 @@ from torch import nn
 
 from ranksearch.config import validate_trial_config
 from ranksearch.training.packed import Pack, PackContext, PackedSite, pack_key
-from ranksearch.trial import run_trial
+from ranksearch.training.phases import PHASES
+from ranksearch.trial import TrialRun, run_trial
 
 BASE = {
     "model": {"pretrained": None},
@@ -101,6 +103,33 @@ def test_stacking_in_groups_gives_the_same_results(alone, tmp_path):
     pack.run()
     for solo, member in zip(alone, members, strict=False):
         assert_same_result(solo, member.result, tmp_path)
+
+
+def recording_hook(names: list[str]):
+    @contextlib.contextmanager
+    def hook(name: str):
+        names.append(name)
+        yield
+
+    return hook
+
+
+def test_the_phase_hook_sees_every_phase_in_order_and_changes_no_number(alone, tmp_path):
+    pack = Pack(config(**MIXED[0]))
+    seen: list[str] = []
+    pack.phase = recording_hook(seen)
+    members = [pack.add(config(**c), tmp_path / str(i)) for i, c in enumerate(MIXED[:2])]
+    pack.run()
+    for solo, member in zip(alone, members, strict=False):
+        assert_same_result(solo, member.result, tmp_path)
+    assert seen == list(PHASES) * pack.steps and pack.steps == 8
+
+    run = TrialRun(config(**MIXED[0]), tmp_path / "lone")
+    seen.clear()
+    run.trainer.phase = recording_hook(seen)
+    run.trainer.train_step()
+    run.trainer.train_step()
+    assert seen == list(PHASES) * 2
 
 
 def test_lora_members_of_one_shape_share_a_batched_matmul(tmp_path, monkeypatch):

@@ -80,12 +80,6 @@ class SupernetTrainer(Trainer):
     distill: bool = False  # in-place distillation (search.distill)
     passes: int = 0  # forward/backward passes so far: the supernet's compute in training-step units
 
-    def _encode(self, idx: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
-        if x is None:  # frozen-prefix cache: the cached hidden states are the shared input
-            return self.encode_batch(idx)
-        with self.autocast():
-            return self.model.encode_image(x)
-
     def train_step(self) -> StepStats:
         t0 = time.perf_counter()
         if not self.model.training:

@@ -37,6 +37,7 @@ from ranksearch.config.schema import TrainConfig
 from ranksearch.data.transforms import normalize
 from ranksearch.errors import ConfigError, TrialError
 from ranksearch.training.augment import AugmentSpec, augment_batch
+from ranksearch.training.phases import PhaseHook, no_phase
 from ranksearch.training.text import class_text_features
 
 log = logging.getLogger(__name__)
@@ -364,6 +365,7 @@ class Trainer:
         vision_adapted = any(layer.site.tower == "vision" for layer in family.layers)
         self.loss_kind = "symmetric" if cfg.loss == "symmetric" and vision_adapted else "ce"
         self.prior_classes = prior_classes
+        self.phase: PhaseHook = no_phase  # a profiler's timer around each phase of train_step
         params = family.trainable_parameters()
         if not params:
             raise ConfigError(
@@ -435,11 +437,13 @@ class Trainer:
 
     def encode_batch(self, idx: torch.Tensor) -> torch.Tensor:
         """Image features (B, D) of training images ``idx``: augment, normalise, encode (or start from the cache)."""
-        if self.prefix_cache is not None:
-            with self.autocast():
-                return self.prefix_cache.encode(self.prefix_cache.hidden(idx, self._images))
-        x = self.batch_inputs(idx)
+        return self._encode(idx, self.batch_inputs(idx) if self.prefix_cache is None else None)
+
+    def _encode(self, idx: torch.Tensor, x: torch.Tensor | None) -> torch.Tensor:
+        """Image features (B, D) of the model inputs ``x`` (B, 3, H, W); ``x`` None: from the frozen-prefix cache."""
         with self.autocast():
+            if x is None:
+                return self.prefix_cache.encode(self.prefix_cache.hidden(idx, self._images))
             return self.model.encode_image(x)
 
     def loss_terms(
@@ -479,11 +483,18 @@ class Trainer:
         t0 = time.perf_counter()
         if not self.model.training:  # train() walks every module (~1 ms on the tiny model); only when needed
             self.model.train()
-        idx = self.sampler.next()
-        y = self.targets[idx].to(self.device)
-        loss, total = self.loss_terms(self.encode_batch(idx), y)
-        self.scaler.scale(total).backward()
-        return self.apply_gradients(loss, t0)
+        with self.phase("augment"):
+            idx = self.sampler.next()
+            y = self.targets[idx].to(self.device)
+            x = self.batch_inputs(idx) if self.prefix_cache is None else None
+        with self.phase("image forward"):
+            feats = self._encode(idx, x)
+        with self.phase("text forward + loss"):
+            loss, total = self.loss_terms(feats, y)
+        with self.phase("backward"):
+            self.scaler.scale(total).backward()
+        with self.phase("optimizer + after-step"):
+            return self.apply_gradients(loss, t0)
 
     def steps(self) -> Iterator[StepStats]:
         while self.step < self.total_steps:

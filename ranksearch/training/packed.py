@@ -47,6 +47,7 @@ from torch import nn
 from ranksearch.adapters.base import AdapterLayer
 from ranksearch.config.schema import TrialConfig
 from ranksearch.errors import TrialError
+from ranksearch.training.phases import PhaseHook, no_phase
 
 log = logging.getLogger(__name__)
 
@@ -259,6 +260,7 @@ class Pack:
     group: int | None = None
     members: dict[int, Member] = field(default_factory=dict)
     steps: int = 0
+    phase: PhaseHook = field(default=no_phase, repr=False)  # a profiler's timer around each phase of a step
 
     def __post_init__(self) -> None:
         import open_clip
@@ -364,6 +366,7 @@ class Pack:
         return ended
 
     def _step_group(self, group: list[Member]) -> list[Member]:
+        """One step of ``group``'s members together; each phase in ``self.phase`` (a profiler's hook)."""
         from ranksearch.trial import failed_result
 
         t0 = time.perf_counter()
@@ -371,39 +374,53 @@ class Pack:
         if not model.training:
             model.train()
         trainers = [m.run.trainer for m in group]
-        idx = [t.sampler.next() for t in trainers]
-        ys = [t.targets[i].to(self.device) for t, i in zip(trainers, idx, strict=True)]
-        xs = [t.batch_inputs(i) for t, i in zip(trainers, idx, strict=True)]
+        with self.phase("augment"):  # each member's own sampler and generators
+            idx = [t.sampler.next() for t in trainers]
+            ys = [t.targets[i].to(self.device) for t, i in zip(trainers, idx, strict=True)]
+            xs = [t.batch_inputs(i) for t, i in zip(trainers, idx, strict=True)]
         autocast = trainers[0].autocast
-        with self.packed.stacked([(m.id, len(x)) for m, x in zip(group, xs, strict=True)]), autocast():
+        with (
+            self.phase("image forward"),
+            self.packed.stacked([(m.id, len(x)) for m, x in zip(group, xs, strict=True)]),
+            autocast(),
+        ):
             feats = model.encode_image(torch.cat(xs)).split([len(x) for x in xs])  # (B_m, D) each
-        texts = self._text_features(group)
         ended, losses, scaled = [], [], []
-        for m, f, y, txt in zip(group, feats, ys, texts, strict=True):
-            try:
-                loss, total = m.run.trainer.loss_terms(f, y, txt)
-            except TrialError as e:  # this member diverged; the others go on
-                self._end(m, failed_result(m.tracker, e, m.run, m.output_dir), ended)
-                continue
-            losses.append((m, loss))
-            scaled.append(m.run.trainer.scaler.scale(total))
+        with self.phase("text forward + loss"):
+            texts = self._text_features(group)
+            for m, f, y, txt in zip(group, feats, ys, texts, strict=True):
+                try:
+                    loss, total = m.run.trainer.loss_terms(f, y, txt)
+                except TrialError as e:  # this member diverged; the others go on
+                    self._end(m, failed_result(m.tracker, e, m.run, m.output_dir), ended)
+                    continue
+                losses.append((m, loss))
+                scaled.append(m.run.trainer.scaler.scale(total))
         if scaled:
-            # members' parameters are disjoint: the sum's gradient for each is that member's own gradient
-            torch.stack([s.float() for s in scaled]).sum().backward()
-        for m, loss in losses:
-            stats = m.run.trainer.apply_gradients(loss, t0)
-            needs_model = stats.step in m.run.checkpoints or m.run.done
-            result = None
-            try:
-                with self.packed.view(m.id) if needs_model else contextlib.nullcontext():
-                    m.run.after_step(stats)
-                    if m.run.done:
-                        result = m.run.finish()
-            except TrialError as e:  # over its time or memory budget
-                result = failed_result(m.tracker, e, m.run, m.output_dir)
-            if result is not None:  # outside the view: its layers leave the shared sites
-                self._end(m, result, ended)
+            with self.phase("backward"):
+                # members' parameters are disjoint: the sum's gradient for each is that member's own gradient
+                torch.stack([s.float() for s in scaled]).sum().backward()
+        with self.phase("optimizer + after-step"):
+            for m, loss in losses:
+                self._after_step(m, loss, t0, ended)
         return ended
+
+    def _after_step(self, m: Member, loss: torch.Tensor, t0: float, ended: list[Member]) -> None:
+        """The member's optimizer step, then its evaluation, checkpoint and finish as in a lone trial."""
+        from ranksearch.trial import failed_result
+
+        stats = m.run.trainer.apply_gradients(loss, t0)
+        needs_model = stats.step in m.run.checkpoints or m.run.done
+        result = None
+        try:
+            with self.packed.view(m.id) if needs_model else contextlib.nullcontext():
+                m.run.after_step(stats)
+                if m.run.done:
+                    result = m.run.finish()
+        except TrialError as e:  # over its time or memory budget
+            result = failed_result(m.tracker, e, m.run, m.output_dir)
+        if result is not None:  # outside the view: its layers leave the shared sites
+            self._end(m, result, ended)
 
     def _end(self, member: Member, result: Any, ended: list[Member]) -> None:
         member.result = result
