@@ -17,7 +17,10 @@ compute budget, and reports medians over the sweep seeds with 95 % bootstrap int
 - HPOBench-MLP: confirmation only (report).
 - Our own recorded table (``bench/data/world/table.parquet``, written by ``python -m bench.world_gate`` on
   ``search_spaces/all.yaml``), once it exists: as LCDB, on val/hm alone (``bench/spaces/world.yaml``: all.yaml
-  with its first objective only). Below the issue's 300 configurations its rows say they are interim.
+  with its first objective only), at 300 full runs per sweep (``WORLD_BUDGET``: few of its configurations lie
+  within one seed-SD of the best). Below the issue's 300 configurations its rows say they are interim. Where a
+  baseline gets within one seed-SD in under half the sweeps, its median is past the budget and the row shows the
+  bound on the ratio (the default's median over the budget) instead of a ratio of 0.
 
 Before the results each case prints its gate (the table's noise: seed SD, variance explained, seed-to-seed
 Spearman, early/final Spearman) and an A/A row: random search on seeds 50..99 against random on 0..49, the
@@ -46,6 +49,9 @@ WORLD_MIN_CONFIGS = 300  # the issue's table of our own: fewer configurations ma
 RESULTS = ROOT / "docs" / "search"  # summaries (JSON) and plots of the last full run
 SEEDS, WORKERS = 50, 4
 BUDGET = "100x"  # 100 full runs of the table's median configuration (≈ 100 random trials) per sweep
+# our table: only 2 of its 300 configurations lie within one seed-SD of the best, so at 100x random search meets
+# one in 20 of 50 sweeps and its median compute to get there is unbounded; at 300x it meets one in most sweeps
+WORLD_BUDGET = "300x"
 LCDB_DATASETS = 6
 GATE_R2, GATE_RHO = 0.6, 0.8
 # set to 1: build the rows from docs/search/*.json (the last full run) instead of replaying again; with CASES
@@ -66,6 +72,7 @@ class Case:
     command: str
     grace: str | None = None
     plots: bool = False
+    budget: str = BUDGET
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -156,8 +163,8 @@ def cases(quick: bool) -> list[Case]:
         "world", "our recorded table (built-in world)", "reach", lcdb_methods, _table_file(WORLD_TABLE),
         _space_file(WORLD_SPACE),
         f"ranksearch replay bench/data/world/table.parquet --space bench/spaces/world.yaml --seeds {SEEDS} "
-        f"--budget {BUDGET} --grace auto",
-        grace="auto",
+        f"--budget {WORLD_BUDGET} --grace auto",
+        grace="auto", budget=WORLD_BUDGET,
     ))  # fmt: skip
     return out
 
@@ -305,11 +312,13 @@ def _target_rows(case: Case, s: dict[str, Any]) -> list[Row]:
                           f"{s['seeds']})" for k, v in m.items())  # fmt: skip
         note = (f"{where}; tolerance {s['tolerance']:.3g}, grace period {s['grace_period']} (auto); compute to "
                 f"within 1 seed-SD: {reach}; A/A {_ci(s['aa']['reach_1sd_vs_random'])}; {cmd}")  # fmt: skip
+        vs_random, judged_random = _reach_ratio(s, "random", "reach_1sd_vs_random")
+        vs_stock, judged_stock = _reach_ratio(s, "ray-stock", "reach_1sd_vs_ray_stock")
         return [
             Row("search_efficiency", f"{case.title}: compute to within 1 seed-SD of the best, default / random",
-                "≤ 0.5", _ci(d["reach_1sd_vs_random"]), d["reach_1sd_vs_random"][0] <= 0.5, note),
+                "≤ 0.5", vs_random, judged_random <= 0.5, note),
             Row("search_efficiency", f"{case.title}: compute to within 1 seed-SD, default / Ray stock OptunaSearch+ASHA",
-                "< 1", _ci(d["reach_1sd_vs_ray_stock"]), d["reach_1sd_vs_ray_stock"][0] < 1,
+                "< 1", vs_stock, judged_stock < 1,
                 f"pruned trials per sweep: default {d['pruned']:.0f}, ray-stock {m['ray-stock']['pruned']:.0f}"
                 + _pruned_worth(s)),
         ]  # fmt: skip
@@ -326,6 +335,17 @@ def _target_rows(case: Case, s: dict[str, Any]) -> list[Row]:
         Row("search_efficiency", f"{case.title}: hypervolume at equal compute, default / NSGA-II", "≥ 1.0",
             _ci(d["hypervolume_vs_nsga2"]), d["hypervolume_vs_nsga2"][0] >= 1.0, ""),
     ]  # fmt: skip
+
+
+def _reach_ratio(s: dict[str, Any], other: str, key: str) -> tuple[str, float]:
+    """The default's compute to within one seed-SD over ``other``'s, as shown, and the figure the target is judged
+    on. Where ``other`` got there in fewer than half the sweeps its median is past the budget and the ratio (0 by
+    arithmetic) is only bounded: at most the default's median over the budget."""
+    d, o = s["methods"]["default"], s["methods"][other]
+    if math.isinf(o["reach_1sd_s"][0]) and math.isfinite(d["reach_1sd_s"][0]):
+        bound = d["reach_1sd_s"][0] / s["budget_s"]
+        return f"≤ {bound:.2f} ({other} got there in {o['reached_1sd']}/{s['seeds']} sweeps)", bound
+    return _ci(d[key]), d[key][0]
 
 
 def _pruned_worth(s: dict[str, Any]) -> str:
@@ -389,7 +409,6 @@ MISSES: dict[str, str] = {
 
 def run(ctx: Context) -> list[Row]:
     seeds = 2 if ctx.quick else SEEDS
-    budget = "20x" if ctx.quick else BUDGET
     out = None if ctx.quick else RESULTS
     rows: list[Row] = []
     measured: dict[str, list[str]] = {}  # when/where the re-rendered summaries were replayed -> cases
@@ -411,7 +430,7 @@ def run(ctx: Context) -> list[Row]:
             continue
         else:
             t0 = time.perf_counter()
-            summary = run_case(case, seeds, budget, ctx, out)
+            summary = run_case(case, seeds, "20x" if ctx.quick else case.budget, ctx, out)
             ctx.log(f"   {case.key}: {time.perf_counter() - t0:.0f} s")
         rows += rows_for(case, summary)
     for when, keys in measured.items():

@@ -64,3 +64,26 @@ def test_world_rows_below_the_issues_table_size_say_they_are_interim():
         assert "not the issue's part 3" in row.note
     full = se.rows_for(case, _summary(se.WORLD_MIN_CONFIGS))
     assert not any("interim" in r.name.lower() or "INTERIM" in r.note for r in full)
+
+
+def test_a_ratio_over_a_searcher_that_rarely_got_there_is_shown_and_judged_as_a_bound():
+    """Random search within one seed-SD in under half the sweeps: its median is past the budget, so default /
+    random is 0 by arithmetic; the row shows the bound (the default's median over the budget) and judges that."""
+    (case,) = [c for c in se.cases(quick=True) if c.key == "world"]
+    s = _summary(se.WORLD_MIN_CONFIGS)
+    s["methods"]["random"] = {
+        "reach_1sd_s": [float("inf"), 900.0, float("inf")],
+        "reached_1sd": 20,
+        "pruned": 0,
+    }
+    s["methods"]["default"]["reach_1sd_vs_random"] = [0.0, 0.0, float("inf")]
+    s["methods"]["default"]["reach_1sd_s"] = [2400.0, 1000.0, float("inf")]  # 2/3 of the 3600 s budget
+    vs_random, vs_stock = se.rows_for(case, s)[1:]
+    assert vs_random.measured == "≤ 0.67 (random got there in 20/50 sweeps)" and vs_random.met is False
+    s["methods"]["default"]["reach_1sd_s"] = [1200.0, 1000.0, float("inf")]
+    vs_random, vs_stock = se.rows_for(case, s)[1:]
+    assert vs_random.measured.startswith("≤ 0.33 (") and vs_random.met is True
+    assert (
+        vs_stock.measured == "0.40 [0.20, 0.90]" and vs_stock.met is True
+    )  # ray-stock got there: the plain ratio
+    assert case.budget == se.WORLD_BUDGET == "300x" and f"--budget {se.WORLD_BUDGET}" in case.command
