@@ -388,22 +388,6 @@ MISSES: dict[str, str] = {
         "trials a sweep; the PRUNED handling alone is worth nothing measurable (1.01 [0.47, 2.08]). What would "
         "fix it: as for LCDB 3, a larger space (learners × hyper-parameters) where random needs tens of full runs."
     ),
-    "our recorded table (built-in world), interim (64 configurations): compute to within 1 seed-SD of the best, default / random": (
-        "missed by 0.06 at the median (0.56 [0.32, 1.13] against ≤ 0.5; the interval spans 1), on an interim "
-        "64-configuration table, not the issue's ≥ 300. Why: no suggestion of a continuous space is ever one of "
-        "64 recorded points (exact matches 0 % for every method), so each lands on its nearest recorded "
-        "configuration and TPE's model sees coarse, repeated values — TPE without early stopping is no better "
-        "than random (1.15 [0.52, 2.42]); the default's gain is ASHA's (random+ASHA 0.46 [0.28, 0.88], the "
-        "default is TPE+ASHA, the same figures). The A/A spread (random on other seeds) is 2.08 [1.18, 3.95]. "
-        "What would fix it: the issue's ≥ 300-configuration table (bench.world_gate --configs 320), where the "
-        "nearest recorded point is near what TPE asked for."
-    ),
-    "our recorded table (built-in world), interim (64 configurations): compute to within 1 seed-SD, default / Ray stock OptunaSearch+ASHA": (
-        "missed (1.09 [0.49, 2.10] against < 1): the PRUNED handling shows no worth on this table (tpe+asha "
-        "over the same with stopped trials told COMPLETE: 1.04 [0.51, 1.95]); the doc says so, as the issue "
-        "asks. Why: as the row above — on 64 recorded points both searchers' proposals collapse onto the same "
-        "few nearest configurations. Recheck on the ≥ 300-configuration table."
-    ),
 }
 
 
