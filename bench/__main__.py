@@ -26,7 +26,9 @@ import shlex
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -105,6 +107,17 @@ def _section(text: str, start: str, end: str) -> str:
     return text[text.index(start) : text.index(end)]
 
 
+def _keeping_run_section(out: Path, write: Callable[[], Any]) -> Any:
+    """Call ``write`` (which rewrites ``out``), then put back the "## Run" section ``out`` had: when rows are only
+    re-rendered or some re-measured, the full run's machine, code and load stay as they were measured."""
+    old = _section(out.read_text(), "## Run", "## Results") if out.exists() else None
+    result = write()
+    if old is not None:
+        text = out.read_text()
+        out.write_text(text.replace(_section(text, "## Run", "## Results"), old, 1))
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings: check that every benchmark runs")
@@ -149,9 +162,9 @@ def main(argv: list[str] | None = None) -> int:
         for name in {r.bench for r in rows}:
             misses.update(getattr(importlib.import_module(f"bench.{name}"), "MISSES", {}))
         ctx.quick, ctx.notes = data["quick"], data["notes"]
-        write_report(
+        _keeping_run_section(Path(args.out), lambda: write_report(
             Path(args.out), rows, ctx, data["command"], data["seconds"], PREAMBLE, misses, data["date"]
-        )
+        ))  # fmt: skip
         return 0
     for name in args.only or BENCHMARKS:
         ctx.log(f"== {name}")
@@ -190,14 +203,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{b}: re-measured {when} at git {_git_rev()} with `{command.strip()}` (load average {load})"
             for b in sorted(ran)
         ]
-        old_run = (
-            _section(Path(args.out).read_text(), "## Run", "## Results") if Path(args.out).exists() else None
-        )
         rows, ctx.notes, command, seconds = kept + rows, notes + ctx.notes, data["command"], data["seconds"]
-        date = write_report(Path(args.out), rows, ctx, command, seconds, PREAMBLE, misses, data["date"])
-        if old_run is not None:  # the full run's machine, code and load stay as they were measured
-            text = Path(args.out).read_text()
-            Path(args.out).write_text(text.replace(_section(text, "## Run", "## Results"), old_run, 1))
+        date = _keeping_run_section(Path(args.out), lambda: write_report(
+            Path(args.out), rows, ctx, command, seconds, PREAMBLE, misses, data["date"]
+        ))  # fmt: skip
         saved.write_text(
             json.dumps(
                 {"rows": [dataclasses.asdict(r) for r in rows], "quick": data["quick"], "notes": ctx.notes,
