@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from bench.__main__ import main
+from bench.report import Row
 
 
 def test_rerender_keeps_the_run_section_and_renders_the_saved_rows(tmp_path):
     out = tmp_path / "benchmarks.md"
-    row = {
-        "bench": "startup",
-        "name": "import time",
-        "target": "≤ 2 s",
-        "measured": "1.5 s",
-        "met": True,
-        "note": "",
-    }
+    row = dataclasses.asdict(Row("startup", "import time", "≤ 2 s", "1.5 s", True))
     saved = {"rows": [row], "quick": False, "notes": ["startup: measured by hand"], "command": "python -m bench",
              "seconds": 60.0, "date": "2026-11-22 09:18 UTC"}  # fmt: skip
     out.with_suffix(".json").write_text(json.dumps(saved))
