@@ -6,10 +6,12 @@
     python -m bench --only startup --merge  # re-measure one benchmark, keep the other rows of the report
     python -m bench --device cuda       # GPU variant: CUDA events, fp16 AMP, CUDA allocator peaks
 
-On a crowded machine some benchmarks take switches (environment variables, recorded in the report's notes):
-RANKSEARCH_BENCH_VIT_REPEATS (ViT-B-32 rounds), RANKSEARCH_BENCH_PEER_FULL=0 (no full-prompt peers on ViT-B-32),
-RANKSEARCH_BENCH_FLOOR_FAMILIES (a subset of families), RANKSEARCH_BENCH_PACK_STACKED=0, RANKSEARCH_BENCH_SEARCH_SMALL=1,
-RANKSEARCH_BENCH_COMPILE=0, RANKSEARCH_BENCH_THREADS_VIT=0.
+On a crowded machine some benchmarks take switches (environment variables; the report's command and notes
+record every RANKSEARCH_BENCH_* and RANKSEARCH_SEARCH_* that was set): RANKSEARCH_BENCH_VIT_REPEATS (ViT-B-32
+rounds), RANKSEARCH_BENCH_PEER_FULL=0 (no full-prompt peers on ViT-B-32), RANKSEARCH_BENCH_FLOOR_FAMILIES (a subset
+of families), RANKSEARCH_BENCH_PACK_STACKED=0, RANKSEARCH_BENCH_PACKED_PARTS=phases (the packed phase row alone),
+RANKSEARCH_BENCH_SEARCH_SMALL=1, RANKSEARCH_BENCH_COMPILE=0, RANKSEARCH_BENCH_THREADS_VIT=0, and search_efficiency's
+RANKSEARCH_SEARCH_FROM_SAVED / RANKSEARCH_SEARCH_CASES.
 
 A benchmark that raises is reported as a row saying so (and the exit status is 1), so one broken benchmark
 does not hide the others' numbers.
@@ -102,6 +104,12 @@ Speed work in the training core (`ranksearch/training/loop.py`, `ranksearch/mode
 """
 
 
+SWITCHES = (
+    "RANKSEARCH_BENCH_",
+    "RANKSEARCH_SEARCH_",
+)  # environment variables that change what a benchmark runs
+
+
 def _section(text: str, start: str, end: str) -> str:
     """The part of ``text`` from the heading ``start`` up to the heading ``end``."""
     return text[text.index(start) : text.index(end)]
@@ -148,8 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     ctx = Context(device=resolve_device(args.device), quick=args.quick)
-    command = "python -m bench " + " ".join(
-        shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:])
+    # the benchmarks' own switches (RANKSEARCH_BENCH_*, RANKSEARCH_SEARCH_*) are part of what reproduces a row
+    switches = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith(SWITCHES)]
+    command = (
+        " ".join([*switches, "python -m bench"])
+        + " "
+        + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     )
     rows: list[Row] = []
     misses: dict[str, str] = {}

@@ -192,7 +192,6 @@ def _phases(ctx: Context, steps: int) -> Row:
         pack = _pack(configs, Path(tmp) / "k")
         run = _alone(configs[0], Path(tmp))
         pack.phase, run.trainer.phase = timer("pack"), timer("alone")
-        pack_step = pack.step
 
         def alone_step() -> None:
             stats = run.trainer.train_step()
@@ -200,13 +199,13 @@ def _phases(ctx: Context, steps: int) -> Row:
                 run.after_step(stats)
 
         for _ in range(2):  # warm-up
-            pack_step()
+            pack.step()
             alone_step()
         parts.update(dict.fromkeys(parts, 0.0))
         ctx.log(f"packed phases: {steps} steps each")
         try:
             for _ in range(steps):
-                pack_step()
+                pack.step()
                 alone_step()
         finally:
             torch.set_num_threads(before)
